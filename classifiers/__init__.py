@@ -1,0 +1,1 @@
+"""fastText quality and domain classifiers: training, evaluation, scoring and filtering (to come)."""

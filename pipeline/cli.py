@@ -1,0 +1,235 @@
+"""The `gristmill` command: run and plan YAML graphs, run one stage, inspect datasets, make the sample.
+
+Every stage is also a subcommand (`gristmill length-filter --input DS --output DIR ...`) whose
+options are generated from its config, so the CLI and YAML always accept the same things.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from pipeline.dataset import Dataset, DatasetError
+from pipeline.executors import make_executor
+from pipeline.graph import Graph, GraphError, GraphSpec, NodeSpec, build_graph, load_graph
+from pipeline.runner import RunFailed, plan_graph, run_graph
+from pipeline.stage import SourceStage, Stage, registered_stages
+
+EXECUTORS = ["inprocess", "local", "dask"]
+
+
+def executor_options(command):
+    """The options every command that runs tasks shares."""
+    options = [
+        click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True,
+                     help="Where tasks run: this process, a local process pool, or Dask distributed."),
+        click.option("--workers", type=click.IntRange(min=1), default=None,
+                     help="Worker processes (default: one per CPU core)."),
+        click.option("--scheduler", metavar="ADDRESS", default=None,
+                     help="Address of an existing Dask scheduler (implies --executor dask), e.g. tcp://10.0.0.5:8786."),
+        click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
+                     help="Extra attempts for a shard task that raises before it is reported as failed."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def execute(graph: Graph, executor: str, workers: int | None, scheduler: str | None, retries: int,
+            dataset_paths: dict[str, Path] | None = None) -> None:
+    console = Console(stderr=True)
+    try:
+        with make_executor(executor, workers, scheduler) as pool:
+            run_graph(graph, pool, retries, console, dataset_paths)
+    except (GraphError, DatasetError) as error:
+        fail(str(error))
+    except RunFailed as error:
+        click.echo(f"error: {error}", err=True)
+        click.echo(f"tracebacks: {graph.output}/<stage>/_failures/", err=True)
+        sys.exit(1)
+    except OSError as error:
+        fail(f"{getattr(error, 'filename', '') or ''}: {error.strerror or error}")
+    outputs = dataset_paths or {node.name: graph.output / node.name for node in graph.nodes}
+    console.print("outputs:")
+    for node in graph.nodes:
+        console.print(f"  {node.name:<16} {outputs[node.name]}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="gristmill")
+def cli() -> None:
+    """Gristmill: curate pretraining corpora from Common Crawl to tokenized, mixed shards.
+
+    Run a whole YAML stage graph with `gristmill run CONFIG`, or one stage with
+    `gristmill STAGE --input ... --output DIR`. Every output is a dataset directory of
+    Parquet shards with a manifest and a reject ledger; `gristmill inspect` shows one.
+    """
+
+
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--output", type=click.Path(file_okay=False), default=None,
+              help="Run directory; each stage writes OUTPUT/<stage-name>/ (default: the config's `output`).")
+@executor_options
+def run(config: str, output: str | None, executor: str, workers: int | None, scheduler: str | None, retries: int) -> None:
+    """Run the stage graph in CONFIG, skipping shards and stages already complete.
+
+    A killed run resumes where it stopped when run again with the same arguments.
+    Exits 1 and names the failed shards if any shard still fails after its retries.
+    """
+    try:
+        graph = load_graph(config, output)
+    except GraphError as error:
+        fail(str(error))
+    execute(graph, executor, workers, scheduler, retries)
+
+
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--output", type=click.Path(file_okay=False), default=None, help="Run directory to check against.")
+def plan(config: str, output: str | None) -> None:
+    """Show what `gristmill run CONFIG` would do and what is already complete."""
+    try:
+        graph = load_graph(config, output)
+        plans = plan_graph(graph)
+    except (GraphError, DatasetError) as error:
+        fail(str(error))
+    click.echo(f"graph {graph.name} -> {graph.output}")
+    for node_plan in plans:
+        node = node_plan.node
+        reads = ", ".join(node.inputs) if node.inputs else f"{len(node_plan.tasks)} file(s)"
+        shards = f"{len(node_plan.done)}/{len(node_plan.tasks)} shards done" if node_plan.tasks else "shards not known yet"
+        click.echo(f"  {node.name:<16} {node.stage.name:<16} reads {reads:<24} {shards:<24} {node_plan.state}")
+
+
+@cli.command()
+@click.argument("dataset", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output; keys rows, shards, stage and rejected are stable.")
+@click.option("--sample", "sample_rows", type=click.IntRange(min=0), default=3, show_default=True, help="Rows to show.")
+def inspect(dataset: str, as_json: bool, sample_rows: int) -> None:
+    """Print a dataset's schema, size, provenance, sample rows and rejects per reason."""
+    try:
+        report = describe_dataset(Dataset(dataset), sample_rows)
+    except DatasetError as error:
+        fail(str(error))
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+        return
+    click.echo(f"dataset  {dataset}")
+    click.echo(f"stage    {report['stage']}  (config {report['config_hash']})")
+    click.echo(f"parents  {', '.join(report['parents']) or '-'}")
+    click.echo(f"rows     {report['rows']:,} of {report['rows_in']:,} in, in {report['shards']} shard(s), {report['bytes']:,} bytes")
+    click.echo("schema")
+    for name, kind in report["schema"].items():
+        click.echo(f"  {name}: {kind}")
+    click.echo("rejected" + ("  none" if not report["rejected"] else ""))
+    for reason, count in report["rejected"].items():
+        click.echo(f"  {reason:<24} {count:,}")
+    click.echo("sample")
+    for row in report["sample"]:
+        shown = {key: (value[:120] + "…" if isinstance(value, str) and len(value) > 120 else value) for key, value in row.items()}
+        click.echo(f"  {json.dumps(shown, ensure_ascii=False, default=str)}")
+
+
+def describe_dataset(dataset: Dataset, sample_rows: int) -> dict[str, Any]:
+    manifest = dataset.manifest()
+    sample: list[dict[str, Any]] = []
+    for batch in dataset.iter_batches():
+        sample.extend(batch.slice(0, sample_rows - len(sample)).to_pylist())
+        if len(sample) >= sample_rows:
+            break
+    return {
+        "path": str(dataset.path),
+        "stage": manifest.stage,
+        "config_hash": manifest.config_hash,
+        "config": manifest.config,
+        "parents": manifest.parents,
+        "rows": manifest.rows,
+        "rows_in": manifest.rows_in,
+        "shards": len(manifest.shards),
+        "bytes": manifest.bytes,
+        "schema": manifest.columns,
+        "rejected": manifest.rejected,
+        "sample": sample,
+    }
+
+
+@cli.command()
+@click.option("--output", type=click.Path(file_okay=False), required=True, help="Directory for sample.warc.gz and pages.jsonl.")
+@click.option("--pages", type=click.IntRange(min=10), default=400, show_default=True, help="Number of pages.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same bytes.")
+def sample(output: str, pages: int, seed: int) -> None:
+    """Write the bundled Common-Crawl-like sample: HTML pages in WARC plus their text as JSONL."""
+    from pipeline.sample import write_sample
+
+    summary = write_sample(Path(output), pages=pages, seed=seed)
+    click.echo(f"sample: {summary.warc_path} ({summary.records} WARC records), {summary.jsonl_path} ({summary.pages} pages)")
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        return members[0] if len(members) == 1 else annotation
+    return annotation
+
+
+def stage_command(stage: type[Stage]) -> click.Command:
+    """A subcommand for one stage, with an option per config field."""
+    is_source = issubclass(stage, SourceStage)
+    fields = {name: info for name, info in stage.Config.model_fields.items() if not (is_source and name == "paths")}
+
+    def callback(inputs: tuple[str, ...], output: str, executor: str, workers: int | None, scheduler: str | None,
+                 retries: int, **options: Any) -> None:
+        params = {name: value for name, value in options.items() if value is not None and value != ()}
+        params = {name: list(value) if isinstance(value, tuple) else value for name, value in params.items()}
+        node = NodeSpec(stage=stage.name, params=params | ({"paths": list(inputs)} if is_source else {}),
+                        input=None if is_source else list(inputs))
+        spec = GraphSpec(name=stage.name, stages={stage.name: node})
+        try:
+            graph = build_graph(spec, f"gristmill {command_name}", Path(output))
+        except GraphError as error:
+            fail(str(error).replace(f"stages.{stage.name}.params.", "--").replace(f"stages.{stage.name}.input", "--input"))
+        execute(graph, executor, workers, scheduler, retries, dataset_paths={stage.name: Path(output)})
+
+    command_name = stage.name.replace("_", "-")
+    params: list[click.Parameter] = [
+        click.Option(["--input", "inputs"], multiple=True, required=True,
+                     help="Input files or globs." if is_source else "Input dataset directories."),
+        click.Option(["--output"], required=True, type=click.Path(file_okay=False), help="Output dataset directory."),
+    ]
+    for name, info in fields.items():
+        annotation = _unwrap_optional(info.annotation)
+        flag = "--" + name.replace("_", "-")
+        help_text = (info.description or "") + ("" if info.is_required() else f" [default: {info.default}]")
+        if annotation is bool:
+            params.append(click.Option([f"{flag}/--no-{flag[2:]}", name], default=None, help=help_text))
+        elif typing.get_origin(annotation) is list:
+            params.append(click.Option([flag, name], multiple=True, help=help_text + " (repeatable)"))
+        else:
+            metavar = getattr(annotation, "__name__", "VALUE").upper()
+            params.append(click.Option([flag, name], default=None, help=help_text, metavar=metavar,
+                                       required=info.is_required()))
+    doc = (stage.__doc__ or stage.name).strip()
+    command = click.Command(command_name, callback=callback, params=params, help=doc, short_help=doc.splitlines()[0])
+    return executor_options(command)
+
+
+for _stage in registered_stages().values():
+    cli.add_command(stage_command(_stage))
+
+
+def main() -> None:
+    cli(prog_name="gristmill")
+

@@ -1,0 +1,308 @@
+"""Runs a graph node by node: plans shard tasks, skips completed ones, retries failures, reports.
+
+A node's dataset gets its manifest only when every shard is complete; a node with failed
+shards stops the graph, names the shards and keeps what completed for the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from pipeline.dataset import Dataset, ShardRecord, config_digest, write_json_atomic
+from pipeline.executors import Executor
+from pipeline.graph import Graph, GraphError, Node
+from pipeline.stage import MapStage
+from pipeline.tasks import ShardTask, SummaryTask, TaskOutcome, run_summary, run_task
+
+RUN_MARKER = "_run.json"
+FAILURES_DIR = "_failures"
+
+
+@dataclass
+class NodePlan:
+    node: Node
+    dataset: Dataset
+    config: dict[str, Any]
+    config_hash: str
+    parents: list[str]
+    tasks: list[ShardTask]
+    done: list[str]
+    waiting_for: list[str] = field(default_factory=list)
+
+    @property
+    def state(self) -> str:
+        if self.dataset.is_complete:
+            return "complete"
+        if self.waiting_for:
+            return "waiting for " + ", ".join(self.waiting_for)
+        return "partial" if self.done else "pending"
+
+
+@dataclass
+class NodeResult:
+    plan: NodePlan
+    records: list[ShardRecord] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)
+    skipped: int = 0
+    wall_seconds: float = 0.0
+
+
+class RunFailed(Exception):
+    """Some shards failed after their retries; the message names them."""
+
+
+def node_dataset_path(graph: Graph, node: Node) -> Path:
+    return graph.output / node.name
+
+
+def plan_graph(graph: Graph, dataset_paths: dict[str, Path] | None = None) -> list[NodePlan]:
+    """Tasks for every node, in order, with what is already complete. Does not run anything.
+
+    A node whose upstream node is not complete yet has no tasks: its shards are known only
+    once the upstream manifest exists, so `run_graph` plans each node just before running it.
+    """
+    paths = dataset_paths or {node.name: node_dataset_path(graph, node) for node in graph.nodes}
+    hashes: dict[str, str] = {}
+    plans = []
+    for node in graph.nodes:
+        plan = plan_node(graph, node, paths, hashes)
+        hashes[node.name] = plan.config_hash
+        plans.append(plan)
+    return plans
+
+
+def plan_node(graph: Graph, node: Node, paths: dict[str, Path], hashes: dict[str, str]) -> NodePlan:
+    config = node.config.model_dump(mode="json")
+    dataset = Dataset(paths[node.name])
+    parent_hashes: list[str] = []
+    waiting_for: list[str] = []
+    if node.is_source:
+        sources = node.stage(node.config).list_inputs()
+        parents = list(sources)
+    else:
+        sources, parents = [], []
+        for upstream in node.inputs:
+            upstream_dataset = Dataset(paths.get(upstream, upstream))
+            parents.append(str(upstream_dataset.path))
+            if upstream in hashes:
+                parent_hashes.append(hashes[upstream])
+            if not upstream_dataset.is_complete:
+                waiting_for.append(upstream)
+                continue
+            manifest = upstream_dataset.manifest()
+            if upstream not in hashes:
+                parent_hashes.append(manifest.config_hash)
+            sources.extend(str(upstream_dataset.shard_path(record.name)) for record in manifest.shards)
+    config_hash = config_digest(node.stage.name, config, parent_hashes)
+    tasks = [] if waiting_for else [
+        ShardTask(node.name, node.stage.name, config, source, str(dataset.path), f"part-{index:05d}", graph.plugins)
+        for index, source in enumerate(sources)
+    ]
+    done = [task.name for task in tasks if dataset.record_path(task.name).exists()]
+    return NodePlan(node, dataset, config, config_hash, parents, tasks, done, waiting_for)
+
+
+def check_not_stale(plan: NodePlan) -> None:
+    """Refuse to mix shards made with another config into one dataset."""
+    marker = plan.dataset.path / RUN_MARKER
+    if marker.exists():
+        previous = json.loads(marker.read_text()).get("config_hash")
+        if previous != plan.config_hash:
+            raise GraphError(
+                f"{plan.dataset.path}: made with a different config or input ({previous} != "
+                f"{plan.config_hash}); delete it or choose another --output"
+            )
+
+
+def run_node(
+    plan: NodePlan, executor: Executor, retries: int = 2, progress: Progress | None = None
+) -> NodeResult:
+    check_not_stale(plan)
+    result = NodeResult(plan)
+    started = time.perf_counter()
+    if plan.dataset.is_complete:
+        result.records = plan.dataset.manifest().shards
+        result.skipped = len(result.records)
+        return result
+    plan.dataset.prepare()
+    write_json_atomic(plan.dataset.path / RUN_MARKER, json.dumps({"config_hash": plan.config_hash, "stage": plan.node.stage.name}))
+
+    tasks = plan.tasks
+    if issubclass(plan.node.stage, MapStage) and plan.node.stage.needs_global_view and tasks:
+        tasks = _with_global_view(plan, executor)
+
+    records: dict[str, ShardRecord] = {}
+    last_errors: dict[str, str] = {}
+    pending = list(tasks)
+    progress_task = None
+    if progress is not None:
+        progress_task = progress.add_task(plan.node.name, total=len(tasks), documents=0, rate=0.0)
+    documents = 0
+    for attempt in range(retries + 1):
+        failed: list[ShardTask] = []
+        for task, outcome in executor.map_unordered(run_task, pending):
+            if isinstance(outcome, BaseException):  # the executor itself lost the task
+                outcome = TaskOutcome(task, error=f"{type(outcome).__name__}: {outcome}")
+            if outcome.error is not None:
+                failed.append(task)
+                last_errors[task.name] = outcome.error
+                continue
+            records[task.name] = outcome.record
+            result.skipped += outcome.skipped
+            documents += outcome.record.rows_in
+            if progress is not None:
+                elapsed = max(time.perf_counter() - started, 1e-9)
+                progress.update(progress_task, advance=1, documents=documents, rate=documents / elapsed)
+        pending = failed
+        if not pending:
+            break
+
+    failures_dir = plan.dataset.path / FAILURES_DIR
+    for task in pending:
+        failures_dir.mkdir(exist_ok=True)
+        (failures_dir / f"{task.name}.txt").write_text(f"source: {task.source}\n{last_errors[task.name]}")
+        result.failures[task.name] = last_errors[task.name]
+    for name in records:
+        (failures_dir / f"{name}.txt").unlink(missing_ok=True)
+
+    result.records = [records[task.name] for task in plan.tasks if task.name in records]
+    result.wall_seconds = time.perf_counter() - started
+    if not result.failures:
+        schema = _output_schema(plan)
+        plan.dataset.finalize(plan.node.stage.name, plan.config, plan.config_hash, plan.parents, result.records, schema)
+    return result
+
+
+def _with_global_view(plan: NodePlan, executor: Executor) -> list[ShardTask]:
+    """Phase one of a global stage: summarise every input shard, reduce once, hand the view to tasks."""
+    summary_tasks = [SummaryTask(plan.node.stage.name, plan.config, task.source, task.plugins) for task in plan.tasks]
+    order = {summary.source: index for index, summary in enumerate(summary_tasks)}
+    summaries: list[tuple[int, pa.Table]] = []
+    for summary, table in executor.map_unordered(run_summary, summary_tasks):
+        if isinstance(table, BaseException):
+            raise table
+        if table is not None:
+            summaries.append((order[summary.source], table))
+    tables = [table for _, table in sorted(summaries, key=lambda pair: pair[0])]
+    stage = plan.node.stage(plan.node.config)
+    view = stage.reduce(pa.concat_tables(tables) if tables else None)
+    return [
+        ShardTask(task.node, task.stage, task.config, task.source, task.output, task.name, task.plugins, view)
+        for task in plan.tasks
+    ]
+
+
+def _output_schema(plan: NodePlan) -> pa.Schema:
+    if plan.tasks:
+        return pq.read_schema(plan.dataset.shard_path(plan.tasks[0].name))
+    stage = plan.node.stage(plan.node.config)
+    if plan.node.is_source:
+        return stage.schema()
+    return stage.output_schema(Dataset(plan.parents[0]).schema())
+
+
+def make_progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description:<16}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("shards"),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[documents]:>10,} docs  {task.fields[rate]:>9,.0f} docs/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def run_graph(
+    graph: Graph,
+    executor: Executor,
+    retries: int = 2,
+    console: Console | None = None,
+    dataset_paths: dict[str, Path] | None = None,
+) -> list[NodeResult]:
+    """Run every node in order; raises RunFailed naming failed shards after writing the summary."""
+    console = console or Console(stderr=True)
+    results: list[NodeResult] = []
+    with make_progress(console) as progress:
+        for index in range(len(graph.nodes)):
+            # Re-planned each time: a node's shards are known once its inputs are complete.
+            plan = plan_graph(graph, dataset_paths)[index]
+            result = run_node(plan, executor, retries, progress)
+            results.append(result)
+            if result.failures:
+                break
+    console.print(summary_table(results))
+    summary_path = write_run_summary(graph.output, results)
+    console.print(f"summary: {summary_path}")
+    failed = {f"{result.plan.node.name}/{name}": error for result in results for name, error in result.failures.items()}
+    if failed:
+        first_name, first_error = next(iter(failed.items()))
+        last_line = first_error.strip().splitlines()[-1]
+        raise RunFailed(f"{len(failed)} shard(s) failed: {', '.join(failed)}; first error ({first_name}): {last_line}")
+    return results
+
+
+def summary_table(results: list[NodeResult]) -> Table:
+    table = Table(title="Gristmill run summary")
+    for column in ("stage", "shards", "docs in", "docs out", "rejected", "top reasons", "seconds", "status"):
+        table.add_column(column, justify="right" if column not in ("stage", "top reasons", "status") else "left")
+    for result in results:
+        records = result.records
+        reasons: Counter[str] = Counter()
+        for record in records:
+            reasons.update(record.rejected)
+        top = ", ".join(f"{reason} {count:,}" for reason, count in reasons.most_common(3))
+        status = "failed: " + ", ".join(result.failures) if result.failures else (
+            "already complete" if result.skipped == len(result.plan.tasks) and records else "done"
+        )
+        table.add_row(
+            result.plan.node.name,
+            f"{len(records)}/{len(result.plan.tasks)}",
+            f"{sum(r.rows_in for r in records):,}",
+            f"{sum(r.rows for r in records):,}",
+            f"{sum(r.rows_rejected for r in records):,}",
+            top,
+            f"{sum(r.seconds for r in records):.2f}",
+            status,
+        )
+    return table
+
+
+def write_run_summary(output: Path, results: list[NodeResult]) -> Path:
+    output.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "stages": [
+            {
+                "node": result.plan.node.name,
+                "stage": result.plan.node.stage.name,
+                "dataset": str(result.plan.dataset.path),
+                "shards": len(result.plan.tasks),
+                "rows_in": sum(r.rows_in for r in result.records),
+                "rows_out": sum(r.rows for r in result.records),
+                "rejected": dict(sum((Counter(r.rejected) for r in result.records), Counter())),
+                "text_bytes_in": sum(r.text_bytes_in for r in result.records),
+                "text_bytes_out": sum(r.text_bytes_out for r in result.records),
+                "task_seconds": round(sum(r.seconds for r in result.records), 3),
+                "wall_seconds": round(result.wall_seconds, 3),
+                "failed_shards": sorted(result.failures),
+            }
+            for result in results
+        ]
+    }
+    path = output / "_summary.json"
+    write_json_atomic(path, json.dumps(summary, indent=2))
+    return path

@@ -1,0 +1,1 @@
+"""Tokenizer quality metrics (fertility, efficiency, vocabulary categories) and comparison reports (to come)."""

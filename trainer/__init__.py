@@ -1,0 +1,1 @@
+"""The bundled PyTorch GPT for short proxy runs over Gristmill's tokenized shards (to come)."""
