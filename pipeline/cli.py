@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 
 from pipeline.dataset import Dataset, DatasetError
 from pipeline.executors import make_executor
 from pipeline.graph import Graph, GraphError, GraphSpec, NodeSpec, build_graph, load_graph
-from pipeline.runner import RunFailed, plan_graph, run_graph
+from pipeline.runner import RunFailed, default_console, plan_graph, run_graph
 from pipeline.stage import SourceStage, Stage, registered_stages
 
 EXECUTORS = ["inprocess", "local", "dask"]
@@ -49,7 +48,7 @@ def fail(message: str) -> None:
 
 def execute(graph: Graph, executor: str, workers: int | None, scheduler: str | None, retries: int,
             dataset_paths: dict[str, Path] | None = None) -> None:
-    console = Console(stderr=True)
+    console = default_console()
     try:
         with make_executor(executor, workers, scheduler) as pool:
             run_graph(graph, pool, retries, console, dataset_paths)

@@ -10,8 +10,9 @@ Layout of a dataset directory::
     _shards/part-00000.json      per-shard record; its presence marks the shard complete
     _manifest.json               written when every shard is complete
 
-Names starting with `_` are skipped by pyarrow.dataset, polars and Hugging Face `datasets`,
-so the directory reads as plain documents.
+`pyarrow.dataset.dataset(DIR)` reads the directory as plain documents (it skips names starting
+with `_` or `.`); polars, duckdb and Hugging Face `datasets` read `DIR/*.parquet`. Writers use
+hidden temporary names, so readers never see a half-written file.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def file_checksum(path: Path) -> str:
 
 
 def write_json_atomic(path: Path, payload: str) -> None:
-    temporary = path.with_name(f"{path.name}{TEMP_MARK}{uuid.uuid4().hex}")
+    temporary = path.with_name(f".{path.name}{TEMP_MARK}{uuid.uuid4().hex}")
     temporary.write_text(payload)
     os.replace(temporary, path)
 
@@ -131,7 +132,7 @@ class ParquetShardWriter:
         self.schema = schema
         self.row_group_rows = row_group_rows
         self.rows = 0
-        self._temporary = path.with_name(f"{path.name}{TEMP_MARK}{uuid.uuid4().hex}")
+        self._temporary = path.with_name(f".{path.name}{TEMP_MARK}{uuid.uuid4().hex}")
         self._buffer: list[pa.RecordBatch] = []
         self._buffered_rows = 0
         self._writer = pq.ParquetWriter(

@@ -212,6 +212,14 @@ def _output_schema(plan: NodePlan) -> pa.Schema:
     return stage.output_schema(Dataset(plan.parents[0]).schema())
 
 
+def default_console() -> Console:
+    """stderr console; logs and CI get a wide fixed width instead of rich's 80 columns."""
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        console.width = 140
+    return console
+
+
 def make_progress(console: Console) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description:<16}"),
@@ -235,7 +243,7 @@ def run_graph(
     dataset_paths: dict[str, Path] | None = None,
 ) -> list[NodeResult]:
     """Run every node in order; raises RunFailed naming failed shards after writing the summary."""
-    console = console or Console(stderr=True)
+    console = console or default_console()
     results: list[NodeResult] = []
     with make_progress(console) as progress:
         for index in range(len(graph.nodes)):

@@ -1,0 +1,114 @@
+"""Stages used only by tests: deliberate failures, slowness and a global view.
+
+Loaded through a graph's `plugins:` list, the same way users add their own stages.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field
+
+from pipeline.stage import BatchResult, MapStage, StageConfig, register
+
+
+class FailOnConfig(StageConfig):
+    id_prefix: str = Field(description="Raise on batches holding a document whose id starts with this.")
+
+
+@register
+class FailOn(MapStage):
+    """Raises on chosen shards, to exercise retries and failure reports."""
+
+    name = "test_fail_on"
+    Config = FailOnConfig
+
+    def process(self, batch: pa.RecordBatch) -> BatchResult:
+        if pc.any(pc.starts_with(batch.column("id"), self.config.id_prefix)).as_py():
+            raise ValueError("deliberate failure for the test")
+        return BatchResult.keep_all(batch)
+
+
+class FlakyConfig(StageConfig):
+    marker_dir: str
+
+
+@register
+class Flaky(MapStage):
+    """Fails the first attempt at each batch, then succeeds: a transient fault."""
+
+    name = "test_flaky"
+    Config = FlakyConfig
+
+    def process(self, batch: pa.RecordBatch) -> BatchResult:
+        marker = Path(self.config.marker_dir) / batch.column("id")[0].as_py().replace("/", "_")
+        if not marker.exists():
+            marker.touch()
+            raise RuntimeError("transient fault")
+        return BatchResult.keep_all(batch)
+
+
+class SlowConfig(StageConfig):
+    seconds_per_batch: float = 0.2
+
+
+@register
+class SlowCopy(MapStage):
+    """Copies its input slowly, so a test can kill a run halfway."""
+
+    name = "test_slow_copy"
+    Config = SlowConfig
+
+    def process(self, batch: pa.RecordBatch) -> BatchResult:
+        time.sleep(self.config.seconds_per_batch)
+        return BatchResult.keep_all(batch)
+
+
+class KillWorkerConfig(StageConfig):
+    marker_dir: str
+    id_prefix: str
+
+
+@register
+class KillWorkerOnce(MapStage):
+    """Kills its own worker process the first time it meets a chosen shard."""
+
+    name = "test_kill_worker_once"
+    Config = KillWorkerConfig
+
+    def process(self, batch: pa.RecordBatch) -> BatchResult:
+        marker = Path(self.config.marker_dir) / "killed"
+        first_id = batch.column("id")[0].as_py()
+        if first_id.startswith(self.config.id_prefix) and not marker.exists():
+            marker.touch()
+            os._exit(1)
+        return BatchResult.keep_all(batch)
+
+
+class LongestConfig(StageConfig):
+    keep_fraction: float = Field(0.5, gt=0, le=1)
+
+
+@register
+class KeepLongest(MapStage):
+    """Keeps the globally longest fraction of documents: needs every shard's lengths first."""
+
+    name = "test_keep_longest"
+    Config = LongestConfig
+    needs_global_view = True
+
+    def summarize(self, batch: pa.RecordBatch) -> pa.Table:
+        return pa.table({"length": pc.utf8_length(batch.column("text"))})
+
+    def reduce(self, summaries: pa.Table) -> int:
+        lengths = sorted(summaries.column("length").to_pylist(), reverse=True)
+        return lengths[max(int(len(lengths) * self.config.keep_fraction) - 1, 0)]
+
+    def process(self, batch: pa.RecordBatch) -> BatchResult:
+        short = pc.less(pc.utf8_length(batch.column("text")), self.global_view)
+        reasons = pc.if_else(short, "below_global_cutoff", pa.nulls(batch.num_rows, pa.string()))
+        return BatchResult.split(batch, reasons)

@@ -1,0 +1,88 @@
+"""Dask as users run it: a hand-started scheduler and workers on loopback, and a worker that dies."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.executors import make_executor
+from pipeline.graph import load_graph
+from pipeline.runner import run_graph
+from tests.conftest import data_files, gristmill_env, run_cli, write_corpus, write_graph
+
+DASK = str(Path(sys.executable).parent / "dask")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def loopback_cluster(tmp_path: Path):
+    """`dask scheduler` plus two `dask worker` processes, as a user starts them by hand."""
+    address = f"tcp://127.0.0.1:{free_port()}"
+    log = open(tmp_path / "cluster.log", "w")
+    common = dict(env=gristmill_env(), stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    processes = [subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
+                                   "--no-dashboard", "--no-show"], **common)]
+    processes += [
+        subprocess.Popen([DASK, "worker", address, "--nthreads", "1", "--no-dashboard", "--name", f"w{index}"], **common)
+        for index in range(2)
+    ]
+    try:
+        from distributed import Client
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with Client(address, timeout="5s") as client:
+                    client.wait_for_workers(2, timeout=60)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, (tmp_path / "cluster.log").read_text()
+                time.sleep(0.5)
+        yield address
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        log.close()
+
+
+def test_cli_runs_against_an_existing_scheduler(tmp_path: Path, loopback_cluster: str) -> None:
+    write_corpus(tmp_path / "corpus", files=4)
+    graph_path = write_graph(tmp_path / "g.yaml", tmp_path / "corpus")
+    run_cli("run", str(graph_path), "--output", str(tmp_path / "local"), "--executor", "inprocess")
+    result = run_cli("run", str(graph_path), "--output", str(tmp_path / "cluster"), "--scheduler", loopback_cluster)
+    assert "long" in result.stderr
+    assert data_files(tmp_path / "cluster") == data_files(tmp_path / "local")
+
+
+def test_a_worker_dying_mid_task_does_not_change_the_output(tmp_path: Path) -> None:
+    write_corpus(tmp_path / "corpus", files=4, docs_per_file=50)
+    for name in ("markers", "baseline_markers"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "baseline_markers" / "killed").touch()  # the baseline never kills
+
+    def graph(markers: str):
+        extra = (f"  copy:\n    stage: test_kill_worker_once\n    input: long\n"
+                 f"    params: {{marker_dir: '{tmp_path / markers}', id_prefix: doc-1-}}\n")
+        return load_graph(write_graph(tmp_path / f"{markers}.yaml", tmp_path / "corpus", extra, plugins=True),
+                          tmp_path / markers.replace("markers", "run"))
+
+    run_graph(graph("baseline_markers"), make_executor("inprocess"))
+    with make_executor("dask", workers=2) as executor:
+        run_graph(graph("markers"), executor)
+    assert (tmp_path / "markers" / "killed").exists(), "no worker was killed"
+    assert data_files(tmp_path / "run") == data_files(tmp_path / "baseline_run")

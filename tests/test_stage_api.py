@@ -1,0 +1,126 @@
+"""The stage API and its accounting: rows in = rows out + rows rejected, with reasons, always."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline.dataset import Dataset
+from pipeline.documents import DOCUMENT_SCHEMA
+from pipeline.executors import InProcessExecutor
+from pipeline.graph import load_graph
+from pipeline.runner import run_graph
+from pipeline.stage import BatchResult, register, stage_class
+from stages.length_filter import LengthFilter, LengthFilterConfig
+from tests.conftest import write_graph
+
+
+def batch_of(texts: list[str]) -> pa.RecordBatch:
+    rows = [{"id": f"d{i}", "text": text} for i, text in enumerate(texts)]
+    return pa.RecordBatch.from_pylist(rows, schema=DOCUMENT_SCHEMA)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    texts=st.lists(st.text(alphabet=st.sampled_from("ab \n"), max_size=40), max_size=60),
+    min_chars=st.integers(0, 30),
+    extra_chars=st.one_of(st.none(), st.integers(0, 20)),
+    min_words=st.integers(0, 6),
+)
+def test_length_filter_conserves_rows_and_gives_first_failing_reason(texts, min_chars, extra_chars, min_words) -> None:
+    max_chars = None if extra_chars is None else max(min_chars, 1) + extra_chars
+    stage = LengthFilter(LengthFilterConfig(min_chars=min_chars, max_chars=max_chars, min_words=min_words))
+    result = stage.process(batch_of(texts))
+    assert result.kept.num_rows + result.rejected.num_rows == len(texts)
+    kept_ids = set(result.kept.column("id").to_pylist())
+    rejected = dict(zip(result.rejected.column("id").to_pylist(), result.rejected.column("reason").to_pylist()))
+    assert kept_ids.isdisjoint(rejected) and len(kept_ids) + len(rejected) == len(texts)
+    for index, text in enumerate(texts):
+        words = len(text.split())
+        expected = ("too_short_chars" if len(text) < min_chars
+                    else "too_long_chars" if max_chars is not None and len(text) > max_chars
+                    else "too_short_words" if words < min_words else None)
+        assert rejected.get(f"d{index}") == expected
+
+
+def test_rejections_carry_their_detail() -> None:
+    stage = LengthFilter(LengthFilterConfig(min_chars=5, max_words=2))
+    result = stage.process(batch_of(["tiny", "just right", "one two three"]))
+    assert result.kept.column("text").to_pylist() == ["just right"]
+    assert result.rejected.column("detail").to_pylist() == ["chars=4 < 5", "words=3 > 2"]
+
+
+def test_config_rejects_inverted_bounds() -> None:
+    with pytest.raises(ValueError, match="max_chars must be at least min_chars"):
+        LengthFilterConfig(min_chars=10, max_chars=5)
+
+
+def test_registering_a_second_stage_under_a_taken_name_fails() -> None:
+    class Impostor(LengthFilter):
+        name = "length_filter"
+
+    with pytest.raises(ValueError, match="registered twice"):
+        register(Impostor)
+    assert stage_class("length_filter") is LengthFilter
+
+
+def test_every_run_keeps_the_ledger_invariant_per_shard(tmp_path: Path, corpus: Path) -> None:
+    graph = load_graph(write_graph(tmp_path / "g.yaml", corpus), tmp_path / "run")
+    run_graph(graph, InProcessExecutor())
+    for node in ("read", "long"):
+        dataset = Dataset(tmp_path / "run" / node)
+        for shard in dataset.manifest().shards:
+            ledger = pl.read_parquet(dataset.reject_path(shard.name))
+            assert shard.rows_in == shard.rows + shard.rows_rejected
+            assert ledger.height == shard.rows_rejected
+            assert set(ledger["stage"]) <= {node}
+            assert dict(ledger["reason"].value_counts().iter_rows()) == shard.rejected
+    read = Dataset(tmp_path / "run" / "read").manifest()
+    assert read.rejected == {"malformed_json": 4, "missing_text": 4}
+    assert read.rows_in == 4 * 302
+    long = Dataset(tmp_path / "run" / "long").manifest()
+    assert long.rows_in == read.rows
+    assert set(long.rejected) == {"too_short_words", "too_long_chars"}
+
+
+def test_read_text_handles_compressed_jsonl_and_parquet_alike(tmp_path: Path) -> None:
+    rows = [{"id": f"x{i}", "text": f"document {i}", "url": "https://www.example.org/a"} for i in range(5)]
+    with gzip.open(tmp_path / "docs.jsonl.gz", "wt") as handle:
+        handle.writelines(json.dumps(row) + "\n" for row in rows)
+    pl.DataFrame(rows).write_parquet(tmp_path / "docs.parquet")
+    outputs = {}
+    for name in ("docs.jsonl.gz", "docs.parquet"):
+        graph_path = tmp_path / f"{name}.yaml"
+        graph_path.write_text(f"stages:\n  read:\n    stage: read_text\n    params: {{paths: ['{tmp_path / name}']}}\n")
+        run_graph(load_graph(graph_path, tmp_path / name.replace(".", "_")), InProcessExecutor())
+        outputs[name] = pl.read_parquet(tmp_path / name.replace(".", "_") / "read" / "*.parquet")
+    assert outputs["docs.jsonl.gz"].equals(outputs["docs.parquet"])
+    assert outputs["docs.parquet"]["domain"].to_list() == ["example.org"] * 5
+    assert outputs["docs.parquet"]["source"].to_list() == ["docs"] * 5
+
+
+def test_a_stage_with_a_global_view_sees_every_shard(tmp_path: Path, corpus: Path) -> None:
+    extra = "  longest:\n    stage: test_keep_longest\n    input: long\n    params: {keep_fraction: 0.25}\n"
+    graph = load_graph(write_graph(tmp_path / "g.yaml", corpus, extra, plugins=True), tmp_path / "run")
+    run_graph(graph, InProcessExecutor())
+    before = pl.read_parquet(tmp_path / "run" / "long" / "*.parquet")
+    after = pl.read_parquet(tmp_path / "run" / "longest" / "*.parquet")
+    cutoff = before["text"].str.len_chars().sort(descending=True)[int(before.height * 0.25) - 1]
+    assert after.height == (before["text"].str.len_chars() >= cutoff).sum()
+    assert after["text"].str.len_chars().min() >= cutoff
+    assert Dataset(tmp_path / "run" / "longest").manifest().rejected == {"below_global_cutoff": before.height - after.height}
+
+
+def test_keep_all_and_split_agree_on_schema() -> None:
+    batch = batch_of(["a", "b"])
+    kept = BatchResult.keep_all(batch)
+    split = BatchResult.split(batch, pa.nulls(2, pa.string()))
+    assert kept.kept.equals(split.kept)
+    assert kept.rejected.schema.equals(split.rejected.schema)
