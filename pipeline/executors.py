@@ -12,17 +12,25 @@ import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Literal
 
 ExecutorKind = Literal["inprocess", "local", "dask"]
 
 
 class Executor:
-    """Runs `fn` over items and yields (item, result) pairs as they finish."""
+    """Runs `fn` over items and yields (item, result) pairs as they finish.
+
+    If the machinery loses a task (a worker process dies), the result is the exception, so
+    the runner can retry it like any failed task. `resources` are the per-task needs a
+    stage declares (e.g. {"GPU": 1}); only Dask acts on them.
+    """
 
     workers: int = 1
 
-    def map_unordered(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
+    def map_unordered(
+        self, fn: Callable[[Any], Any], items: Iterable[Any], resources: dict[str, float] | None = None
+    ) -> Iterator[tuple[Any, Any]]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -36,7 +44,7 @@ class Executor:
 
 
 class InProcessExecutor(Executor):
-    def map_unordered(self, fn, items):
+    def map_unordered(self, fn, items, resources=None):
         for item in items:
             yield item, fn(item)
 
@@ -46,12 +54,23 @@ class LocalExecutor(Executor):
 
     def __init__(self, workers: int):
         self.workers = workers
-        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        self._pool = self._new_pool()
 
-    def map_unordered(self, fn, items):
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def map_unordered(self, fn, items, resources=None):
         futures: dict[Future, Any] = {self._pool.submit(fn, item): item for item in items}
+        broken = False
         for future in as_completed(futures):
-            yield futures[future], future.result()
+            try:
+                yield futures[future], future.result()
+            except BrokenProcessPool as error:  # a worker died: every task in flight is lost
+                broken = True
+                yield futures[future], error
+        if broken:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._new_pool()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -77,15 +96,18 @@ class DaskExecutor(Executor):
             self._client = Client(self._cluster)
         self.workers = len(self._client.scheduler_info()["workers"]) or (workers or 1)
 
-    def map_unordered(self, fn, items):
+    def map_unordered(self, fn, items, resources=None):
         from distributed import as_completed as dask_as_completed
 
         items = list(items)
         # pure=False: a retried task is a new key, so the scheduler never reuses a failed result.
-        futures = self._client.map(fn, items, pure=False)
+        futures = self._client.map(fn, items, pure=False, resources=resources or None)
         by_key = {future.key: item for future, item in zip(futures, items)}
         for future in dask_as_completed(futures):
-            yield by_key[future.key], future.result()
+            try:
+                yield by_key[future.key], future.result()
+            except Exception as error:  # noqa: BLE001 - e.g. KilledWorker after repeated worker deaths
+                yield by_key[future.key], error
             future.release()
 
     def close(self) -> None:

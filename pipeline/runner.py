@@ -125,8 +125,25 @@ def check_not_stale(plan: NodePlan) -> None:
             )
 
 
+class EventLog:
+    """Structured log of a run: one JSON line per shard event, appended to `OUTPUT/_events.jsonl`."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+
+    def write(self, event: str, node: str, **fields: Any) -> None:
+        line = json.dumps({"time": round(time.time(), 3), "event": event, "node": node, **fields})
+        with open(self.path, "a") as handle:
+            handle.write(line + "\n")
+
+
 def run_node(
-    plan: NodePlan, executor: Executor, retries: int = 2, progress: Progress | None = None
+    plan: NodePlan,
+    executor: Executor,
+    retries: int = 2,
+    progress: Progress | None = None,
+    events: EventLog | None = None,
 ) -> NodeResult:
     check_not_stale(plan)
     result = NodeResult(plan)
@@ -151,14 +168,20 @@ def run_node(
     documents = 0
     for attempt in range(retries + 1):
         failed: list[ShardTask] = []
-        for task, outcome in executor.map_unordered(run_task, pending):
+        for task, outcome in executor.map_unordered(run_task, pending, task_resources(plan.node)):
             if isinstance(outcome, BaseException):  # the executor itself lost the task
                 outcome = TaskOutcome(task, error=f"{type(outcome).__name__}: {outcome}")
             if outcome.error is not None:
                 failed.append(task)
                 last_errors[task.name] = outcome.error
+                if events:
+                    events.write("shard_error", plan.node.name, shard=task.name, attempt=attempt,
+                                 error=outcome.error.strip().splitlines()[-1])
                 continue
             records[task.name] = outcome.record
+            if events:
+                events.write("shard_skipped" if outcome.skipped else "shard_done", plan.node.name,
+                             **outcome.record.model_dump(exclude={"name"}), shard=task.name)
             result.skipped += outcome.skipped
             documents += outcome.record.rows_in
             if progress is not None:
@@ -181,7 +204,16 @@ def run_node(
     if not result.failures:
         schema = _output_schema(plan)
         plan.dataset.finalize(plan.node.stage.name, plan.config, plan.config_hash, plan.parents, result.records, schema)
+    if events:
+        events.write("node_failed" if result.failures else "node_done", plan.node.name,
+                     failed_shards=sorted(result.failures), wall_seconds=round(result.wall_seconds, 3))
     return result
+
+
+def task_resources(node: Node) -> dict[str, float]:
+    """Dask worker resources a task of this node needs; only GPUs are scarce enough to ask for."""
+    gpus = node.stage.resources.gpus
+    return {"GPU": gpus} if gpus else {}
 
 
 def _with_global_view(plan: NodePlan, executor: Executor) -> list[ShardTask]:
@@ -245,11 +277,12 @@ def run_graph(
     """Run every node in order; raises RunFailed naming failed shards after writing the summary."""
     console = console or default_console()
     results: list[NodeResult] = []
+    events = EventLog(graph.output / "_events.jsonl")
     with make_progress(console) as progress:
         for index in range(len(graph.nodes)):
             # Re-planned each time: a node's shards are known once its inputs are complete.
             plan = plan_graph(graph, dataset_paths)[index]
-            result = run_node(plan, executor, retries, progress)
+            result = run_node(plan, executor, retries, progress, events)
             results.append(result)
             if result.failures:
                 break

@@ -1,4 +1,4 @@
-"""Dask as users run it: a hand-started scheduler and workers on loopback, and a worker that dies."""
+"""Dask as users run it: a hand-started scheduler and two workers on loopback."""
 
 from __future__ import annotations
 
@@ -10,9 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.executors import make_executor
-from pipeline.graph import load_graph
-from pipeline.runner import run_graph
 from tests.conftest import data_files, gristmill_env, run_cli, write_corpus, write_graph
 
 DASK = str(Path(sys.executable).parent / "dask")
@@ -67,22 +64,3 @@ def test_cli_runs_against_an_existing_scheduler(tmp_path: Path, loopback_cluster
     result = run_cli("run", str(graph_path), "--output", str(tmp_path / "cluster"), "--scheduler", loopback_cluster)
     assert "long" in result.stderr
     assert data_files(tmp_path / "cluster") == data_files(tmp_path / "local")
-
-
-def test_a_worker_dying_mid_task_does_not_change_the_output(tmp_path: Path) -> None:
-    write_corpus(tmp_path / "corpus", files=4, docs_per_file=50)
-    for name in ("markers", "baseline_markers"):
-        (tmp_path / name).mkdir()
-    (tmp_path / "baseline_markers" / "killed").touch()  # the baseline never kills
-
-    def graph(markers: str):
-        extra = (f"  copy:\n    stage: test_kill_worker_once\n    input: long\n"
-                 f"    params: {{marker_dir: '{tmp_path / markers}', id_prefix: doc-1-}}\n")
-        return load_graph(write_graph(tmp_path / f"{markers}.yaml", tmp_path / "corpus", extra, plugins=True),
-                          tmp_path / markers.replace("markers", "run"))
-
-    run_graph(graph("baseline_markers"), make_executor("inprocess"))
-    with make_executor("dask", workers=2) as executor:
-        run_graph(graph("markers"), executor)
-    assert (tmp_path / "markers" / "killed").exists(), "no worker was killed"
-    assert data_files(tmp_path / "run") == data_files(tmp_path / "baseline_run")

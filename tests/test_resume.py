@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.dataset import Dataset
-from pipeline.executors import InProcessExecutor
+from pipeline.executors import InProcessExecutor, make_executor
 from pipeline.graph import load_graph
 from pipeline.runner import RunFailed, run_graph
 from tests.conftest import REPO, data_files, gristmill_env, run_cli, write_corpus, write_graph
@@ -68,8 +69,13 @@ def test_a_failing_shard_is_retried_then_named_and_the_rest_complete(tmp_path: P
     assert [record.name for record in failed.shard_records()] == ["part-00000", "part-00001", "part-00003"]
     traceback = (tmp_path / "run" / "fail" / "_failures" / "part-00002.txt").read_text()
     assert "Traceback" in traceback and "deliberate failure" in traceback
-    summary = (tmp_path / "run" / "_summary.json").read_text()
-    assert '"failed_shards": [\n        "part-00002"\n      ]' in summary
+    summary = json.loads((tmp_path / "run" / "_summary.json").read_text())
+    assert [stage["failed_shards"] for stage in summary["stages"]] == [[], [], ["part-00002"]]
+    events = [json.loads(line) for line in (tmp_path / "run" / "_events.jsonl").read_text().splitlines()]
+    errors = [event for event in events if event["event"] == "shard_error"]
+    assert [(event["shard"], event["attempt"]) for event in errors] == [("part-00002", 0), ("part-00002", 1)]
+    assert errors[0]["error"] == "ValueError: deliberate failure for the test"
+    assert sum(event["event"] == "shard_done" for event in events) == 4 + 4 + 3
 
 
 @pytest.mark.parametrize("retries,succeeds", [(0, False), (1, True)])
@@ -84,3 +90,23 @@ def test_transient_faults_are_retried(tmp_path: Path, retries: int, succeeds: bo
     else:
         with pytest.raises(RunFailed, match="flaky/part-00000, flaky/part-00001"):
             run_graph(graph, InProcessExecutor(), retries=retries)
+
+
+@pytest.mark.parametrize("kind", ["local", "dask"])
+def test_a_worker_dying_mid_task_does_not_change_the_output(tmp_path: Path, kind: str) -> None:
+    write_corpus(tmp_path / "corpus", files=4, docs_per_file=50)
+    for name in ("markers", "baseline_markers"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "baseline_markers" / "killed").touch()  # the baseline never kills
+
+    def graph(markers: str):
+        extra = (f"  copy:\n    stage: test_kill_worker_once\n    input: long\n"
+                 f"    params: {{marker_dir: '{tmp_path / markers}', id_prefix: doc-1-}}\n")
+        return load_graph(write_graph(tmp_path / f"{markers}.yaml", tmp_path / "corpus", extra, plugins=True),
+                          tmp_path / markers.replace("markers", "run"))
+
+    run_graph(graph("baseline_markers"), make_executor("inprocess"))
+    with make_executor(kind, workers=2) as executor:
+        run_graph(graph("markers"), executor)
+    assert (tmp_path / "markers" / "killed").exists(), "no worker was killed"
+    assert data_files(tmp_path / "run") == data_files(tmp_path / "baseline_run")
