@@ -6,6 +6,7 @@ shards stops the graph, names the shards and keeps what completed for the next r
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections import Counter
@@ -22,11 +23,12 @@ from rich.table import Table
 from pipeline.dataset import Dataset, ShardRecord, config_digest, write_json_atomic
 from pipeline.executors import Executor
 from pipeline.graph import Graph, GraphError, Node
-from pipeline.stage import MapStage
+from pipeline.stage import MapStage, ReduceContext
 from pipeline.tasks import ShardTask, SummaryTask, TaskOutcome, run_summary, run_task
 
 RUN_MARKER = "_run.json"
 FAILURES_DIR = "_failures"
+WORK_DIR = "_work"
 
 
 @dataclass
@@ -218,21 +220,41 @@ def task_resources(node: Node) -> dict[str, float]:
 
 def _with_global_view(plan: NodePlan, executor: Executor) -> list[ShardTask]:
     """Phase one of a global stage: summarise every input shard, reduce once, hand the view to tasks."""
-    summary_tasks = [SummaryTask(plan.node.stage.name, plan.config, task.source, task.plugins) for task in plan.tasks]
-    order = {summary.source: index for index, summary in enumerate(summary_tasks)}
-    summaries: list[tuple[int, pa.Table]] = []
-    for summary, table in executor.map_unordered(run_summary, summary_tasks):
-        if isinstance(table, BaseException):
-            raise table
-        if table is not None:
-            summaries.append((order[summary.source], table))
-    tables = [table for _, table in sorted(summaries, key=lambda pair: pair[0])]
+    work_dir = plan.dataset.path / WORK_DIR
+    summary_tasks = [
+        SummaryTask(plan.node.stage.name, plan.config, task.source, str(work_dir / "summaries" / f"{task.name}.parquet"),
+                    task.plugins)
+        for task in plan.tasks
+    ]
+    summary_files = [None if path is None else Path(path) for path in run_all(executor, run_summary, summary_tasks)]
+    context = ReduceContext(
+        shard_names=[task.name for task in plan.tasks],
+        summary_files=summary_files,
+        work_dir=work_dir,
+        run=lambda fn, items: run_all(executor, fn, items),
+    )
     stage = plan.node.stage(plan.node.config)
-    view = stage.reduce(pa.concat_tables(tables) if tables else None)
+    stage.setup()
+    view = stage.reduce(context)
     return [
         ShardTask(task.node, task.stage, task.config, task.source, task.output, task.name, task.plugins, view)
         for task in plan.tasks
     ]
+
+
+def run_all(executor: Executor, fn, items: list) -> list:
+    """Run fn over items on the executor; results in item order; the first failure raises."""
+    results: dict[int, Any] = {}
+    indexed = list(enumerate(items))
+    for (index, _), result in executor.map_unordered(functools.partial(_apply_to_value, fn), indexed):
+        if isinstance(result, BaseException):
+            raise result
+        results[index] = result
+    return [results[index] for index in range(len(items))]
+
+
+def _apply_to_value(fn, indexed_item: tuple[int, Any]) -> Any:
+    return fn(indexed_item[1])
 
 
 def _output_schema(plan: NodePlan) -> pa.Schema:

@@ -2,8 +2,9 @@
 
 Two kinds exist. A `SourceStage` turns external files (JSONL, Parquet, WARC) into documents,
 one shard per file. A `MapStage` turns each shard of a dataset into one output shard; if it
-needs a global view (a percentile, a cluster table) it also `summarize`s each shard and
-`reduce`s the summaries once before any shard is processed. Counting rows, bytes, rejects
+needs a global view (a percentile, a cluster table) it also `summarize`s each shard into a
+summary file and `reduce`s them once, possibly with tasks of its own, before any shard is
+processed. Counting rows, bytes, rejects
 and seconds is the runner's job, so a stage only says what it keeps and why it drops the rest.
 """
 
@@ -11,12 +12,14 @@ from __future__ import annotations
 
 import glob
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.dataset import REJECT_SCHEMA
@@ -123,22 +126,44 @@ class SourceStage(Stage):
         """Yield documents from one input file; malformed records are rejected, never raised."""
 
 
+@dataclass
+class ReduceContext:
+    """What a global stage's reduce step gets: the shards' summary files and the executor.
+
+    `run(fn, items)` runs a picklable top-level function over items as tasks on the run's
+    executor (so a reduce can itself be spread over a Dask cluster) and returns the results
+    in item order; it raises if any task fails. `work_dir` is the dataset's `_work/` folder
+    for intermediate files, kept after the run.
+    """
+
+    shard_names: list[str]
+    summary_files: list[Path | None]  # per shard, in order; None where a shard had no rows
+    work_dir: Path
+    run: Callable[[Callable[[Any], Any], list[Any]], list[Any]]
+
+    def read_summaries(self) -> pa.Table | None:
+        """Every summary in shard order, as one table; for summaries small enough to hold."""
+        tables = [pq.read_table(path) for path in self.summary_files if path is not None]
+        return pa.concat_tables(tables) if tables else None
+
+
 class MapStage(Stage):
     """Transforms one dataset shard into one output shard, batch by batch."""
 
     needs_global_view: ClassVar[bool] = False
 
     def summarize(self, batch: pa.RecordBatch) -> pa.Table:
-        """Per-batch facts for the global view (only when `needs_global_view`)."""
+        """Per-batch facts for the global view (only when `needs_global_view`); written to disk per shard."""
         raise NotImplementedError
 
-    def reduce(self, summaries: pa.Table) -> Any:
-        """Combine every shard's summaries into the global view; the result must pickle."""
+    def reduce(self, context: ReduceContext) -> Any:
+        """Combine every shard's summaries into the global view; the result must pickle and stay small."""
         raise NotImplementedError
 
-    def bind(self, global_view: Any) -> None:
-        """Receive the reduced global view before `process` is called."""
+    def bind(self, global_view: Any, shard_name: str) -> None:
+        """Receive the reduced global view, and the name of the shard about to be processed."""
         self.global_view = global_view
+        self.shard_name = shard_name
 
     @abstractmethod
     def process(self, batch: pa.RecordBatch) -> BatchResult:

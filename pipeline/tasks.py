@@ -15,6 +15,7 @@ import traceback
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -46,11 +47,12 @@ class ShardTask:
 
 @dataclass(frozen=True)
 class SummaryTask:
-    """Phase one of a stage with a global view: summarise one input shard."""
+    """Phase one of a stage with a global view: summarise one input shard into a file."""
 
     stage: str
     config: dict[str, Any]
     source: str
+    output: str
     plugins: tuple[str, ...] = ()
 
 
@@ -87,11 +89,29 @@ def text_bytes(data: pa.RecordBatch | pa.Table) -> int:
     return pc.sum(pc.binary_length(data.column("text"))).as_py() or 0
 
 
-def run_summary(task: SummaryTask) -> pa.Table:
+def run_summary(task: SummaryTask) -> str | None:
+    """Write one shard's summary atomically (skipped if present); None when the shard has no rows."""
+    output = Path(task.output)
+    if output.exists():
+        return task.output
     stage = stage_for(task.stage, task.config, task.plugins)
     assert isinstance(stage, MapStage)
-    parts = [stage.summarize(batch) for batch in iter_parquet_batches(task.source)]
-    return pa.concat_tables(parts) if parts else None
+    writer = None
+    try:
+        for batch in iter_parquet_batches(task.source):
+            summary = stage.summarize(batch)
+            if writer is None:
+                output.parent.mkdir(parents=True, exist_ok=True)
+                writer = ParquetShardWriter(output, summary.schema)
+            writer.write(summary)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    if writer is None:
+        return None
+    writer.commit()
+    return task.output
 
 
 def run_task(task: ShardTask) -> TaskOutcome:
@@ -117,7 +137,7 @@ def _execute(task: ShardTask) -> ShardRecord:
     else:
         assert isinstance(stage, MapStage)
         if stage.needs_global_view:
-            stage.bind(task.global_view)
+            stage.bind(task.global_view, task.name)
         schema = stage.output_schema(pq.read_schema(task.source))
         results = _map_batches(stage, task.source, counted_input)
 

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from pipeline.stage import BatchResult, MapStage, StageConfig, register
+from pipeline.stage import BatchResult, MapStage, ReduceContext, StageConfig, register
 
 
 class FailOnConfig(StageConfig):
@@ -104,8 +104,8 @@ class KeepLongest(MapStage):
     def summarize(self, batch: pa.RecordBatch) -> pa.Table:
         return pa.table({"length": pc.utf8_length(batch.column("text"))})
 
-    def reduce(self, summaries: pa.Table) -> int:
-        lengths = sorted(summaries.column("length").to_pylist(), reverse=True)
+    def reduce(self, context: ReduceContext) -> int:
+        lengths = sorted(context.read_summaries().column("length").to_pylist(), reverse=True)
         return lengths[max(int(len(lengths) * self.config.keep_fraction) - 1, 0)]
 
     def process(self, batch: pa.RecordBatch) -> BatchResult:

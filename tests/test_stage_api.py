@@ -9,12 +9,12 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.dataset import Dataset
 from pipeline.documents import DOCUMENT_SCHEMA
-from pipeline.executors import InProcessExecutor
+from pipeline.executors import InProcessExecutor, make_executor
 from pipeline.graph import load_graph
 from pipeline.runner import run_graph
 from pipeline.stage import BatchResult, register, stage_class
@@ -106,16 +106,19 @@ def test_read_text_handles_compressed_jsonl_and_parquet_alike(tmp_path: Path) ->
     assert outputs["docs.parquet"]["source"].to_list() == ["docs"] * 5
 
 
-def test_a_stage_with_a_global_view_sees_every_shard(tmp_path: Path, corpus: Path) -> None:
+@pytest.mark.parametrize("kind", ["inprocess", "dask"])
+def test_a_stage_with_a_global_view_sees_every_shard(tmp_path: Path, corpus: Path, kind: str) -> None:
     extra = "  longest:\n    stage: test_keep_longest\n    input: long\n    params: {keep_fraction: 0.25}\n"
     graph = load_graph(write_graph(tmp_path / "g.yaml", corpus, extra, plugins=True), tmp_path / "run")
-    run_graph(graph, InProcessExecutor())
+    with make_executor(kind, 2) as executor:
+        run_graph(graph, executor)
     before = pl.read_parquet(tmp_path / "run" / "long" / "*.parquet")
     after = pl.read_parquet(tmp_path / "run" / "longest" / "*.parquet")
     cutoff = before["text"].str.len_chars().sort(descending=True)[int(before.height * 0.25) - 1]
     assert after.height == (before["text"].str.len_chars() >= cutoff).sum()
     assert after["text"].str.len_chars().min() >= cutoff
     assert Dataset(tmp_path / "run" / "longest").manifest().rejected == {"below_global_cutoff": before.height - after.height}
+    assert len(list((tmp_path / "run" / "longest" / "_work" / "summaries").glob("*.parquet"))) == 4
 
 
 def test_keep_all_and_split_agree_on_schema() -> None:
