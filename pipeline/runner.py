@@ -74,7 +74,7 @@ def plan_graph(graph: Graph, dataset_paths: dict[str, Path] | None = None) -> li
     A node whose upstream node is not complete yet has no tasks: its shards are known only
     once the upstream manifest exists, so `run_graph` plans each node just before running it.
     """
-    paths = dataset_paths or {node.name: node_dataset_path(graph, node) for node in graph.nodes}
+    paths = dataset_paths or default_dataset_paths(graph)
     hashes: dict[str, str] = {}
     plans = []
     for node in graph.nodes:
@@ -82,6 +82,10 @@ def plan_graph(graph: Graph, dataset_paths: dict[str, Path] | None = None) -> li
         hashes[node.name] = plan.config_hash
         plans.append(plan)
     return plans
+
+
+def default_dataset_paths(graph: Graph) -> dict[str, Path]:
+    return {node.name: node_dataset_path(graph, node) for node in graph.nodes}
 
 
 def plan_node(graph: Graph, node: Node, paths: dict[str, Path], hashes: dict[str, str]) -> NodePlan:
@@ -300,10 +304,13 @@ def run_graph(
     console = console or default_console()
     results: list[NodeResult] = []
     events = EventLog(graph.output / "_events.jsonl")
+    paths = dataset_paths or default_dataset_paths(graph)
+    hashes: dict[str, str] = {}
     with make_progress(console) as progress:
-        for index in range(len(graph.nodes)):
-            # Re-planned each time: a node's shards are known once its inputs are complete.
-            plan = plan_graph(graph, dataset_paths)[index]
+        for node in graph.nodes:
+            # Planned just before running: a node's shards are known once its inputs are complete.
+            plan = plan_node(graph, node, paths, hashes)
+            hashes[node.name] = plan.config_hash
             result = run_node(plan, executor, retries, progress, events)
             results.append(result)
             if result.failures:
