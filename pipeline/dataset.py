@@ -63,6 +63,7 @@ class ShardRecord(BaseModel):
     name: str
     source: str = Field(description="input shard or file this shard was made from")
     rows: int
+    documents_out: int = Field(description="documents the rows hold; equals rows unless a stage splits documents")
     bytes: int
     checksum: str
     rows_in: int

@@ -92,6 +92,10 @@ class Stage(ABC):
     name: ClassVar[str]
     Config: ClassVar[type[StageConfig]]
     resources: ClassVar[Resources] = Resources()
+    # A stage that splits documents into several rows (chunks, sequences) sets this to False and
+    # gives every output row a `document_id`; the ledger then counts documents, not rows. One
+    # document's rows must come from one batch.
+    rows_are_documents: ClassVar[bool] = True
 
     def __init__(self, config: StageConfig):
         self.config = config

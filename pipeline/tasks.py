@@ -89,6 +89,13 @@ def text_bytes(data: pa.RecordBatch | pa.Table) -> int:
     return pc.sum(pc.binary_length(data.column("text"))).as_py() or 0
 
 
+def documents_in(stage: Stage, kept: pa.RecordBatch | pa.Table) -> int:
+    """Documents a batch of output rows holds: one per row, or distinct `document_id`s for splitting stages."""
+    if stage.rows_are_documents or kept.num_rows == 0:
+        return kept.num_rows
+    return pc.count_distinct(kept.column("document_id")).as_py()
+
+
 def run_summary(task: SummaryTask) -> str | None:
     """Write one shard's summary atomically (skipped if present); None when the shard has no rows."""
     output = Path(task.output)
@@ -143,11 +150,12 @@ def _execute(task: ShardTask) -> ShardRecord:
 
     data_writer = ParquetShardWriter(dataset.shard_path(task.name), schema)
     reject_writer = ParquetShardWriter(dataset.reject_path(task.name), REJECT_SCHEMA)
-    rows_out, text_out, rejected = 0, 0, Counter()
+    rows_out, documents_out, text_out, rejected = 0, 0, 0, Counter()
     try:
         for result in results:
             data_writer.write(result.kept)
             rows_out += result.kept.num_rows
+            documents_out += documents_in(stage, result.kept)
             text_out += text_bytes(result.kept)
             if result.rejected.num_rows:
                 ledger = result.rejected.set_column(
@@ -161,15 +169,15 @@ def _execute(task: ShardTask) -> ShardRecord:
         raise
 
     if isinstance(stage, SourceStage):
-        rows_in, text_in = rows_out + sum(rejected.values()), text_out
+        rows_in, text_in = documents_out + sum(rejected.values()), text_out
     else:
         rows_in, text_in = counted_input
-    if rows_in != rows_out + sum(rejected.values()):
+    if rows_in != documents_out + sum(rejected.values()):
         data_writer.abort()
         reject_writer.abort()
         raise RuntimeError(
             f"stage {task.stage!r} broke the ledger invariant on {task.source}: "
-            f"{rows_in} in != {rows_out} out + {sum(rejected.values())} rejected"
+            f"{rows_in} in != {documents_out} out + {sum(rejected.values())} rejected"
         )
     reject_writer.commit()
     size, checksum = data_writer.commit()
@@ -177,6 +185,7 @@ def _execute(task: ShardTask) -> ShardRecord:
         name=task.name,
         source=task.source,
         rows=rows_out,
+        documents_out=documents_out,
         bytes=size,
         checksum=checksum,
         rows_in=rows_in,

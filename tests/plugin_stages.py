@@ -112,3 +112,30 @@ class KeepLongest(MapStage):
         short = pc.less(pc.utf8_length(batch.column("text")), self.global_view)
         reasons = pc.if_else(short, "below_global_cutoff", pa.nulls(batch.num_rows, pa.string()))
         return BatchResult.split(batch, reasons)
+
+
+class SentencesConfig(StageConfig):
+    pass
+
+
+@register
+class SplitSentences(MapStage):
+    """Splits each document into one row per word: a stage whose rows are not documents."""
+
+    name = "test_split_sentences"
+    Config = SentencesConfig
+    rows_are_documents = False
+
+    def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
+        return pa.schema([("document_id", pa.string()), ("sentence", pa.string())])
+
+    def process(self, batch: pa.RecordBatch) -> BatchResult:
+        sentences = pc.split_pattern(batch.column("text"), " ")
+        lengths = pc.list_value_length(sentences)
+        rows = pa.table({
+            "document_id": pc.take(batch.column("id"), pc.list_parent_indices(sentences)),
+            "sentence": pc.list_flatten(sentences),
+        })
+        no_sentences = pc.equal(lengths, 0)
+        reasons = pc.if_else(no_sentences, "no_sentences", pa.nulls(batch.num_rows, pa.string()))
+        return BatchResult(rows, BatchResult.split(batch, reasons).rejected)

@@ -127,3 +127,14 @@ def test_keep_all_and_split_agree_on_schema() -> None:
     split = BatchResult.split(batch, pa.nulls(2, pa.string()))
     assert kept.kept.equals(split.kept)
     assert kept.rejected.schema.equals(split.rejected.schema)
+
+
+def test_a_stage_that_splits_documents_counts_documents_not_rows(tmp_path: Path, corpus: Path) -> None:
+    extra = "  sentences:\n    stage: test_split_sentences\n    input: long\n"
+    graph = load_graph(write_graph(tmp_path / "g.yaml", corpus, extra, plugins=True), tmp_path / "run")
+    run_graph(graph, InProcessExecutor())
+    long = Dataset(tmp_path / "run" / "long").manifest()
+    sentences = Dataset(tmp_path / "run" / "sentences").manifest()
+    assert sentences.rows > long.rows
+    assert sum(shard.documents_out for shard in sentences.shards) == long.rows
+    assert sentences.rows_in == long.rows and sentences.rejected == {}
