@@ -96,6 +96,7 @@ def plan_node(graph: Graph, node: Node, paths: dict[str, Path], hashes: dict[str
     if node.is_source:
         sources = node.stage(node.config).list_inputs()
         parents = list(sources)
+        parent_hashes = list(sources)  # a glob that matches other files makes another dataset
     else:
         sources, parents = [], []
         for upstream in node.inputs:
