@@ -136,6 +136,10 @@ def inspect(dataset: str, as_json: bool, sample_rows: int) -> None:
     click.echo("rejected" + ("  none" if not report["rejected"] else ""))
     for reason, count in report["rejected"].items():
         click.echo(f"  {reason:<24} {count:,}")
+    if report["stats"]:
+        click.echo("stats")
+        for name, value in report["stats"].items():
+            click.echo(f"  {name:<24} {value:,}")
     click.echo("sample")
     for row in report["sample"]:
         shown = {key: (value[:120] + "…" if isinstance(value, str) and len(value) > 120 else value) for key, value in row.items()}
@@ -161,6 +165,7 @@ def describe_dataset(dataset: Dataset, sample_rows: int) -> dict[str, Any]:
         "bytes": manifest.bytes,
         "schema": manifest.columns,
         "rejected": manifest.rejected,
+        "stats": manifest.stats,
         "sample": sample,
     }
 
@@ -178,9 +183,12 @@ def sample(output: str, pages: int, seed: int) -> None:
 
 
 def _unwrap_optional(annotation: Any) -> Any:
+    """The plain type behind `X | None` and `Annotated[X, ...]`, for choosing a CLI option's kind."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _unwrap_optional(typing.get_args(annotation)[0])
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         members = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
-        return members[0] if len(members) == 1 else annotation
+        return _unwrap_optional(members[0]) if len(members) == 1 else annotation
     return annotation
 
 

@@ -71,6 +71,7 @@ class ShardRecord(BaseModel):
     text_bytes_in: int = 0
     text_bytes_out: int = 0
     seconds: float = 0.0
+    stats: dict[str, int | float] = Field(default_factory=dict, description="stage-specific counters, summed")
 
     @property
     def rows_rejected(self) -> int:
@@ -93,6 +94,7 @@ class Manifest(BaseModel):
     bytes: int
     rows_in: int
     rejected: dict[str, int]
+    stats: dict[str, int | float] = Field(default_factory=dict)
 
     @property
     def schema(self) -> pa.Schema:
@@ -276,8 +278,10 @@ class Dataset:
             if not path.exists() or path.stat().st_size != record.bytes:
                 raise DatasetError(f"{path}: missing or does not match its shard record")
         rejected: Counter[str] = Counter()
+        stats: Counter[str] = Counter()
         for record in records:
             rejected.update(record.rejected)
+            stats.update(record.stats)
         manifest = Manifest(
             stage=stage,
             config=config,
@@ -290,6 +294,7 @@ class Dataset:
             bytes=sum(record.bytes for record in records),
             rows_in=sum(record.rows_in for record in records),
             rejected=dict(sorted(rejected.items())),
+            stats=dict(sorted(stats.items())),
         )
         self.remove_temporaries()
         write_json_atomic(self.manifest_path, manifest.model_dump_json(indent=2))

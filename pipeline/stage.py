@@ -13,7 +13,7 @@ from __future__ import annotations
 import glob
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -50,6 +50,9 @@ class BatchResult:
 
     kept: pa.RecordBatch | pa.Table
     rejected: pa.Table
+    # Counters a stage wants summed per shard and per dataset (documents per language, lines
+    # removed, tokens dropped); they land in the shard record and the manifest as `stats`.
+    stats: dict[str, int | float] = field(default_factory=dict)
 
     @staticmethod
     def keep_all(batch: pa.RecordBatch | pa.Table) -> BatchResult:

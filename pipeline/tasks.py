@@ -150,12 +150,13 @@ def _execute(task: ShardTask) -> ShardRecord:
 
     data_writer = ParquetShardWriter(dataset.shard_path(task.name), schema)
     reject_writer = ParquetShardWriter(dataset.reject_path(task.name), REJECT_SCHEMA)
-    rows_out, documents_out, text_out, rejected = 0, 0, 0, Counter()
+    rows_out, documents_out, text_out, rejected, stats = 0, 0, 0, Counter(), Counter()
     try:
         for result in results:
             data_writer.write(result.kept)
             rows_out += result.kept.num_rows
             documents_out += documents_in(stage, result.kept)
+            stats.update(result.stats)
             text_out += text_bytes(result.kept)
             if result.rejected.num_rows:
                 ledger = result.rejected.set_column(
@@ -193,6 +194,7 @@ def _execute(task: ShardTask) -> ShardRecord:
         text_bytes_in=text_in,
         text_bytes_out=text_out,
         seconds=round(time.perf_counter() - started, 6),
+        stats=dict(sorted(stats.items())),
     )
     write_json_atomic(dataset.record_path(task.name), record.model_dump_json(indent=2))
     return record

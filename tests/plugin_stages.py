@@ -138,4 +138,4 @@ class SplitSentences(MapStage):
         })
         no_sentences = pc.equal(lengths, 0)
         reasons = pc.if_else(no_sentences, "no_sentences", pa.nulls(batch.num_rows, pa.string()))
-        return BatchResult(rows, BatchResult.split(batch, reasons).rejected)
+        return BatchResult(rows, BatchResult.split(batch, reasons).rejected, stats={"words": rows.num_rows})

@@ -138,3 +138,4 @@ def test_a_stage_that_splits_documents_counts_documents_not_rows(tmp_path: Path,
     assert sentences.rows > long.rows
     assert sum(shard.documents_out for shard in sentences.shards) == long.rows
     assert sentences.rows_in == long.rows and sentences.rejected == {}
+    assert sentences.stats == {"words": sentences.rows}
