@@ -3,4 +3,4 @@
 Importing this package registers every built-in stage.
 """
 
-from stages import length_filter, read_text  # noqa: F401,E402  (registration side effects)
+from stages import langid, length_filter, pii, read_text, url_filter  # noqa: F401,E402  (registration side effects)
