@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from pipeline.cli_tokens import commands as token_commands
 from pipeline.dataset import Dataset, DatasetError
 from pipeline.executors import make_executor
 from pipeline.graph import Graph, GraphError, GraphSpec, NodeSpec, build_graph, load_graph
@@ -224,6 +225,10 @@ def stage_command(stage: type[Stage]) -> click.Command:
             params.append(click.Option([f"{flag}/--no-{flag[2:]}", name], default=None, help=help_text))
         elif typing.get_origin(annotation) is list:
             params.append(click.Option([flag, name], multiple=True, help=help_text + " (repeatable)"))
+        elif typing.get_origin(annotation) is typing.Literal:
+            choices = [str(choice) for choice in typing.get_args(annotation)]
+            params.append(click.Option([flag, name], type=click.Choice(choices), default=None, help=help_text,
+                                       required=info.is_required()))
         else:
             metavar = getattr(annotation, "__name__", "VALUE").upper()
             params.append(click.Option([flag, name], default=None, help=help_text, metavar=metavar,
@@ -235,6 +240,8 @@ def stage_command(stage: type[Stage]) -> click.Command:
 
 for _stage in registered_stages().values():
     cli.add_command(stage_command(_stage))
+for _command in token_commands:
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -23,8 +23,18 @@ import pyarrow.parquet as pq
 import xxhash
 
 from pipeline.dataset import Dataset, DatasetError, file_checksum, write_json_atomic
-from pipeline.indexed_dataset import IndexedDataset, IndexedDatasetError, IndexedDatasetWriter, token_dtype
-from pipeline.tokenization import TokenizerError, load_tokenizer, train_from_dataset
+from pipeline.indexed_dataset import (
+    IndexedDataset,
+    IndexedDatasetError,
+    IndexedDatasetWriter,
+    token_dtype,
+)
+from pipeline.tokenization import (
+    TokenizerError,
+    load_tokenizer,
+    tokenizer_record,
+    train_from_dataset,
+)
 
 SIDECAR_FORMAT = "gristmill.tokens"
 STATS_FILE = "stats.json"
@@ -32,7 +42,6 @@ SPILL_DIR = "_spill"
 MAX_PARTITIONS = 128  # per bucket: each is an open spill file during pass two
 # Arrow bytes a spilled token costs while a partition is sorted (values, the sorted copy, the written view).
 BYTES_PER_SPILLED_TOKEN = 12
-TOKENIZER_METADATA_KEY = b"gristmill.tokenizer"
 PIECE_COLUMNS = ("document_id", "chunk_index", "token_start", "segment", "bucket", "num_tokens", "dropped_tokens", "tokens")
 SORT_KEYS = [("key", "ascending"), ("first_document_id", "ascending"), ("first_chunk", "ascending"),
              ("segment", "ascending")]
@@ -119,11 +128,11 @@ def open_decomposed(path: str | Path) -> tuple[Dataset, dict[str, Any], list[str
     missing = [name for name in PIECE_COLUMNS if name not in schema.names]
     if missing:
         raise ExportError(f"{path}: not a decomposed dataset (no {', '.join(missing)}; run decompose first)")
-    raw = (schema.metadata or {}).get(TOKENIZER_METADATA_KEY)
-    if not raw:
+    tokenizer_used = tokenizer_record(schema)
+    if tokenizer_used is None:
         raise ExportError(f"{path}: schema records no tokenizer (made by the tokenize stage?)")
     extra_columns = [name for name in schema.names if name not in PIECE_COLUMNS]
-    return dataset, json.loads(raw), extra_columns
+    return dataset, tokenizer_used, extra_columns
 
 
 def partition_bits(tokens: int, memory_bytes: int) -> int:
@@ -142,6 +151,8 @@ def export_buckets(source: str | Path, output: str | Path, seed: int = 0, memory
     dataset, tokenizer, extra_columns = open_decomposed(source)
     manifest = dataset.manifest()
     output = Path(output)
+    if output.exists() and any(path.name != SPILL_DIR for path in output.iterdir()):
+        raise ExportError(f"{output}: not empty; export into a new directory")
     output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 

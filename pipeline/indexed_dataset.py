@@ -27,9 +27,13 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xxhash
+
+if TYPE_CHECKING:
+    from typing import Self
 
 INDEX_MAGIC = b"MMIDIDX\x00\x00"
 INDEX_VERSION = 1
@@ -94,7 +98,7 @@ class IndexedDatasetWriter:
             raise ValueError(f"unsupported token dtype {self.dtype}")
         self._limit = np.iinfo(self.dtype).max
         self._temporary_bin = self._temporary(bin_path(prefix))
-        self._bin = open(self._temporary_bin, "wb")
+        self._bin = open(self._temporary_bin, "wb")  # noqa: SIM115 - held open until finish() or abort()
         self._digest = xxhash.xxh3_128()
         self._lengths: list[np.ndarray] = []
         self._documents_per_batch: list[np.ndarray] = []
@@ -159,7 +163,7 @@ class IndexedDatasetWriter:
         self._bin.close()
         self._temporary_bin.unlink(missing_ok=True)
 
-    def __enter__(self) -> IndexedDatasetWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type, exc, traceback) -> None:

@@ -27,6 +27,8 @@ KNOWN_EOS_TOKENS = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|im_e
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
 TRAINING_FILE = "training.json"
+# Schema metadata key under which tokenized datasets record their tokenizer.
+TOKENIZER_METADATA_KEY = b"gristmill.tokenizer"
 
 
 class TokenizerError(Exception):
@@ -65,6 +67,12 @@ class LoadedTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         """Text of token ids; special tokens (EOS) are left out."""
         return self.tokenizer.decode([int(token) for token in ids], skip_special_tokens=True)
+
+
+def tokenizer_record(schema: pa.Schema) -> dict[str, Any] | None:
+    """The tokenizer a tokenized dataset was made with, from its schema metadata (None if untokenized)."""
+    raw = (schema.metadata or {}).get(TOKENIZER_METADATA_KEY)
+    return json.loads(raw) if raw else None
 
 
 def fingerprint(tokenizer: Tokenizer, eos_id: int) -> str:
