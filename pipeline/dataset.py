@@ -257,11 +257,10 @@ class Dataset:
             yield from iter_parquet_batches(self.reject_path(name))
 
     def remove_temporaries(self) -> None:
-        """Delete files left by writers that died before committing."""
-        for directory in (self.path, self.path / REJECTS_DIR, self.path / SHARDS_DIR):
-            if directory.exists():
-                for leftover in directory.glob(f"*{TEMP_MARK}*"):
-                    leftover.unlink(missing_ok=True)
+        """Delete files left by writers that died before committing, work files included."""
+        for leftover in self.path.rglob(f".*{TEMP_MARK}*"):
+            if leftover.is_file():
+                leftover.unlink(missing_ok=True)
 
     def finalize(
         self,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import time
+import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,7 +165,10 @@ def run_node(
 
     tasks = plan.tasks
     if issubclass(plan.node.stage, MapStage) and plan.node.stage.needs_global_view and tasks:
-        tasks = _with_global_view(plan, executor)
+        try:
+            tasks = _with_global_view(plan, executor)
+        except Exception:  # noqa: BLE001 - reported like a failed shard, with its traceback
+            return _record_failures(result, {"reduce": "global view\n" + traceback.format_exc()}, events, started)
 
     records: dict[str, ShardRecord] = {}
     last_errors: dict[str, str] = {}
@@ -198,21 +202,26 @@ def run_node(
         if not pending:
             break
 
-    failures_dir = plan.dataset.path / FAILURES_DIR
-    for task in pending:
-        failures_dir.mkdir(exist_ok=True)
-        (failures_dir / f"{task.name}.txt").write_text(f"source: {task.source}\n{last_errors[task.name]}")
-        result.failures[task.name] = last_errors[task.name]
     for name in records:
-        (failures_dir / f"{name}.txt").unlink(missing_ok=True)
-
+        (plan.dataset.path / FAILURES_DIR / f"{name}.txt").unlink(missing_ok=True)
     result.records = [records[task.name] for task in plan.tasks if task.name in records]
-    result.wall_seconds = time.perf_counter() - started
-    if not result.failures:
+    failures = {task.name: f"source: {task.source}\n{last_errors[task.name]}" for task in pending}
+    if not failures:
         schema = _output_schema(plan)
         plan.dataset.finalize(plan.node.stage.name, plan.config, plan.config_hash, plan.parents, result.records, schema)
+    return _record_failures(result, failures, events, started)
+
+
+def _record_failures(result: NodeResult, failures: dict[str, str], events: EventLog | None, started: float) -> NodeResult:
+    """Keep each failure's traceback in `_failures/<name>.txt`, log the node's end, and return the result."""
+    failures_dir = result.plan.dataset.path / FAILURES_DIR
+    for name, error in failures.items():
+        failures_dir.mkdir(exist_ok=True)
+        (failures_dir / f"{name}.txt").write_text(error)
+        result.failures[name] = error
+    result.wall_seconds = time.perf_counter() - started
     if events:
-        events.write("node_failed" if result.failures else "node_done", plan.node.name,
+        events.write("node_failed" if result.failures else "node_done", result.plan.node.name,
                      failed_shards=sorted(result.failures), wall_seconds=round(result.wall_seconds, 3))
     return result
 
@@ -226,19 +235,20 @@ def task_resources(node: Node) -> dict[str, float]:
 def _with_global_view(plan: NodePlan, executor: Executor) -> list[ShardTask]:
     """Phase one of a global stage: summarise every input shard, reduce once, hand the view to tasks."""
     work_dir = plan.dataset.path / WORK_DIR
-    summary_tasks = [
+    stage = plan.node.stage(plan.node.config)
+    summary_tasks = [] if type(stage).summarize is MapStage.summarize else [
         SummaryTask(plan.node.stage.name, plan.config, task.source, str(work_dir / "summaries" / f"{task.name}.parquet"),
                     task.plugins)
         for task in plan.tasks
     ]
     summary_files = [None if path is None else Path(path) for path in run_all(executor, run_summary, summary_tasks)]
+    summary_files = summary_files or [None] * len(plan.tasks)  # a stage that summarises nothing
     context = ReduceContext(
         shard_names=[task.name for task in plan.tasks],
         summary_files=summary_files,
         work_dir=work_dir,
         run=lambda fn, items: run_all(executor, fn, items),
     )
-    stage = plan.node.stage(plan.node.config)
     stage.setup()
     view = stage.reduce(context)
     return [
@@ -323,7 +333,7 @@ def run_graph(
     if failed:
         first_name, first_error = next(iter(failed.items()))
         last_line = first_error.strip().splitlines()[-1]
-        raise RunFailed(f"{len(failed)} shard(s) failed: {', '.join(failed)}; first error ({first_name}): {last_line}")
+        raise RunFailed(f"{len(failed)} task(s) failed: {', '.join(failed)}; first error ({first_name}): {last_line}")
     return results
 
 

@@ -160,7 +160,8 @@ class MapStage(Stage):
     needs_global_view: ClassVar[bool] = False
 
     def summarize(self, batch: pa.RecordBatch) -> pa.Table:
-        """Per-batch facts for the global view (only when `needs_global_view`); written to disk per shard."""
+        """Per-batch facts for the global view, written to disk per shard; a stage whose view
+        does not depend on its input (e.g. an index of external files) leaves this out."""
         raise NotImplementedError
 
     def reduce(self, context: ReduceContext) -> Any:

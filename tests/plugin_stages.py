@@ -139,3 +139,13 @@ class SplitSentences(MapStage):
         no_sentences = pc.equal(lengths, 0)
         reasons = pc.if_else(no_sentences, "no_sentences", pa.nulls(batch.num_rows, pa.string()))
         return BatchResult(rows, BatchResult.split(batch, reasons).rejected, stats={"words": rows.num_rows})
+
+
+@register
+class BrokenReduce(KeepLongest):
+    """A global stage whose reduce step raises, as a bad benchmark file or column would."""
+
+    name = "test_broken_reduce"
+
+    def reduce(self, context: ReduceContext) -> int:
+        raise ValueError("no such column: quality")

@@ -62,7 +62,7 @@ def test_a_failing_shard_is_retried_then_named_and_the_rest_complete(tmp_path: P
     result = run_cli("run", str(graph_path), "--output", str(tmp_path / "run"), "--executor", "local",
                      "--workers", "2", "--retries", "1", check=False)
     assert result.returncode == 1
-    assert "1 shard(s) failed: fail/part-00002" in result.stderr
+    assert "1 task(s) failed: fail/part-00002" in result.stderr
     assert "ValueError: deliberate failure for the test" in result.stderr
     failed = Dataset(tmp_path / "run" / "fail")
     assert not failed.is_complete
@@ -110,3 +110,15 @@ def test_a_worker_dying_mid_task_does_not_change_the_output(tmp_path: Path, kind
         run_graph(graph("markers"), executor)
     assert (tmp_path / "markers" / "killed").exists(), "no worker was killed"
     assert data_files(tmp_path / "run") == data_files(tmp_path / "baseline_run")
+
+
+def test_a_failing_reduce_step_is_reported_like_a_failed_shard(tmp_path: Path) -> None:
+    write_corpus(tmp_path / "corpus", files=2, docs_per_file=20)
+    extra = "  broken:\n    stage: test_broken_reduce\n    input: long\n"
+    graph_path = write_graph(tmp_path / "g.yaml", tmp_path / "corpus", extra, plugins=True)
+    result = run_cli("run", str(graph_path), "--output", str(tmp_path / "run"), "--executor", "inprocess", check=False)
+    assert result.returncode == 1
+    assert "1 task(s) failed: broken/reduce" in result.stderr
+    assert "ValueError: no such column: quality" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Traceback" in (tmp_path / "run" / "broken" / "_failures" / "reduce.txt").read_text()
