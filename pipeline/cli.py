@@ -171,6 +171,28 @@ def describe_dataset(dataset: Dataset, sample_rows: int) -> dict[str, Any]:
     }
 
 
+@cli.command("dedup-plan")
+@click.argument("dataset", type=click.Path(file_okay=False))
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=0.8, show_default=True,
+              help="Target Jaccard similarity of near duplicates.")
+@click.option("--num-perm", type=click.IntRange(min=2), default=128, show_default=True, help="MinHash permutations.")
+@click.option("--false-positive-weight", type=click.FloatRange(0, 1), default=0.05, show_default=True,
+              help="Weight of false positives when choosing bands x rows.")
+@click.option("--false-negative-weight", type=click.FloatRange(0, 1), default=0.95, show_default=True,
+              help="Weight of false negatives when choosing bands x rows.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Whether candidates will be checked against exact Jaccard (changes storage and memory).")
+def dedup_plan(dataset: str, threshold: float, num_perm: int, false_positive_weight: float,
+               false_negative_weight: float, verify: bool) -> None:
+    """Before deduplicating DATASET: bands and rows, the S-curve, storage and memory per worker."""
+    from stages.lsh import format_dedup_plan
+
+    try:
+        click.echo(format_dedup_plan(dataset, threshold, num_perm, false_positive_weight, false_negative_weight, verify))
+    except DatasetError as error:
+        fail(str(error))
+
+
 @cli.command()
 @click.option("--output", type=click.Path(file_okay=False), required=True, help="Directory for sample.warc.gz and pages.jsonl.")
 @click.option("--pages", type=click.IntRange(min=10), default=400, show_default=True, help="Number of pages.")

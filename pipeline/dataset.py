@@ -30,7 +30,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "_manifest.json"
@@ -215,8 +215,10 @@ class Dataset:
             raise DatasetError(f"{self.path}: not a complete Gristmill dataset (no {MANIFEST_NAME})")
         try:
             return Manifest.model_validate_json(self.manifest_path.read_text())
-        except ValueError as error:
-            raise DatasetError(f"{self.manifest_path}: unreadable manifest: {error}") from None
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise DatasetError(f"{self.manifest_path}: unreadable manifest: {where}: {first['msg']}") from None
 
     def completed_record(self, name: str) -> ShardRecord | None:
         path = self.record_path(name)

@@ -3,4 +3,4 @@
 Importing this package registers every built-in stage.
 """
 
-from stages import decompose, decontaminate, langid, length_filter, pii, read_text, tokenize, url_filter  # noqa: F401,E402  (registration side effects)
+from stages import decompose, decontaminate, exact_dedup, langid, length_filter, near_dedup, pii, read_text, tokenize, url_filter  # noqa: F401,E402  (registration side effects)

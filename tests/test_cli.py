@@ -74,3 +74,13 @@ def test_help_is_informative_at_every_level(command: list[str]) -> None:
     assert len(text.splitlines()) > 6
     if command in (["run"], ["read-text"], ["length-filter"]):
         assert "--scheduler" in text and "--workers" in text
+
+
+def test_dedup_plan_prints_banding_and_the_s_curve(tmp_path: Path, corpus: Path) -> None:
+    run_cli("run", str(write_graph(tmp_path / "g.yaml", corpus)), "--output", str(tmp_path / "run"), "--executor", "inprocess")
+    text = run_cli("dedup-plan", str(tmp_path / "run" / "long"), "--threshold", "0.8").stdout
+    assert "bands 16 x rows 8" in text
+    assert "  0.80  0.9470" in text
+    assert "expected peak memory per worker" in text
+    missing = run_cli("dedup-plan", str(tmp_path / "absent"), check=False)
+    assert missing.returncode == 2 and "no _manifest.json" in missing.stderr
