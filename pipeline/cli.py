@@ -21,6 +21,7 @@ from pipeline.executors import make_executor
 from pipeline.graph import Graph, GraphError, GraphSpec, NodeSpec, build_graph, load_graph
 from pipeline.runner import RunFailed, default_console, plan_graph, run_graph
 from pipeline.stage import SourceStage, Stage, registered_stages
+from trainer.cli import commands as trainer_commands
 
 EXECUTORS = ["inprocess", "local", "dask"]
 
@@ -262,7 +263,7 @@ def stage_command(stage: type[Stage]) -> click.Command:
 
 for _stage in registered_stages().values():
     cli.add_command(stage_command(_stage))
-for _command in token_commands:
+for _command in [*token_commands, *trainer_commands]:
     cli.add_command(_command)
 
 

@@ -1,0 +1,158 @@
+"""`gristmill train` and `gristmill proxy`, with options generated from their pydantic configs.
+
+Under `torchrun --nproc-per-node N -m pipeline train ...` each process trains its share of every step (DDP).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+import typing
+from typing import Any
+
+import click
+from pydantic import BaseModel, ValidationError
+
+from trainer.config import PER_RUN, ProxyConfig, TrainConfig
+
+
+def fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def field_option(name: str, info: Any, flag: str | None = None) -> click.Option:
+    """A click option for one config field; dict fields take NAME=VALUE and lists repeat."""
+    annotation = info.annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(arg for arg in typing.get_args(annotation) if arg is not type(None))
+    flag = flag or "--" + name.replace("_", "-")
+    required = info.is_required()
+    default = None if required else info.get_default(call_default_factory=True)
+    help_text = (info.description or "") + ("" if default in (None, [], {}) else f" [default: {default}]")
+    origin = typing.get_origin(annotation)
+    if annotation is bool:
+        return click.Option([f"{flag}/--no-{flag[2:]}", name], default=None, help=help_text)
+    if origin is dict:
+        return click.Option([flag, name], multiple=True, required=required, metavar="NAME=PATH",
+                            help=help_text + " (repeatable)")
+    if origin is list:
+        item = typing.get_args(annotation)[0]
+        return click.Option([flag, name], type=item, multiple=True, required=required,
+                            metavar="PATH" if item is str else item.__name__.upper(), help=help_text + " (repeatable)")
+    if origin is typing.Literal:
+        return click.Option([flag, name], type=click.Choice(typing.get_args(annotation)), default=None,
+                            required=required, help=help_text)
+    metavar = "TEXT" if annotation is str else annotation.__name__.upper()
+    return click.Option([flag, name], type=annotation, default=None, required=required, help=help_text, metavar=metavar)
+
+
+def named_paths(values: tuple[str, ...], option: str) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        name, separator, path = value.partition("=")
+        if not separator or not name or not path:
+            fail(f"{option} takes NAME=PATH, got {value!r}")
+        pairs[name] = path
+    return pairs
+
+
+def given(options: dict[str, Any]) -> dict[str, Any]:
+    return {name: list(value) if isinstance(value, tuple) else value
+            for name, value in options.items() if value is not None and value != ()}
+
+
+def build(model: type[BaseModel], **values: Any) -> Any:
+    try:
+        return model(**values)
+    except ValidationError as error:
+        first = error.errors()[0]
+        location = "--" + "-".join(str(part) for part in first["loc"]).replace("_", "-") if first["loc"] else "options"
+        fail(f"{location}: {first['msg']}")
+
+
+def report_step(steps: int, every: int):
+    def on_step(record: dict) -> None:
+        if record["step"] % every == 0 or record["step"] == steps:
+            click.echo(f"step {record['step']:>6}/{steps}  loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
+                       f"{record['rows']}×{record['seq_len']}  {record['step_tokens'] / record['seconds']:,.0f} tok/s")
+    return on_step
+
+
+def print_summary(metrics: dict) -> None:
+    throughput = metrics["throughput"]
+    if throughput:
+        mfu = f"{throughput['mfu']:.1%}" if throughput["mfu"] is not None else "n/a (no peak FLOP/s for this device)"
+        click.echo(f"throughput  {throughput['tokens_per_second']:,.0f} tokens/s, "
+                   f"{throughput['achieved_flops_per_device'] / 1e12:.3f} TFLOP/s per device, MFU {mfu}")
+    click.echo(f"peak memory {metrics['peak_memory_bytes'] / 2**30:.2f} GiB ({metrics['peak_memory_kind']})")
+    for name, value in metrics["final_bits_per_byte"].items():
+        click.echo(f"held-out    {name}: {value:.4f} bits/byte")
+
+
+def train_command() -> click.Command:
+    fields = TrainConfig.model_fields
+
+    def callback(**options: Any) -> None:
+        values = given(options)
+        values["heldout"] = named_paths(options["heldout"], "--heldout")
+        config = build(TrainConfig, **values)
+        try:
+            from trainer.train import train  # torch loads only when training
+
+            metrics = train(config, report_step(config.steps, config.log_every))
+        except (ValueError, OSError) as error:
+            fail(str(error))
+        if int(os.environ.get("RANK", "0")) == 0:
+            print_summary(metrics)
+            click.echo(f"outputs     {config.output}/metrics.json, loss.png, checkpoint.pt")
+
+    return click.Command("train", callback=callback, params=[field_option(name, info) for name, info in fields.items()],
+                         help="Train the bundled GPT on exported token buckets or a mixture plan.\n\n"
+                              "Rerun with the same options to resume from OUTPUT/checkpoint.pt.",
+                         short_help="Train the bundled GPT on exported token buckets or a mixture plan.")
+
+
+def proxy_command() -> click.Command:
+    proxy_fields = ProxyConfig.model_fields
+    params = [
+        click.Option(["--candidate", "candidates"], multiple=True, required=True, metavar="NAME=PATH[,PATH...]",
+                     help=proxy_fields["candidates"].description + " (repeatable, at least two)"),
+        field_option("heldout", proxy_fields["heldout"]),
+        field_option("tokens", proxy_fields["tokens"]),
+        field_option("seeds", proxy_fields["seeds"], "--seed"),
+        field_option("output", proxy_fields["output"]),
+        *[field_option(name, info) for name, info in TrainConfig.model_fields.items() if name not in PER_RUN],
+    ]
+
+    def callback(candidates: tuple[str, ...], heldout: tuple[str, ...], tokens: int | None, seeds: tuple[int, ...],
+                 output: str | None, **training: Any) -> None:
+        config = build(ProxyConfig, output=output, tokens=tokens, heldout=named_paths(heldout, "--heldout"),
+                       candidates={name: paths.split(",") for name, paths in named_paths(candidates, "--candidate").items()},
+                       training=given(training), **({"seeds": list(seeds)} if seeds else {}))
+
+        def on_run(name: str, seed: int, metrics: dict) -> None:
+            scores = ", ".join(f"{held}: {value:.4f}" for held, value in metrics["final_bits_per_byte"].items())
+            click.echo(f"{name:<16} seed {seed:<4} loss {metrics['final_loss']:.4f}  bits/byte {scores}")
+
+        try:
+            from trainer.proxy import run_proxy  # torch loads only when training
+
+            report = run_proxy(config, on_run)
+        except (ValueError, OSError) as error:
+            fail(str(error))
+        click.echo(f"{'candidate':<16} {'mean bits/byte':>14} {'spread':>8}")
+        for name in report["ranking"]:
+            candidate = report["candidates"][name]
+            click.echo(f"{name:<16} {candidate['mean_bits_per_byte']:>14.4f} {candidate['mean_spread']:>8.4f}")
+        separated = "separated on every seed" if report["separated_across_seeds"] else "not separated on every seed"
+        click.echo(f"winner: {report['winner']} by {report['margin_bits_per_byte']:.4f} bits/byte ({separated})")
+
+    return click.Command("proxy", callback=callback, params=params,
+                         help="Train the same small model on each candidate dataset or mixture, with equal token "
+                              "budgets and fixed seeds, and rank them by held-out bits per byte.",
+                         short_help="Rank candidate datasets or mixtures by proxy-model bits per byte.")
+
+
+commands = [train_command(), proxy_command()]
