@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from classifiers.cli import commands as classifier_commands
 from pipeline.cli_tokens import commands as token_commands
 from pipeline.dataset import Dataset, DatasetError
 from pipeline.executors import make_executor
@@ -263,7 +264,7 @@ def stage_command(stage: type[Stage]) -> click.Command:
 
 for _stage in registered_stages().values():
     cli.add_command(stage_command(_stage))
-for _command in [*token_commands, *trainer_commands]:
+for _command in [*token_commands, *trainer_commands, *classifier_commands]:
     cli.add_command(_command)
 
 

@@ -516,12 +516,16 @@ def verify(directory: str, samples: int) -> None:
 @click.command()
 @click.argument("mixture_file", metavar="MIXTURE.yaml", type=click.Path(dir_okay=False))
 @click.option("--output", type=click.Path(file_okay=False), required=True, help="Directory for plan.json and plan.npy.")
-def mix(mixture_file: str, output: str) -> None:
+@click.option("--data", "data", multiple=True, type=click.Path(file_okay=False),
+              help="Export directories to use instead of the mixture's `data` (repeatable).")
+def mix(mixture_file: str, output: str, data: tuple[str, ...]) -> None:
     """Compile a mixture into a seeded sampling plan with exact token counts per component."""
     from pipeline.mixture import MixtureError, compile_plan, load_mixture, write_plan
 
     try:
         mixture, base = load_mixture(mixture_file)
+        if data:
+            mixture, base = mixture.model_copy(update={"data": [str(Path(path).resolve()) for path in data]}), Path.cwd()
         header, plan = compile_plan(mixture, base, Path(mixture_file).name)
     except MixtureError as error:
         fail(str(error))

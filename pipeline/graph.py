@@ -16,7 +16,7 @@ and the field.
         input: read
         params: {min_chars: 200}
 
-In string params, `${output}` is the run's output directory and `${config_dir}` the
+In params and inputs, `${output}` is the run's output directory and `${config_dir}` the
 directory of the YAML file.
 """
 
@@ -145,7 +145,8 @@ def build_graph(spec: GraphSpec, where: str, output: Path, config_dir: Path = Pa
             config = stage.Config.model_validate(expand_variables(node_spec.params, variables))
         except ValidationError as error:
             raise format_validation_error(where, error, prefix=(field, "params")) from None
-        inputs = node_spec.input if isinstance(node_spec.input, list) else [node_spec.input] * (node_spec.input is not None)
+        declared = expand_variables(node_spec.input, variables)
+        inputs = declared if isinstance(declared, list) else [declared] * (declared is not None)
         if issubclass(stage, SourceStage) and inputs:
             raise GraphError(f"{where}: {field}.input: source stage {node_spec.stage!r} reads params.paths, not input")
         if issubclass(stage, MapStage) and not inputs:

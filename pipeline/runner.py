@@ -385,6 +385,11 @@ def write_run_summary(output: Path, results: list[NodeResult]) -> Path:
             for result in results
         ]
     }
+    # Several graphs may share one run directory (curation, then tokens): keep the other nodes.
     path = output / "_summary.json"
+    if path.exists():
+        ran = {stage["node"] for stage in summary["stages"]}
+        kept = [stage for stage in json.loads(path.read_text())["stages"] if stage["node"] not in ran]
+        summary["stages"] = kept + summary["stages"]
     write_json_atomic(path, json.dumps(summary, indent=2))
     return path

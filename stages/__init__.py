@@ -3,4 +3,23 @@
 Importing this package registers every built-in stage.
 """
 
-from stages import decompose, decontaminate, exact_dedup, langid, length_filter, near_dedup, pii, read_text, tokenize, url_filter  # noqa: F401,E402  (registration side effects)
+from stages import (  # noqa: F401,E402  (registration side effects)
+    c4_filter,
+    decompose,
+    decontaminate,
+    domain_label,
+    exact_dedup,
+    fineweb_filter,
+    gopher_quality,
+    gopher_repetition,
+    ingest,
+    langid,
+    length_filter,
+    near_dedup,
+    pii,
+    quality_filter,
+    quality_score,
+    read_text,
+    tokenize,
+    url_filter,
+)

@@ -1,0 +1,293 @@
+"""Scoring, filtering and domain stages: annotations, exact global cutoffs, deterministic sampling, full accounting."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from classifiers.cli import train_classifier
+from classifiers.domain import load_rules, seed_labels
+from classifiers.fasttext_model import FastTextClassifier, TrainingParameters
+from classifiers.preprocess import tokenize
+from pipeline.dataset import Dataset
+from pipeline.documents import DOCUMENT_SCHEMA
+from pipeline.executors import make_executor
+from pipeline.graph import load_graph
+from pipeline.runner import run_graph
+from pipeline.sample import write_sample
+from pipeline.stage import ReduceContext
+from stages.domain_label import DomainLabel, DomainLabelConfig
+from stages.quality_filter import QualityFilter, QualityFilterConfig, sortable_keys, score_of_key
+from stages.quality_score import QualityScore, QualityScoreConfig
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_MODEL = TrainingParameters(epoch=25, lr=0.5, dim=16, bucket=20_000, threads=1)
+
+
+def read_pages(path: Path, kinds: set[str] | None = None) -> list[dict]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [row for row in rows if kinds is None or row["kind"] in kinds]
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("sample")
+    write_sample(directory, pages=400)
+    return directory / "pages.jsonl"
+
+
+@pytest.fixture(scope="module")
+def quality_model(sample: Path, tmp_path_factory) -> Path:
+    """The quickstart's quality classifier: sample prose against sample spam and thin pages."""
+    rows = read_pages(sample, {"prose", "spam", "low_quality"})
+    labels = np.array(["positive" if row["kind"] == "prose" else "negative" for row in rows], object)
+    output = tmp_path_factory.mktemp("models") / "quality"
+    train_classifier(pa.array([row["text"] for row in rows]), labels, TINY_MODEL, output, [], 0.0, binary=True)
+    return output
+
+
+@pytest.fixture(scope="module")
+def domain_model(sample: Path, tmp_path_factory) -> Path:
+    rows = read_pages(sample)
+    texts = pa.array([row["text"] for row in rows])
+    labels = seed_labels(texts, pa.array([row["url"] for row in rows]), load_rules(REPO / "classifiers" / "domain_rules.yaml"))
+    output = tmp_path_factory.mktemp("models") / "domain"
+    train_classifier(texts, np.array(labels.to_pylist(), object), TINY_MODEL, output, [], 0.0, binary=False)
+    return output
+
+
+def documents(texts: list[str | None], scores: list[float | None] | None = None) -> pa.RecordBatch:
+    rows = [{"id": f"doc-{index}", "text": text} for index, text in enumerate(texts)]
+    batch = pa.RecordBatch.from_pylist(rows, schema=DOCUMENT_SCHEMA)
+    if scores is not None:
+        batch = batch.append_column("quality", pa.array(scores, pa.float32()))
+    return batch
+
+
+# --- quality_score -----------------------------------------------------------------------------------
+
+
+def test_quality_score_adds_one_float32_column_per_classifier(quality_model: Path, sample: Path) -> None:
+    config = QualityScoreConfig.model_validate({"models": [
+        {"column": "quality", "model": str(quality_model)},
+        {"column": "spamminess", "model": str(quality_model / "model.bin"), "label": "negative"},
+    ]})
+    stage = QualityScore(config)
+    stage.setup()
+    pages = read_pages(sample, {"prose", "spam"})
+    batch = documents([row["text"] for row in pages] + ["", None, "   "])
+    result = stage.process(batch)
+    assert result.rejected.num_rows == 0 and result.kept.num_rows == batch.num_rows
+    assert stage.output_schema(batch.schema).equals(result.kept.schema)
+    quality = result.kept.column("quality").to_numpy(zero_copy_only=False)
+    spamminess = result.kept.column("spamminess").to_numpy(zero_copy_only=False)
+    assert result.kept.column("quality").type == pa.float32()
+    assert result.kept.column("quality").null_count == 3  # empty, null and blank texts get no score
+    np.testing.assert_allclose(quality[:-3] + spamminess[:-3], 1.0, atol=1e-6)
+    classifier = FastTextClassifier.load(quality_model)
+    expected = classifier.predict(tokenize(batch.column("text")))[:-3, classifier.labels.index("positive")]
+    np.testing.assert_allclose(quality[:-3], expected, rtol=1e-6)
+    kinds = np.array([row["kind"] for row in pages])
+    assert quality[:-3][kinds == "prose"].min() > quality[:-3][kinds == "spam"].max()
+
+
+def test_quality_score_accepts_column_equals_model_from_the_command_line(quality_model: Path) -> None:
+    config = QualityScoreConfig.model_validate({"models": [f"quality={quality_model}"]})
+    assert config.models[0].column == "quality" and config.models[0].model == str(quality_model)
+
+
+@pytest.mark.parametrize("models,message", [
+    (["quality"], "expected COLUMN=MODEL"),
+    ([{"column": "q", "model": "/nonexistent/model"}], "neither a fastText model file nor a classifier directory"),
+    ([], "at least 1 item"),
+])
+def test_quality_score_config_errors_name_the_problem(models: list, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        QualityScoreConfig.model_validate({"models": models})
+
+
+def test_quality_score_needs_a_label_for_a_bare_model_file_and_refuses_to_overwrite(quality_model: Path) -> None:
+    with pytest.raises(ValidationError, match="no model card naming a positive label"):
+        QualityScoreConfig.model_validate({"models": [f"q={quality_model / 'model.bin'}"]})
+    stage = QualityScore(QualityScoreConfig.model_validate({"models": [f"text_quality={quality_model}"]}))
+    with pytest.raises(ValueError, match="'text_quality' already exists"):
+        stage.output_schema(DOCUMENT_SCHEMA.append(pa.field("text_quality", pa.float32())))
+    with pytest.raises(ValidationError, match="score columns must differ"):
+        QualityScoreConfig.model_validate({"models": [f"q={quality_model}", f"q={quality_model}"]})
+
+
+# --- quality_filter ----------------------------------------------------------------------------------
+
+
+def test_threshold_mode_rejects_low_and_missing_scores_with_details() -> None:
+    stage = QualityFilter(QualityFilterConfig(column="quality", mode="threshold", threshold=0.5))
+    result = stage.process(documents(["a", "b", "c", "d", "e"], [0.9, 0.5, 0.49, None, float("nan")]))
+    assert result.kept.column("id").to_pylist() == ["doc-0", "doc-1"]
+    assert result.rejected.column("reason").to_pylist() == ["below_threshold", "missing_score", "missing_score"]
+    assert result.rejected.column("detail").to_pylist()[0] == "quality=0.49 < 0.5"
+
+
+@pytest.mark.parametrize("params,message", [
+    ({"mode": "threshold"}, "threshold is required"),
+    ({"mode": "top_fraction", "threshold": 0.5}, "threshold is required with mode threshold, and only"),
+    ({"mode": "top_fraction", "fraction": 1.5}, "less than or equal to 1"),
+    ({"mode": "ranked", "fraction": 0.5}, "Input should be 'threshold', 'top_fraction' or 'pareto'"),
+])
+def test_filter_config_demands_the_parameter_of_its_mode(params: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        QualityFilterConfig(column="quality", **params)
+
+
+class InlineContext(ReduceContext):
+    """A reduce context over summary files, running tasks in this process."""
+
+    def __init__(self, files: list[Path]):
+        super().__init__([path.stem for path in files], files, files[0].parent, lambda fn, items: [fn(item) for item in items])
+
+
+def write_summaries(stage: QualityFilter, directory: Path, shards: list[list[float | None]]) -> list[Path]:
+    import pyarrow.parquet as pq
+
+    paths = []
+    for index, scores in enumerate(shards):
+        path = directory / f"part-{index:05d}.parquet"
+        pq.write_table(stage.summarize(documents(["x"] * len(scores), scores)), path)
+        paths.append(path)
+    return paths
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shards=st.lists(st.lists(st.one_of(st.none(), st.floats(-2, 2, width=32), st.sampled_from([0.25, 0.5, 0.75])),
+                             max_size=40), min_size=1, max_size=4),
+    fraction=st.floats(0.01, 1.0),
+)
+def test_global_cutoff_is_the_exact_score_of_the_kth_best_document(tmp_path_factory, shards, fraction) -> None:
+    stage = QualityFilter(QualityFilterConfig(column="quality", mode="top_fraction", fraction=fraction))
+    cutoff = stage.reduce(InlineContext(write_summaries(stage, tmp_path_factory.mktemp("s"), shards)))
+    scores = sorted((np.float32(s) for shard in shards for s in shard if s is not None), reverse=True)
+    if not scores:
+        assert cutoff is None
+        return
+    keep = max(1, round(fraction * len(scores)))
+    assert cutoff == scores[keep - 1]
+    stage.bind(cutoff, "part-00000")
+    kept = sum(stage.process(documents(["x"] * len(shard), shard)).kept.num_rows for shard in shards)
+    assert kept == sum(score >= cutoff for score in scores) >= keep
+
+
+def test_sortable_keys_order_like_floats_and_invert() -> None:
+    values = np.array([-np.inf, -3.5, -1e-30, 0.0, 1e-30, 0.25, 1.0, np.inf], np.float32)
+    keys = sortable_keys(values)
+    assert (np.diff(keys.astype(np.int64)) > 0).all()
+    assert [score_of_key(int(key)) for key in keys] == values.tolist()
+
+
+def test_pareto_sampling_matches_its_keep_probability_and_ignores_batching() -> None:
+    stage = QualityFilter(QualityFilterConfig(column="quality", mode="pareto", alpha=9.0, seed=7))
+    scores = [0.9] * 10_000 + [0.3] * 10_000 + [1.0] * 1_000
+    batch = documents(["x"] * len(scores), scores)
+    result = stage.process(batch)
+    kept = set(result.kept.column("id").to_pylist())
+    # P(pareto(a) > 1 - s) = (2 - s) ** -a: 0.424 for s = 0.9 and 0.0084 for s = 0.3; always kept at 1.
+    assert abs(sum(f"doc-{i}" in kept for i in range(10_000)) / 10_000 - 1.1**-9) < 0.02
+    assert abs(sum(f"doc-{i}" in kept for i in range(10_000, 20_000)) / 10_000 - 1.7**-9) < 0.004
+    assert all(f"doc-{i}" in kept for i in range(20_000, 21_000))
+    assert set(result.rejected.column("reason").to_pylist()) == {"pareto_not_sampled"}
+    assert result.rejected.column("detail")[0].as_py().startswith("quality=0.9, pareto draw ")
+    pieces = [stage.process(batch.slice(start, 777)) for start in range(0, batch.num_rows, 777)[::-1]]
+    assert set().union(*(piece.kept.column("id").to_pylist() for piece in pieces)) == kept
+    reseeded = QualityFilter(QualityFilterConfig(column="quality", mode="pareto", alpha=9.0, seed=8)).process(batch)
+    assert set(reseeded.kept.column("id").to_pylist()) != kept
+
+
+# --- domain_label ------------------------------------------------------------------------------------
+
+
+def test_domain_label_annotates_label_and_probability(domain_model: Path, sample: Path) -> None:
+    stage = DomainLabel(DomainLabelConfig(model=str(domain_model)))
+    stage.setup()
+    pages = read_pages(sample, {"code", "math", "prose"})
+    batch = documents([row["text"] for row in pages] + ["", None])
+    result = stage.process(batch)
+    assert result.kept.schema.equals(stage.output_schema(batch.schema))
+    labels = result.kept.column("domain_label").to_pylist()
+    scores = result.kept.column("domain_score").to_numpy(zero_copy_only=False)
+    assert labels[-2:] == [None, None] and np.isnan(scores[-2:]).all()
+    assert set(labels[:-2]) <= {"web", "code", "math", "reference", "forum"}
+    assert ((scores[:-2] > 0.2) & (scores[:-2] <= 1.0)).all()
+    kinds = np.array([row["kind"] for row in pages])
+    assert np.mean(np.array(labels[:-2])[kinds == "math"] == "math") >= 0.8
+
+
+# --- in a graph --------------------------------------------------------------------------------------
+
+
+def quickstart_graph(path: Path, shards: Path, quality_model: Path, domain_model: Path) -> Path:
+    path.write_text(f"""
+name: quality
+plugins: [stages.quality_score, stages.quality_filter, stages.domain_label]
+stages:
+  read:
+    stage: read_text
+    params: {{paths: ["{shards}/part*.jsonl"]}}
+  scored:
+    stage: quality_score
+    input: read
+    params:
+      models:
+        - {{column: quality, model: "{quality_model}"}}
+  domains:
+    stage: domain_label
+    input: scored
+    params: {{model: "{domain_model}"}}
+  best_quarter:
+    stage: quality_filter
+    input: domains
+    params: {{column: quality, mode: top_fraction, fraction: 0.25}}
+  sampled:
+    stage: quality_filter
+    input: domains
+    params: {{column: quality, mode: pareto, alpha: 3}}
+""")
+    return path
+
+
+@pytest.mark.slow
+def test_quickstart_stages_give_identical_results_on_every_executor(
+    tmp_path: Path, sample: Path, quality_model: Path, domain_model: Path
+) -> None:
+    lines = sample.read_text().splitlines()
+    shards = tmp_path / "sample"
+    shards.mkdir()
+    for index in range(4):
+        (shards / f"part{index}.jsonl").write_text("\n".join(lines[index::4]) + "\n")
+    graph_path = quickstart_graph(tmp_path / "graph.yaml", shards, quality_model, domain_model)
+    outputs = {}
+    for kind in ("inprocess", "local"):
+        graph = load_graph(graph_path, tmp_path / kind)
+        with make_executor(kind, 2) as executor:
+            run_graph(graph, executor)
+        outputs[kind] = {node: pl.read_parquet(tmp_path / kind / node / "*.parquet") for node in ("domains", "best_quarter", "sampled")}
+    for node in ("domains", "best_quarter", "sampled"):
+        assert outputs["inprocess"][node].equals(outputs["local"][node])
+
+    scored = outputs["inprocess"]["domains"]
+    best = outputs["inprocess"]["best_quarter"]
+    cutoff = scored["quality"].drop_nulls().sort(descending=True)[round(0.25 * scored["quality"].drop_nulls().len()) - 1]
+    assert best.height == (scored["quality"] >= cutoff).sum() and best["quality"].min() == cutoff
+    for node in ("best_quarter", "sampled"):
+        manifest = Dataset(tmp_path / "inprocess" / node).manifest()
+        assert manifest.rows_in == scored.height == manifest.rows + sum(manifest.rejected.values())
+        assert set(manifest.rejected) <= {"below_top_fraction", "pareto_not_sampled", "missing_score"}
+    truth = {row["id"]: row["kind"] for row in read_pages(sample)}
+    kept_kinds = [truth[doc_id] for doc_id in best["id"]]
+    assert kept_kinds.count("spam") == 0 and kept_kinds.count("low_quality") == 0

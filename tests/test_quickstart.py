@@ -1,0 +1,38 @@
+"""The quickstart as `make demo` runs it, on a smaller sample: every stage has work and the funnel adds up."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.dataset import Dataset
+from tests.conftest import REPO, run_cli
+
+
+def test_quickstart_runs_from_warc_to_a_mixture_plan(tmp_path: Path) -> None:
+    run = tmp_path / "demo"
+    run_cli("sample", "--output", str(run / "sample"), "--pages", "200")
+    pages = str(run / "sample" / "pages.jsonl")
+    run_cli("classifier", "train", "--positive", pages, "--positive-where", 'kind == "prose"',
+            "--negative", pages, "--negative-where", 'kind in ["spam", "low_quality"]', "--output", str(run / "quality_model"))
+    run_cli("run", str(REPO / "configs" / "quickstart.yaml"), "--output", str(run), "--workers", "2")
+    run_cli("tokenizer", "train", str(run / "clean"), "--vocab-size", "1024", "--output", str(run / "tokenizer"))
+    run_cli("run", str(REPO / "configs" / "quickstart-tokens.yaml"), "--output", str(run), "--executor", "inprocess")
+    exported = run_cli("export", str(run / "buckets"), "--output", str(run / "shards")).stdout
+    assert "bucket" in exported and "total" in exported
+
+    summary = json.loads((run / "_summary.json").read_text())["stages"]
+    by_node = {stage["node"]: stage for stage in summary}
+    assert set(by_node["ingest"]["rejected"]) == {"http_status", "not_html"}  # the sample's 404s, 301s and binaries
+    assert by_node["exact_dedup"]["rejected"]["exact_duplicate"] > 0
+    assert by_node["near_dedup"]["rejected"]["near_duplicate"] > 0
+    assert any(reason.startswith("gopher_") for reason in by_node["gopher_quality"]["rejected"])
+    previous_out = None
+    for stage in ("ingest", "urls", "language", "exact_dedup", "near_dedup", "gopher_quality", "gopher_repetition",
+                  "c4", "fineweb", "pii", "scored", "clean"):
+        manifest = Dataset(run / stage).manifest()
+        assert manifest.rows_in == manifest.rows + sum(manifest.rejected.values())
+        if previous_out is not None:
+            assert manifest.rows_in == previous_out
+        previous_out = manifest.rows
+    assert 0 < previous_out < 200
