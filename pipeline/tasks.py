@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import threading
 import time
 import traceback
 from collections import Counter
@@ -70,8 +71,12 @@ def import_plugins(plugins: tuple[str, ...]) -> None:
 
 
 @functools.lru_cache(maxsize=16)
-def _stage_instance(stage_name: str, config_json: str, plugins: tuple[str, ...]) -> Stage:
-    """Build and set up a stage once per worker process and config."""
+def _stage_instance(stage_name: str, config_json: str, plugins: tuple[str, ...], thread: int) -> Stage:
+    """Build and set up a stage once per worker thread and config.
+
+    Per thread, because a Dask worker started with several threads runs tasks side by side,
+    and a stage bound to one shard's global view must not be shared between them.
+    """
     import_plugins(plugins)
     cls = stage_class(stage_name)
     stage = cls(cls.Config.model_validate(json.loads(config_json)))
@@ -80,7 +85,7 @@ def _stage_instance(stage_name: str, config_json: str, plugins: tuple[str, ...])
 
 
 def stage_for(stage_name: str, config: dict[str, Any], plugins: tuple[str, ...]) -> Stage:
-    return _stage_instance(stage_name, json.dumps(config, sort_keys=True), plugins)
+    return _stage_instance(stage_name, json.dumps(config, sort_keys=True), plugins, threading.get_ident())
 
 
 def text_bytes(data: pa.RecordBatch | pa.Table) -> int:

@@ -23,14 +23,14 @@ def free_port() -> int:
 
 @pytest.fixture
 def loopback_cluster(tmp_path: Path):
-    """`dask scheduler` plus two `dask worker` processes, as a user starts them by hand."""
+    """`dask scheduler` plus two `dask worker` processes of two threads each, as a user starts them by hand."""
     address = f"tcp://127.0.0.1:{free_port()}"
     log = open(tmp_path / "cluster.log", "w")
     common = dict(env=gristmill_env(), stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     processes = [subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
                                    "--no-dashboard", "--no-show"], **common)]
     processes += [
-        subprocess.Popen([DASK, "worker", address, "--nthreads", "1", "--no-dashboard", "--name", f"w{index}"], **common)
+        subprocess.Popen([DASK, "worker", address, "--nthreads", "2", "--no-dashboard", "--name", f"w{index}"], **common)
         for index in range(2)
     ]
     try:
