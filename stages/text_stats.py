@@ -133,10 +133,12 @@ def split_on(texts: pa.Array, pattern: str) -> Pieces:
     return _pieces(pc.split_pattern_regex(texts, pattern), len(texts))
 
 
-LINE_BREAK = r"\r\n|[\n\r\x0b\x0c\x1c\x1d\x1e\x{85}\x{2028}\x{2029}]"
+# Python's whitespace (str.isspace) and line breaks (str.splitlines).
+WHITESPACE = "".join(character for character in map(chr, range(0x3001)) if character.isspace())
+_LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+LINE_BREAK = r"\r\n|" + char_class(_LINE_BREAKS)
 _ENDS_WITH_LINE_BREAK = rf"(?:{LINE_BREAK})$"
-# Python's str.isspace() characters, without the line breaks.
-SPACE = r"[\t \x1f\x{a0}\x{1680}\x{2000}-\x{200a}\x{202f}\x{205f}\x{3000}]"
+SPACE = char_class("".join(character for character in WHITESPACE if character not in _LINE_BREAKS))
 
 
 def split_lines(texts: pa.Array) -> Pieces:
@@ -194,16 +196,18 @@ _UNCASED = (
 )
 _LOWER = rf"\p{{Ll}}{_UNCASED}"
 _UPPER = rf"\p{{Lu}}{_UNCASED}"
-# spaCy splits a final period only after these characters, or after two capitals ("NASA.").
-_SPLITS_PERIOD = char_class("%²-+" + _PUNCT + _QUOTES, extra=rf"0-9{_LOWER}")
+# spaCy splits a final period only after these characters ("|" by a quirk of how it builds the class), or
+# after two capitals ("NASA.").
+_SPLITS_PERIOD = char_class("%²-+|" + _PUNCT + _QUOTES, extra=rf"0-9{_LOWER}")
 # Abbreviations spaCy keeps whole although a lowercase letter precedes the period.
-_ABBREVIATION = (
-    r"^(?:Mr|Mrs|Ms|Dr|Prof|St|Mt|Jr|Sr|Gen|Gov|Sen|Rep|Rev|Adm|Messrs|Inc|Ltd|Co|co|Corp|Bros|vs|v\.s|"
-    r"e\.g|i\.e|E\.g|I\.e|a\.m|p\.m|Ph\.D|Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec|"
-    r"Ala|Ariz|Ark|Calif|Colo|Conn|Del|Fla|Ga|Ia|Id|Ill|Ind|Kan|Kans|Ky|La|Md|Mass|Mich|Minn|Miss|Mo|"
-    r"Mont|Neb|Nebr|Nev|Okla|Ore|Pa|Tenn|Va|Wash|Wis|Ak|[a-zäöü])\.$"
-)
-
+ABBREVIATIONS = (
+    "Mr. Mrs. Ms. Dr. Prof. St. Mt. Jr. Gen. Gov. Sen. Rep. Rev. Adm. Messrs. Inc. Ltd. Co. co. Corp. Bros. vs. "
+    "v.s. e.g. i.e. E.g. I.e. a.m. p.m. Ph.D. Jan. Feb. Mar. Apr. Jun. Jul. Aug. Sep. Sept. Oct. Nov. Dec. Ala. "
+    "Ariz. Ark. Calif. Colo. Conn. Del. Fla. Ga. Ia. Id. Ill. Ind. Kan. Kans. Ky. La. Md. Mass. Mich. Minn. Miss. "
+    "Mo. Mont. Neb. Nebr. Nev. Okla. Ore. Pa. Tenn. Va. Wash. Wis. Ak."
+).split() + [letter + "." for letter in "abcdefghijklmnopqrstuvwxyzäöü"]
+# They keep their period when peeled, and so do times such as "3a.m." (split into 3 and a.m. later).
+_ABBREVIATION = "^(?:" + "|".join(map(re.escape, ABBREVIATIONS)) + r"|(?:1[0-2]|[1-9])[ap]\.m\.)$"
 
 def _lower_and_title(words: str) -> list[str]:
     """spaCy's special cases exist in lower and title case only ("don't", "Don't", not "DON'T")."""
@@ -211,13 +215,13 @@ def _lower_and_title(words: str) -> list[str]:
 
 
 _NOT_STEMS = "ai are ca could dare did does do had has have is may might must need ought sha should was were wo would"
-# Contractions with an apostrophe, as (word)(clitic).
+# Contractions with an apostrophe, and times, as (word)(clitic).
 _CONTRACTION = (
     rf"^(?:({'|'.join(_lower_and_title(_NOT_STEMS))})(n['’]t)|"
     rf"({'|'.join(_lower_and_title('i you he she it we they that there these those this what when where who why how'))})"
     rf"(['’](?:m|re|ve|ll|d))|"
     rf"({'|'.join(_lower_and_title('could would should might must may need ought do does did had not'))})(['’]ve)|"
-    r"([Yy]['’])(all))$"
+    r"([Yy]['’])(all)|(1[0-2]|[1-9])([ap]\.m\.))$"
 )
 _CONTRACTION_PYTHON = re.compile(_CONTRACTION)
 # The few contractions spaCy also splits without an apostrophe ("dont", "cannot", "im" - not "its" or "well").
@@ -235,7 +239,7 @@ BARE_CONTRACTIONS = {
 
 _MAYBE_URL = r"[\pL\pN]\.[\pL\pN]|@|://"
 _URL = (
-    r"^(?:[\w+.-][\w+.-]+://)?(?:[^ @]+@)?(?:[A-Za-z0-9\x{a1}-\x{ffff}][A-Za-z0-9\x{a1}-\x{ffff}_-]*\.)+"
+    r"^(?:[\pL\pN_+.-][\pL\pN_+.-]+://)?(?:[^ @]+@)?(?:[A-Za-z0-9\x{a1}-\x{ffff}][A-Za-z0-9\x{a1}-\x{ffff}_-]*\.)+"
     rf"[{_LOWER}][{_LOWER}]+(?::[0-9]+)?(?:[/?#].*)?$"
 )
 _INFIXES = [
@@ -246,7 +250,8 @@ _INFIXES = [
     (r"([\pL0-9])(---|--|——|-|–|—|~)(\pL)", r"\1 \2 \3"),
     (r"([\pL0-9])([:<>=/])(\pL)", r"\1 \2 \3"),
 ]
-# spaCy's special cases that the rules above would split: joined back when their parts are adjacent.
+# spaCy's special cases that the rules above would split: joined back when their parts are adjacent
+# (spaCy finds them among the tokens of a chunk after splitting it), like the abbreviations.
 SPECIAL_CASES = frozenset(
     "'' 's 'S 'd 'll 're 've 'm 'em 'cause 'cos 'coz 'cuz 'bout 'nuff and/or w/o \\\") ): (: :) :( :* :] [: :> :/ "
     ":| :} :o :x :p :D :P :O :X :0 :1 :3 :-) :-( :-] :-/ :-* :-| :-} :-> :-P :-D :-O :-X :-o :-p :-x :-0 :-3 "
@@ -339,6 +344,8 @@ def _special_case_pattern() -> tuple[re.Pattern, str, dict[str, str]]:
     specials = sorted(SPECIAL_CASES)
     split = _rewrite_chunks(pa.array(specials, pa.large_string()), join_specials=False).to_pylist()
     pieces = {" ".join(value.split()): special for special, value in zip(specials, split) if value.split() != [special]}
+    # An abbreviation split from its period by an infix or a contraction ("a=b." -> a = b .) is joined back too.
+    pieces |= {f"{abbreviation[:-1]} .": abbreviation for abbreviation in ABBREVIATIONS}
     alternatives = "|".join(" +".join(map(re.escape, key.split())) for key in sorted(pieces, key=len, reverse=True))
     return re.compile(f"(?<![^ ])(?:{alternatives})(?![^ ])"), f"(?:^| )(?:{alternatives})(?: |$)", pieces
 
@@ -538,10 +545,15 @@ def duplicated_ngram_characters(ngrams: NGrams, words: Pieces, rows_wanted: np.n
 _SENTENCE_END = "^" + char_class("".join(TERMINAL_PUNCTUATION)) + "$"
 
 
+# Whitespace other than one space between two words is a token of its own for spaCy, and counts as a word
+# when it finds sentences: a stand-in word marks it.
+_WHITESPACE_TOKEN = f"{char_class(WHITESPACE)}{{2,}}|{char_class(WHITESPACE.replace(' ', ''))}"
+
+
 def count_sentences(texts: pa.Array) -> np.ndarray:
     """Sentences per text as spaCy's sentencizer finds them: one, plus one for each word (not punctuation)
     preceded by a sentence-final mark since the previous such word."""
-    words = split_words(texts)
+    words = split_words(pc.replace_substring_regex(_texts(texts), _WHITESPACE_TOKEN, " \ufdd0 "))
     ends = words.matches(_SENTENCE_END)
     plain = np.flatnonzero(~words.matches(r"^\pP+$") & ~ends)
     ends_before = np.concatenate([[0], np.cumsum(ends)])  # sentence ends before each word position
