@@ -226,19 +226,20 @@ def stage_command(stage: type[Stage]) -> click.Command:
                  retries: int, **options: Any) -> None:
         params = {name: value for name, value in options.items() if value is not None and value != ()}
         params = {name: list(value) if isinstance(value, tuple) else value for name, value in params.items()}
-        node = NodeSpec(stage=stage.name, params=params | ({"paths": list(inputs)} if is_source else {}),
+        node = NodeSpec(stage=stage.name, params=params | ({"paths": list(inputs)} if is_source and inputs else {}),
                         input=None if is_source else list(inputs))
         spec = GraphSpec(name=stage.name, stages={stage.name: node})
         try:
             graph = build_graph(spec, f"gristmill {command_name}", Path(output))
         except GraphError as error:
-            fail(str(error).replace(f"stages.{stage.name}.params.", "--").replace(f"stages.{stage.name}.input", "--input"))
+            message = str(error).replace(f"stages.{stage.name}.params.paths", "--input")
+            fail(message.replace(f"stages.{stage.name}.params.", "--").replace(f"stages.{stage.name}.input", "--input"))
         execute(graph, executor, workers, scheduler, retries, dataset_paths={stage.name: Path(output)})
 
     command_name = stage.name.replace("_", "-")
     params: list[click.Parameter] = [
-        click.Option(["--input", "inputs"], multiple=True, required=True,
-                     help="Input files or globs." if is_source else "Input dataset directories."),
+        click.Option(["--input", "inputs"], multiple=True, required=not is_source,
+                     help="Input files or globs (the config's `paths`)." if is_source else "Input dataset directories."),
         click.Option(["--output"], required=True, type=click.Path(file_okay=False), help="Output dataset directory."),
     ]
     for name, info in fields.items():
