@@ -1,7 +1,6 @@
-"""`fineweb_filter`: FineWeb's line-based quality rules (Penedo et al. 2024) as datatrove implements them.
+"""`fineweb_filter`: FineWeb's line-based quality rules (Penedo et al. 2024) exactly as datatrove applies them.
 
-Rejects pages whose lines rarely end in punctuation, are mostly short, repeat each other, or are lists of a
-few words each; these catch the menus, listings and boilerplate that the Gopher and C4 rules let through.
+Catches menus, listings and boilerplate that Gopher and C4 let through: unpunctuated, short or repeated lines.
 """
 
 from __future__ import annotations
@@ -20,7 +19,8 @@ _ENDS_WITH_TERMINAL = char_class("".join(TERMINAL_PUNCTUATION)) + "$"
 
 class FineWebFilterConfig(StageConfig):
     min_line_punct_ratio: float | None = Field(
-        0.12, ge=0, le=1, description="Reject below this share of lines ending in terminal punctuation (datatrove: line_punct_thr)."
+        0.12, ge=0, le=1,
+        description="Reject below this share of lines ending in terminal punctuation (datatrove: line_punct_thr).",
     )
     line_punct_exclude_zero: bool = Field(False, description="Keep pages where no line at all ends in punctuation.")
     max_short_line_ratio: float | None = Field(
@@ -28,7 +28,8 @@ class FineWebFilterConfig(StageConfig):
     )
     short_line_length: int = Field(30, ge=0, description="A line of at most this many characters is short.")
     max_char_dup_ratio: float | None = Field(
-        0.01, ge=0, le=1, description="Reject above this share of characters in repeated lines (datatrove: char_duplicates_ratio)."
+        0.01, ge=0, le=1,
+        description="Reject above this share of characters in repeated lines (datatrove: char_duplicates_ratio).",
     )
     max_new_line_ratio: float | None = Field(
         0.3, ge=0, description="Reject above this many line breaks per word (datatrove: new_line_ratio)."

@@ -1,7 +1,6 @@
-"""`gopher_repetition`: Gopher's repetition rules (Rae et al. 2021, table A1) as datatrove implements them.
+"""`gopher_repetition`: Gopher's repetition rules (Rae et al. 2021, table A1) exactly as datatrove applies them.
 
-Rejects documents made of repeated lines, paragraphs or word n-grams, which are mostly boilerplate or spam;
-every fraction is configurable and every rejection names its rule with the measured fraction.
+Rejects documents made of repeated lines, paragraphs or word n-grams, which are mostly boilerplate or spam.
 """
 
 from __future__ import annotations
@@ -74,10 +73,11 @@ class GopherRepetition(MapStage):
         for ngrams in text_stats.iter_ngrams(words, [n for n, limit in limits.items() if limit is not None]):
             n = ngrams.n
             if n < 5:
-                rule, share = f"top_{n}_gram_char_frac", ratio(text_stats.top_ngram_characters(ngrams, words), characters)
+                rule, measured = f"top_{n}_gram_char_frac", text_stats.top_ngram_characters(ngrams, words)
             else:
                 # The costly scan, so only for documents no rule has rejected yet.
-                repeated = text_stats.duplicated_ngram_characters(ngrams, words, verdicts.undecided & spaced)
-                rule, share = f"dup_{n}_gram_char_frac", ratio(repeated, characters)
+                rule = f"dup_{n}_gram_char_frac"
+                measured = text_stats.duplicated_ngram_characters(ngrams, words, verdicts.undecided & spaced)
+            share = ratio(measured, characters)
             verdicts.check(rule, rule, share, ">", limits[n])
         return BatchResult.split(batch, *verdicts.reasons())

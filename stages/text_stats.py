@@ -24,10 +24,10 @@ def char_class(characters: str, extra: str = "", negated: bool = False) -> str:
 
 # Unicode Sentence_Terminal characters: FineWeb's line endings, spaCy's sentence boundaries.
 TERMINAL_PUNCTUATION = frozenset(
-    "!.?։؝؞؟۔܀܁܂߹࠷࠹࠽࠾।॥၊။።፧፨᙮᜵᜶᠃᠉᥄᥅᪨᪩᪪᪫᭚᭛᭞᭟\u1b7d\u1b7e᰻᰼᱾᱿‼‽⁇⁈⁉⸮⸼\u2e53\u2e54。꓿꘎꘏꛳꛷꡶꡷꣎꣏꤯꧈꧉꩝꩞꩟꫰꫱꯫"
-    "﹒﹖﹗！．？｡𐩖𐩗𐽕𐽖𐽗𐽘𐽙\U00010f86\U00010f87\U00010f88\U00010f89𑁇𑁈𑂾𑂿𑃀𑃁𑅁𑅂𑅃𑇅𑇆𑇍𑇞𑇟𑈸𑈹𑈻𑈼𑊩𑑋𑑌"
-    "𑗂𑗃𑗉𑗊𑗋𑗌𑗍𑗎𑗏𑗐𑗑𑗒𑗓𑗔𑗕𑗖𑗗𑙁𑙂𑜼𑜽𑜾𑥄𑥆𑩂𑩃𑪛𑪜𑱁𑱂𑻷𑻸\U00011f43\U00011f44𖩮𖩯𖫵𖬷𖬸𖭄𖺘𛲟𝪈"
-    "៕៖។៙៚"
+    "!.?։؝؞؟۔܀܁܂߹࠷࠹࠽࠾।॥၊။።፧፨᙮᜵᜶᠃᠉᥄᥅᪨᪩᪪᪫᭚᭛᭞᭟\u1b7d\u1b7e᰻᰼᱾᱿‼‽⁇⁈⁉⸮⸼\u2e53\u2e54"
+    "。꓿꘎꘏꛳꛷꡶꡷꣎꣏꤯꧈꧉꩝꩞꩟꫰꫱꯫﹒﹖﹗！．？｡𐩖𐩗𐽕𐽖𐽗𐽘𐽙\U00010f86\U00010f87\U00010f88\U00010f89"
+    "𑁇𑁈𑂾𑂿𑃀𑃁𑅁𑅂𑅃𑇅𑇆𑇍𑇞𑇟𑈸𑈹𑈻𑈼𑊩𑑋𑑌𑗂𑗃𑗉𑗊𑗋𑗌𑗍𑗎𑗏𑗐𑗑𑗒𑗓𑗔𑗕𑗖𑗗𑙁𑙂𑜼𑜽𑜾𑥄𑥆𑩂𑩃𑪛𑪜𑱁𑱂𑻷𑻸"
+    "\U00011f43\U00011f44𖩮𖩯𖫵𖬷𖬸𖭄𖺘𛲟𝪈៕៖។៙៚"
 )
 # Characters that make a word a "symbol" for Gopher (datatrove's set): mostly punctuation, plus a few
 # maths signs, control characters and the sentence terminals above.
@@ -187,7 +187,8 @@ _AFTER_NUMBER = rf"{_UNITS}|US\$|C\$|A\$|{char_class(_CURRENCY)}|\+"
 # Letters of scripts without case (CJK, kana, hangul, Arabic, Hebrew, Indic...), which spaCy counts as both
 # lower and upper case.
 _UNCASED = (
-    r"\x{1200}-\x{137f}\x{980}-\x{9ff}\x{591}-\x{5f4}\x{fb1d}-\x{fb4f}\x{620}-\x{64a}\x{66e}-\x{6d5}\x{6e5}-\x{6ff}"
+    r"\x{1200}-\x{137f}\x{980}-\x{9ff}\x{591}-\x{5f4}\x{fb1d}-\x{fb4f}\x{620}-\x{64a}\x{66e}-\x{6d5}"
+    r"\x{6e5}-\x{6ff}"
     r"\x{750}-\x{77f}\x{8a0}-\x{8bd}\x{fb50}-\x{fbb1}\x{fbd3}-\x{fd3d}\x{fd50}-\x{fdc7}\x{fdf0}-\x{fdfb}"
     r"\x{fe70}-\x{fefc}\x{1ee00}-\x{1eebb}\x{d80}-\x{dff}\x{900}-\x{97f}\x{c80}-\x{cff}\x{b80}-\x{bff}\x{c00}-\x{c7f}"
     r"\x{ac00}-\x{d7af}\x{1100}-\x{11ff}\x{3040}-\x{30ff}\x{4e00}-\x{9fff}\x{3400}-\x{4dbf}\x{20000}-\x{2a6df}"
@@ -214,12 +215,14 @@ def _lower_and_title(words: str) -> list[str]:
     return [variant for word in words.split() for variant in (word, word[0].upper() + word[1:])]
 
 
-_NOT_STEMS = "ai are ca could dare did does do had has have is may might must need ought sha should was were wo would"
+_NOT_STEMS = (
+    "ai are ca could dare did does do had has have is may might must need ought sha should was were wo would"
+)
+_PRONOUNS = "i you he she it we they that there these those this what when where who why how"
 # Contractions with an apostrophe, and times, as (word)(clitic).
 _CONTRACTION = (
     rf"^(?:({'|'.join(_lower_and_title(_NOT_STEMS))})(n['’]t)|"
-    rf"({'|'.join(_lower_and_title('i you he she it we they that there these those this what when where who why how'))})"
-    rf"(['’](?:m|re|ve|ll|d))|"
+    rf"({'|'.join(_lower_and_title(_PRONOUNS))})(['’](?:m|re|ve|ll|d))|"
     rf"({'|'.join(_lower_and_title('could would should might must may need ought do does did had not'))})(['’]ve)|"
     r"([Yy]['’])(all)|(1[0-2]|[1-9])([ap]\.m\.))$"
 )
@@ -362,9 +365,11 @@ def _join_special_cases(chunks: pa.Array) -> pa.Array:
 
 def _split_infixes(cores: pa.Array) -> pa.Array:
     for pattern, replacement in _INFIXES:
-        # Twice, for overlapping contexts such as "x-y-z"; only where the pattern occurs at all.
-        cores = _where(_matches(cores, pattern), cores, lambda found: pc.replace_substring_regex(
-            pc.replace_substring_regex(found, pattern, replacement), pattern, replacement))
+        found = _matches(cores, pattern)
+        if pc.any(found).as_py():
+            # Twice, for overlapping contexts such as "x-y-z".
+            once = pc.replace_substring_regex(cores.filter(found), pattern, replacement)
+            cores = pc.replace_with_mask(cores, found, pc.replace_substring_regex(once, pattern, replacement))
     return cores
 
 
@@ -398,7 +403,8 @@ def _rewrite_chunks(chunks: pa.Array, join_specials: bool = True) -> pa.Array:
 def _needs_rules(chunks: pa.Array) -> np.ndarray:
     """Chunks that are not a single word as they stand: a mark inside, a contraction, or "10km"."""
     alphanumeric = pc.utf8_is_alnum(chunks)
-    needs = to_numpy(pc.or_(pc.invert(alphanumeric), pc.is_in(chunks, pa.array(sorted(BARE_CONTRACTIONS), chunks.type))))
+    contraction = pc.is_in(chunks, pa.array(sorted(BARE_CONTRACTIONS), chunks.type))
+    needs = to_numpy(pc.or_(pc.invert(alphanumeric), contraction))
     with_number = to_numpy(pc.and_not(alphanumeric, pc.utf8_is_alpha(chunks)))
     if with_number.any():
         needs[with_number] |= to_numpy(_matches(chunks.filter(pa.array(with_number)), rf"[0-9](?:{_UNITS})$"))

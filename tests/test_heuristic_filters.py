@@ -8,6 +8,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
@@ -36,7 +37,10 @@ def batch_of(texts: list[str | None], langs: list[str | None] | None = None) -> 
     return pa.RecordBatch.from_pylist(rows, schema=DOCUMENT_SCHEMA)
 
 
-def verdicts(stage, texts: list[str | None], langs: list[str | None] | None = None) -> list[tuple[str | None, str | None]]:
+Verdict = tuple[str | None, str | None]
+
+
+def verdicts(stage, texts: list[str | None], langs: list[str | None] | None = None) -> list[Verdict]:
     """(reason, detail) per text, (None, None) where kept."""
     result = stage.process(batch_of(texts, langs))
     rejected = {row["id"]: (row["reason"], row["detail"]) for row in result.rejected.to_pylist()}
@@ -55,7 +59,8 @@ def number(value: float) -> str:
 def unique_words(count: int, prefix: str) -> list[str]:
     """Distinct six-letter words that share nothing with other prefixes."""
     letters = "bcdfghjklmnpqrstvwz"
-    return [prefix + "".join(tail) for tail in itertools.islice(itertools.product(letters, repeat=6 - len(prefix)), count)]
+    tails = itertools.islice(itertools.product(letters, repeat=6 - len(prefix)), count)
+    return [prefix + "".join(tail) for tail in tails]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -140,10 +145,10 @@ def reference_duplicated(words: list[str], n: int) -> int:
 @given(st.lists(st.lists(st.sampled_from(["a", "b", "c"]), max_size=40), min_size=1, max_size=8))
 def test_ngram_measures_match_the_definitions(documents: list[list[str]]) -> None:
     words = text_stats.split_words(pa.array([" ".join(document) for document in documents]))
-    wanted = [True] * len(documents)
+    wanted = np.ones(len(documents), dtype=bool)
     for ngrams in text_stats.iter_ngrams(words, range(1, 11)):
         top = text_stats.top_ngram_characters(ngrams, words)
-        repeated = text_stats.duplicated_ngram_characters(ngrams, words, pa.array(wanted).to_numpy(zero_copy_only=False))
+        repeated = text_stats.duplicated_ngram_characters(ngrams, words, wanted)
         for row, document in enumerate(documents):
             assert top[row] == reference_top_ngram(document, ngrams.n)
             assert repeated[row] == reference_duplicated(document, ngrams.n)
@@ -195,11 +200,13 @@ GOPHER_QUALITY_CASES = [
     # Words holding a letter, over all words: 48 / 61, or exactly 48 / 60.
     ("min_alpha_words_ratio", prose(48) + " 1999" * 13, "alpha_words_ratio=0.7869 < 0.8", prose(48) + " 1999" * 12),
     # Stop words are matched case-sensitively, as datatrove does: "The" and "And" do not count.
-    ("min_stop_words", prose(50, NO_STOP_WORDS) + " The And the", "stop_words=1 < 2", prose(50, NO_STOP_WORDS) + " the and"),
+    ("min_stop_words", prose(50, NO_STOP_WORDS) + " The And the", "stop_words=1 < 2",
+     prose(50, NO_STOP_WORDS) + " the and"),
 ]
 
 
-@pytest.mark.parametrize(("rule", "failing", "detail", "passing"), GOPHER_QUALITY_CASES, ids=[c[0] for c in GOPHER_QUALITY_CASES])
+@pytest.mark.parametrize(("rule", "failing", "detail", "passing"), GOPHER_QUALITY_CASES,
+                         ids=[case[0] for case in GOPHER_QUALITY_CASES])
 def test_gopher_quality_rule_at_its_threshold(rule: str, failing: str, detail: str, passing: str) -> None:
     stage = GopherQuality(GopherQualityConfig())
     assert verdicts(stage, [failing, passing]) == [(f"gopher_quality:{rule}", detail), (None, None)]
@@ -426,7 +433,8 @@ def test_c4_page_rules_only_see_lines_that_survive_earlier_line_rules() -> None:
 
 def test_c4_needs_five_sentences_in_kept_lines() -> None:
     assert c4_result(C4_PAGE[:4] + ["No punctuation here at all"]) == ("c4:min_num_sentences", "sentences=4 < 5")
-    assert c4_result(["One two three. Four five six. Seven eight nine. Ten eleven twelve. Done now here."])[1] == REMOVED_NONE
+    one_line = "One two three. Four five six. Seven eight nine. Ten eleven twelve. Done now here."
+    assert c4_result([one_line])[1] == REMOVED_NONE
     assert c4_result(C4_PAGE[:4], C4FilterConfig(min_num_sentences=4))[1] == REMOVED_NONE
     assert c4_result([], C4FilterConfig(min_num_sentences=None)) == ("", REMOVED_NONE)
 
@@ -483,18 +491,22 @@ def fineweb_case(rule: str) -> tuple[str, str, str]:
         return ("\n".join(unique + [failing_line, failing_line]), f"char_dup_ratio={number(share)} > 0.01",
                 "\n".join(unique + [line, line]))
     # Two long words and a period a line: 10 breaks in 33 words, or exactly 9 in 30.
-    lines = [f"{a}extraordinarily {b}incomprehensibly." for a, b in zip(unique_words(11, "aaaa"), unique_words(11, "bbbb"))]
+    pairs = zip(unique_words(11, "aaaa"), unique_words(11, "bbbb"))
+    lines = [f"{first}extraordinarily {second}incomprehensibly." for first, second in pairs]
     return "\n".join(lines), "new_line_ratio=0.303 > 0.3", "\n".join(lines[:10])
 
 
-@pytest.mark.parametrize("rule", ["min_line_punct_ratio", "max_short_line_ratio", "max_char_dup_ratio", "max_new_line_ratio"])
+@pytest.mark.parametrize("rule", ["min_line_punct_ratio", "max_short_line_ratio", "max_char_dup_ratio",
+                                  "max_new_line_ratio"])
 def test_fineweb_rule_at_its_threshold(rule: str) -> None:
     failing, detail, passing = fineweb_case(rule)
-    assert verdicts(FineWebFilter(FineWebFilterConfig()), [failing, passing]) == [(f"fineweb:{rule}", detail), (None, None)]
+    stage = FineWebFilter(FineWebFilterConfig())
+    assert verdicts(stage, [failing, passing]) == [(f"fineweb:{rule}", detail), (None, None)]
 
 
 def test_fineweb_rejects_pages_without_a_nonblank_line() -> None:
-    assert verdicts(FineWebFilter(FineWebFilterConfig()), ["", " \n\t\n", None]) == [("fineweb:empty", "no non-blank line")] * 3
+    stage = FineWebFilter(FineWebFilterConfig())
+    assert verdicts(stage, ["", " \n\t\n", None]) == [("fineweb:empty", "no non-blank line")] * 3
 
 
 def test_fineweb_thresholds_are_configurable() -> None:
@@ -515,7 +527,8 @@ def chinese_lines() -> list[str]:
 def test_fineweb_skips_the_word_rule_for_languages_without_spaces() -> None:
     # Read as English, a line without spaces is two words: far too many line breaks per word.
     text = "\n".join(chinese_lines())
-    assert reasons(FineWebFilter(FineWebFilterConfig()), [text, text], ["en", "zh"]) == ["fineweb:max_new_line_ratio", None]
+    stage = FineWebFilter(FineWebFilterConfig())
+    assert reasons(stage, [text, text], ["en", "zh"]) == ["fineweb:max_new_line_ratio", None]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -534,7 +547,8 @@ TEXT = st.one_of(
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(texts=st.lists(TEXT, max_size=25), langs=st.lists(st.sampled_from([None, "en", "de", "zh", "ja-JP", ""]), max_size=25))
+@given(texts=st.lists(TEXT, max_size=25),
+       langs=st.lists(st.sampled_from([None, "en", "de", "zh", "ja-JP", ""]), max_size=25))
 def test_every_filter_conserves_rows_and_names_its_rules(texts: list[str | None], langs: list[str | None]) -> None:
     langs = (langs + [None] * len(texts))[: len(texts)]
     batch = batch_of(texts, langs)
@@ -550,7 +564,8 @@ def test_every_filter_conserves_rows_and_names_its_rules(texts: list[str | None]
 def test_filters_run_in_a_graph_and_write_their_ledgers(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    documents = ["\n".join(C4_PAGE * 3), "\n".join(SENTENCES), "Lorem ipsum dolor sit amet.\n" + "\n".join(C4_PAGE), "tiny"]
+    lorem = "Lorem ipsum dolor sit amet.\n" + "\n".join(C4_PAGE)
+    documents = ["\n".join(C4_PAGE * 3), "\n".join(SENTENCES), lorem, "tiny"]
     with open(corpus / "part0.jsonl", "w") as handle:
         for index, text in enumerate(documents):
             handle.write(json.dumps({"id": f"doc{index}", "text": text}) + "\n")
