@@ -1,0 +1,275 @@
+"""The run report: its funnel equals the ledgers and data files exactly, and every section is present and rendered."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli_tokens import export_buckets
+from pipeline.dataset import (
+    REJECT_SCHEMA,
+    Dataset,
+    ParquetShardWriter,
+    ShardRecord,
+    write_json_atomic,
+)
+from pipeline.executors import make_executor
+from pipeline.graph import load_graph
+from pipeline.report import check_html
+from pipeline.run_report import EXAMPLE_CHARS, collect, report
+from pipeline.runner import run_graph
+from pipeline.tokenization import DEFAULT_EOS, save_tokenizer, train_byte_level_bpe
+from tests.conftest import WORDS
+
+PARENTS = {"read": [], "long": ["read"], "dedup": ["long"], "short": ["read"], "merged": ["dedup", "short"],
+           "tokens": ["merged"], "pieces": ["tokens"]}
+# Exact copies made on purpose: clusters of 2 (four of them) and 3 (two of them).
+COPIES = [1, 1, 1, 1, 2, 2]
+
+
+def corpus_texts(rng: random.Random, count: int) -> list[str]:
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.choice([2, 3, 8, 30, 120]))) + "." for _ in range(count)]
+
+
+def write_run_corpus(directory: Path) -> list[str]:
+    """Two JSONL files from two sources and several domains and languages, with exact duplicates across files."""
+    rng = random.Random(7)
+    directory.mkdir(parents=True)
+    texts = [corpus_texts(rng, 90), corpus_texts(rng, 70)]
+    for cluster, copies in enumerate(COPIES):
+        original = " ".join(rng.choice(WORDS) for _ in range(12)) + f" cluster {cluster}."
+        texts[0].append(original)
+        texts[1].extend([original] * copies)
+    for part, part_texts in enumerate(texts):
+        rows = [{"id": f"d{part}-{index:03d}", "text": text, "source": "web" if index % 3 else "wiki",
+                 "url": f"https://site{index % 5}.example/{index}", "lang": "en" if index % 4 else "fr",
+                 "lang_score": round(0.5 + (index % 50) / 100, 2)} for index, text in enumerate(part_texts)]
+        (directory / f"part{part}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return [text for part_texts in texts for text in part_texts]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("report_run")
+    texts = write_run_corpus(root / "corpus")
+    save_tokenizer(train_byte_level_bpe(texts, vocab_size=300), root / "tokenizer", DEFAULT_EOS, {"corpus": "test"})
+    graph = root / "graph.yaml"
+    graph.write_text(
+        "plugins: [stages.read_text, stages.length_filter, stages.exact_dedup, stages.tokenize, stages.decompose]\n"
+        "stages:\n"
+        f"  read: {{stage: read_text, params: {{paths: ['{root}/corpus/*.jsonl']}}}}\n"
+        "  long: {stage: length_filter, input: read, params: {min_words: 5}}\n"
+        "  dedup: {stage: exact_dedup, input: long}\n"
+        "  short: {stage: length_filter, input: read, params: {max_words: 4}}\n"
+        "  merged: {stage: length_filter, input: [dedup, short], params: {min_chars: 1}}\n"
+        f"  tokens: {{stage: tokenize, input: merged, params: {{tokenizer: '{root}/tokenizer'}}}}\n"
+        "  pieces: {stage: decompose, input: tokens, params: {min_bucket: 3, max_bucket: 6}}\n"
+    )
+    run_graph(load_graph(graph, root / "run"), make_executor("inprocess"))
+    export_buckets(root / "run" / "pieces", root / "run" / "shards")
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def collected(run_dir: Path) -> dict:
+    return collect(run_dir)
+
+
+def parquet_rows(paths) -> int:
+    return sum(pq.read_metadata(path).num_rows for path in paths)
+
+
+def test_funnel_numbers_equal_the_ledgers_and_data_files(run_dir: Path, collected: dict) -> None:
+    funnel = {row["node"]: row for row in collected["funnel"]}
+    summary_order = [stage["node"] for stage in json.loads((run_dir / "_summary.json").read_text())["stages"]]
+    assert [row["node"] for row in collected["funnel"]] == summary_order
+    assert set(funnel) == set(PARENTS)
+    assert collected["problems"] == []
+    for node, parents in PARENTS.items():
+        row = funnel[node]
+        ledgers = sorted((run_dir / node / "_rejects").glob("*.parquet"))
+        reasons = Counter(reason for path in ledgers for reason in pq.read_table(path).column("reason").to_pylist())
+        outputs = sorted((run_dir / node).glob("part-*.parquet"))
+        assert row["rejected"] == sum(reasons.values()) == parquet_rows(ledgers), node
+        assert row["reasons"] == dict(reasons), node
+        assert row["rows_out"] == parquet_rows(outputs), node
+        if node == "pieces":  # rows are pieces of documents: documents out are distinct document ids
+            ids = pa.concat_arrays([pq.read_table(path).column("document_id").combine_chunks() for path in outputs])
+            assert row["documents_out"] == pc.count_distinct(ids).as_py() < row["rows_out"]
+        else:
+            assert row["documents_out"] == row["rows_out"]
+        if parents:  # a map stage reads every row its parents wrote, from several parents for `merged`
+            read = parquet_rows(path for parent in parents for path in (run_dir / parent).glob("part-*.parquet"))
+            assert row["documents_in"] == read, node
+        assert row["documents_in"] == row["documents_out"] + row["rejected"]
+    assert funnel["dedup"]["reasons"] == {"exact_duplicate": sum(COPIES)}
+    assert funnel["long"]["reasons"] and funnel["short"]["reasons"]
+
+    tokens = sum(pc.sum(pq.read_table(path).column("num_tokens")).as_py()
+                 for path in (run_dir / "tokens").glob("part-*.parquet"))
+    piece_tokens = sum(pc.sum(pq.read_table(path).column("num_tokens")).as_py()
+                       for path in (run_dir / "pieces").glob("part-*.parquet"))
+    assert funnel["tokens"]["tokens_in"] is None and funnel["tokens"]["tokens_out"] == tokens
+    assert funnel["pieces"]["tokens_in"] == tokens and funnel["pieces"]["tokens_out"] == piece_tokens < tokens
+    assert funnel["merged"]["text_bytes_in"] == funnel["dedup"]["text_bytes_out"] + funnel["short"]["text_bytes_out"]
+    assert all(row["wall_seconds"] and row["documents_per_second"] for row in collected["funnel"])
+
+
+def test_distributions_and_sources_match_the_data(run_dir: Path, collected: dict) -> None:
+    assert collected["profiled"]["input"] == "read" and collected["profiled"]["outputs"] == ["tokens"]
+    read = pa.concat_tables(pq.read_table(path) for path in sorted((run_dir / "read").glob("part-*.parquet")))
+    tokens = pa.concat_tables(pq.read_table(path) for path in sorted((run_dir / "tokens").glob("part-*.parquet")))
+    lengths = collected["lengths"]
+    assert lengths["read"]["values"] + lengths["read"]["empty"] == read.num_rows
+    assert lengths["read"]["max"] == pc.max(pc.utf8_length(read.column("text"))).as_py()
+    assert lengths["tokens"]["mean"] == pytest.approx(pc.mean(pc.utf8_length(tokens.column("text"))).as_py())
+    for column in ("source", "domain", "lang"):
+        for name, table in (("read", read), ("tokens", tokens)):
+            expected = Counter(table.column(column).to_pylist())
+            assert collected["keys"][column][name]["documents"] == dict(expected), (column, name)
+    web = pc.equal(tokens.column("source"), "web")
+    assert collected["keys"]["source"]["tokens"]["tokens"]["web"] == pc.sum(
+        pc.filter(tokens.column("num_tokens"), web)).as_py()
+    assert collected["keys"]["source"]["tokens"]["text_bytes"]["web"] == pc.sum(
+        pc.binary_length(pc.filter(tokens.column("text"), web))).as_py()
+    scores = collected["scores"]["lang_score"]
+    assert scores["read"]["mean"] == pytest.approx(pc.mean(read.column("lang_score")).as_py())
+    assert 0.5 <= scores["read"]["p50"] <= 1.0 and sum(scores["read"]["counts"]) == read.num_rows
+
+    assert collected["clusters"]["dedup"]["sizes"] == {"2": COPIES.count(1), "3": COPIES.count(2)}
+    pieces = pa.concat_tables(pq.read_table(path) for path in (run_dir / "pieces").glob("part-*.parquet"))
+    per_bucket = pieces.group_by("bucket").aggregate([("num_tokens", "sum")]).to_pydict()
+    expected = {str(bucket): tokens for bucket, tokens in zip(per_bucket["bucket"], per_bucket["num_tokens_sum"])}
+    assert {bucket: tally["tokens"] for bucket, tally in collected["buckets"]["pieces"].items()} == expected
+    export = collected["exports"]["shards"]
+    assert {bucket: tally["tokens"] for bucket, tally in export["buckets"].items()} == expected
+
+
+def test_report_command_writes_every_section_with_real_plots(run_dir: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(report, [str(run_dir), "--output", str(tmp_path / "report"), "--top", "3"])
+    assert result.exit_code == 0, result.output
+    assert f"report: {tmp_path / 'report' / 'report.html'}" in result.output
+    checked = check_html(tmp_path / "report" / "report.html")
+    assert checked["headings"][1:] == ["Funnel", "Distributions", "Sources", "Timings"]
+    # funnel, lengths, languages, lang_score, clusters, two bucket plots, sources, domains, timings
+    assert len(checked["images"]) == 10
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "| dedup | exact_duplicate | 8 |" in markdown
+    assert "Checks passed" in markdown and "Export shards:" in markdown
+    assert "top 3 of 5" in markdown  # domains, limited by --top
+    figures = sorted((tmp_path / "report" / "figures").glob("*.png"))
+    assert len(figures) == 10 and f"figures/{figures[0].name}" in markdown
+    saved = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert [row["documents_out"] for row in saved["funnel"]] == [row["documents_out"] for row in collect(run_dir)["funnel"]]
+
+
+def test_a_tampered_ledger_is_reported(run_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    ledger = copy / "dedup" / "_rejects" / "part-00001.parquet"
+    table = pq.read_table(ledger)
+    assert table.num_rows > 0
+    pq.write_table(table.slice(1), ledger)
+    problems = collect(copy)["problems"]
+    assert len(problems) == 1 and problems[0].startswith("dedup: reject ledger")
+    result = CliRunner().invoke(report, [str(copy), "--output", str(tmp_path / "report")])
+    assert result.exit_code == 0 and "warning: dedup: reject ledger" in result.output
+    assert "Checks FAILED" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_one_dataset_partial_or_without_dedup_work_files(run_dir: Path, tmp_path: Path) -> None:
+    dataset = tmp_path / "dedup"
+    shutil.copytree(run_dir / "dedup", dataset)
+    shutil.rmtree(dataset / "_work")
+    (dataset / "_manifest.json").unlink()
+    data = collect(dataset)
+    assert data["kind"] == "dataset" and len(data["funnel"]) == 1
+    assert data["funnel"][0]["status"] == "partial (2 shards done)"
+    whole_run = {row["node"]: row for row in collect(run_dir)["funnel"]}
+    assert data["funnel"][0]["documents_in"] == whole_run["dedup"]["documents_in"]
+    # Rebuilt from the ledger (each duplicate's detail names its survivor), the same clusters as the work files say.
+    assert data["clusters"]["dedup"]["from"] == "reject ledger"
+    assert data["clusters"]["dedup"]["sizes"] == {"2": COPIES.count(1), "3": COPIES.count(2)}
+    assert data["profiled"] == {"input": "dedup", "outputs": ["dedup"], "score_origins": {"lang_score": "dedup"}}
+
+
+def write_dataset(path: Path, table: pa.Table, rejected: list[tuple[str, str]], stage: str) -> None:
+    """A one-shard dataset as a stage would leave it: data, ledger, shard record and manifest."""
+    dataset = Dataset(path)
+    dataset.prepare()
+    writer = ParquetShardWriter(dataset.shard_path("part-00000"), table.schema)
+    writer.write(table)
+    size, checksum = writer.commit()
+    ledger = ParquetShardWriter(dataset.reject_path("part-00000"), REJECT_SCHEMA)
+    ledger.write(pa.table({"id": [i for i, _ in rejected], "stage": [stage] * len(rejected),
+                           "reason": [r for _, r in rejected], "detail": [None] * len(rejected)}, REJECT_SCHEMA))
+    ledger.commit()
+    record = ShardRecord(name="part-00000", source="input", rows=table.num_rows, documents_out=table.num_rows,
+                         bytes=size, checksum=checksum, rows_in=table.num_rows + len(rejected),
+                         rejected=dict(Counter(reason for _, reason in rejected)), seconds=2.0)
+    write_json_atomic(dataset.record_path("part-00000"), record.model_dump_json())
+    dataset.finalize(stage, {}, "0" * 16, [], [record], table.schema)
+
+
+def test_rewrite_and_tokenizer_comparison_sections(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    statuses = ["rewritten", "kept_original", "rewritten", "rewritten", "kept_original"]
+    reasons = ["ok", "unparseable_code", "ok", "ok", "too_long"]
+    table = pa.table({
+        "id": [f"r{i}" for i in range(5)],
+        "original_text": ["before " * 200 + str(i) for i in range(5)],
+        "text": [("after " * 200 if status == "rewritten" else "before " * 200) + str(i)
+                 for i, status in enumerate(statuses)],
+        "source": ["code"] * 5,
+        "quality": pa.array([0.1, 0.3, 0.5, 0.7, None], pa.float32()),
+        "rewrite_status": statuses, "rewrite_reason": reasons,
+        "rewrite_model": ["tiny-lm"] * 5, "rewrite_prompt_id": ["clean-code-v1"] * 4 + ["explain-v2"],
+        "rewrite_tokens_in": [100, 100, 100, 100, 50], "rewrite_tokens_out": [80, 0, 60, 60, 0],
+        "rewrite_seconds": [1.0, 0.5, 1.0, 1.5, 0.0],
+    })
+    write_dataset(run / "rewritten", table, [("r9", "empty_text")], "rewrite")
+    (run / "tokenizer_eval").mkdir()
+    (run / "tokenizer_eval" / "report.json").write_text(json.dumps({"summary": [
+        {"tokenizer": "ours-4k", "bytes_per_token": 3.9, "fertility": 1.31},
+        {"tokenizer": "gpt2", "bytes_per_token": 4.2, "fertility": 1.2}]}))
+
+    data = collect(run)
+    assert data["funnel"][0]["documents_in"] == 6 and data["funnel"][0]["reasons"] == {"empty_text": 1}
+    rewrite = data["rewrites"][0]
+    assert rewrite["rewritten"] == 3 and rewrite["documents"] == 5
+    assert {(row["status"], row["reason"]): row["documents"] for row in rewrite["outcomes"]} == {
+        ("rewritten", "ok"): 3, ("kept_original", "unparseable_code"): 1, ("kept_original", "too_long"): 1}
+    engines = {row["prompt_id"]: row for row in rewrite["engines"]}
+    assert engines["clean-code-v1"]["tokens_out"] == 200 and engines["clean-code-v1"]["tokens_out_per_second"] == 50
+    assert [example["id"] for example in rewrite["examples"]] == ["r0", "r2", "r3"]
+    assert rewrite["examples"][0]["before"].startswith("before") and rewrite["examples"][0]["after"].startswith("after")
+    assert len(rewrite["examples"][0]["before"]) == EXAMPLE_CHARS
+    quality = data["scores"]["quality"]["rewritten"]
+    assert quality["values"] == 4 and quality["nulls"] == 1 and quality["mean"] == pytest.approx(0.4)
+    assert [row["tokenizer"] for row in data["tokenizer_eval"]["summary"]] == ["ours-4k", "gpt2"]
+
+    result = CliRunner().invoke(report, [str(run), "--output", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    headings = check_html(tmp_path / "report" / "report.html")["headings"]
+    assert "Rewrite: rewritten" in headings and "Tokenizer comparison" in headings
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "| ours-4k | 3.9 | 1.31 |" in markdown and "tokenizer_eval/report.html" in markdown
+    assert "| rewritten | ok | 3 |" in markdown
+
+
+def test_a_directory_that_is_not_a_run_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(report, [str(tmp_path / "empty"), "--output", str(tmp_path / "report")])
+    assert result.exit_code == 2
+    assert "neither a Gristmill dataset nor a run directory" in result.output
+    result = CliRunner().invoke(report, [str(tmp_path / "missing"), "--output", str(tmp_path / "report")])
+    assert result.exit_code == 2 and "no such directory" in result.output
