@@ -35,6 +35,7 @@ from pipeline.tokenization import (
     tokenizer_record,
     train_from_dataset,
 )
+from tokenizer_eval.cli import evaluate as evaluate_tokenizers
 
 SIDECAR_FORMAT = "gristmill.tokens"
 STATS_FILE = "stats.json"
@@ -536,5 +537,7 @@ def mix(mixture_file: str, output: str, data: tuple[str, ...]) -> None:
                    f"{component['sequences']:>10,} {component['available_tokens']:>14,} {component['epochs']:>7.2f}")
     click.echo(f"plan: {path} ({header['sequences']:,} sequences, {header['tokens']:,} tokens)")
 
+
+tokenizer.add_command(evaluate_tokenizers)
 
 commands = [tokenizer, export, verify, mix]

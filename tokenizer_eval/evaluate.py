@@ -1,0 +1,72 @@
+"""`gristmill tokenizer eval`: measure any number of tokenizers on one sample of a dataset and write the comparison.
+
+Tokenizers are loaded first (a bad --tokenizer fails before any data is read); the sample is read once and shared,
+so every number in the report compares tokenizers on the same documents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tokenizer_eval.corpus import CorpusMeasurement, measure_corpus, measure_parity, read_parallel
+from tokenizer_eval.loading import EvalTokenizer, load_for_evaluation
+from tokenizer_eval.sample import CorpusSample, sample_dataset
+from tokenizer_eval.vocabulary import analyse_vocabulary, core_coverage, core_words
+
+
+@dataclass(frozen=True)
+class EvaluationOptions:
+    sample_bytes: int = 4_000_000
+    seed: int = 0
+    max_groups: int = 12
+    core_words: int = 500
+    parallel: Path | None = None
+    reference_language: str = "en"
+    domain_column: str | None = None
+
+
+@dataclass
+class TokenizerResult:
+    tokenizer: EvalTokenizer
+    corpus: CorpusMeasurement
+    vocabulary: dict[str, Any]
+    coverage: dict[str, dict[str, Any]]
+    parity: dict[str, dict[str, Any]] | None
+
+
+def evaluate_tokenizers(specs: Sequence[str], dataset: str | Path, output: str | Path,
+                        options: EvaluationOptions = EvaluationOptions(),
+                        echo: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
+    """Measure each tokenizer, write report.html, report.md, figures/ and report.json under `output`; return the JSON data."""
+    from tokenizer_eval.report import build_report  # matplotlib loads only when a report is written
+
+    tokenizers = load_for_evaluation(specs)
+    parallel = read_parallel(options.parallel) if options.parallel else None
+    sample = sample_dataset(dataset, options.sample_bytes, options.seed, options.domain_column)
+    if not sample.texts:
+        raise ValueError(f"{dataset}: the sample holds no documents with text")
+    echo(f"sample: {len(sample.texts):,} documents, {sample.bytes:,} bytes, {sum(map(len, sample.words)):,} words")
+    core = core_words(sample, sample.groups("languages", options.max_groups), options.core_words)
+    results = []
+    for tokenizer in tokenizers:
+        result = evaluate_one(tokenizer, sample, core, parallel, options)
+        seconds = result.corpus.seconds
+        echo(f"{tokenizer.label}: vocabulary {tokenizer.vocab_size:,}, fertility "
+             f"{result.corpus.overall.metrics()['fertility']:.3f}, {len(sample.texts) / seconds:,.0f} documents/s "
+             f"({sample.bytes / seconds / 1e6:.2f} MB/s)")
+        results.append(result)
+    report = build_report(results, sample, str(dataset), options)
+    paths = report.write(output)
+    echo(f"report: {paths['html']}")
+    return report.data
+
+
+def evaluate_one(tokenizer: EvalTokenizer, sample: CorpusSample, core: dict[str, list[tuple[str, int]]],
+                 parallel: list[dict[str, str]] | None, options: EvaluationOptions) -> TokenizerResult:
+    corpus = measure_corpus(tokenizer, sample, options.max_groups)
+    parity = measure_parity(tokenizer, parallel, options.reference_language) if parallel else None
+    return TokenizerResult(tokenizer, corpus, analyse_vocabulary(tokenizer.vocabulary()),
+                           core_coverage(tokenizer, core), parity)
