@@ -806,36 +806,67 @@ def render_distributions(report: Report, data: dict[str, Any]) -> None:
                                                                            "p50", "p90", "max")}}
                       for name, histogram in histograms.items()])
 
-    for name, sizes in data["clusters"].items():
+    render_clusters(report, data["clusters"])
+    render_buckets(report, data)
+
+
+def size_bin(size: int) -> str:
+    """Cluster sizes 2, 3 and 4 as they are, larger ones in power-of-two ranges (5-8, 9-16, ...)."""
+    if size <= 4:
+        return str(size)
+    upper = 1 << (size - 1).bit_length()
+    return f"{upper // 2 + 1}-{upper}"
+
+
+def render_clusters(report: Report, clusters: dict[str, dict[str, Any]]) -> None:
+    binned: dict[str, Counter[str]] = {}
+    documents: dict[str, Counter[str]] = {}
+    for name, sizes in clusters.items():
         report.text(f"Dedup clusters at {name} (from {sizes['from']}): {sizes['clusters']:,} clusters holding "
                     f"{sizes['documents_in_clusters']:,} documents, {sizes['removed']:,} removed, "
                     f"largest {sizes['largest']:,}.")
-        if sizes["sizes"]:
-            labels = list(sizes["sizes"])
-            figure = plot_counts(labels, {"clusters": [sizes["sizes"][label] for label in labels]}, "clusters")
-            figure.axes[0].set_ylabel("cluster size (documents)")
-            report.figure(figure, f"Duplicate cluster sizes at {name}")
-            report.table([{"cluster size": int(size), "clusters": count} for size, count in sizes["sizes"].items()])
+        binned[name], documents[name] = Counter(), Counter()
+        for size, count in sizes["sizes"].items():
+            binned[name][size_bin(int(size))] += count
+            documents[name][size_bin(int(size))] += count * int(size)
+    labels = sorted({label for counts in binned.values() for label in counts}, key=lambda label: int(label.split("-")[0]))
+    if not labels:
+        return
+    figure = plot_counts(labels, {name: [counts.get(label, 0) for label in labels] for name, counts in binned.items()},
+                         "clusters", log=max(max(counts.values(), default=0) for counts in binned.values()) > 1000)
+    figure.axes[0].set_ylabel("cluster size (documents)")
+    report.figure(figure, "Duplicate cluster sizes")
+    report.table([{"cluster size": label, **{f"clusters ({name})": binned[name].get(label, 0) for name in binned},
+                   **{f"documents ({name})": documents[name].get(label, 0) for name in binned}} for label in labels])
 
+
+def render_buckets(report: Report, data: dict[str, Any]) -> None:
+    """Tokens per bucket of every decomposed dataset and every export, one plot for all of them."""
+    tokens: dict[str, dict[str, int]] = {}
     for name, buckets in data["buckets"].items():
-        render_buckets(report, f"dataset {name}", {bucket: tally["tokens"] for bucket, tally in buckets.items()},
-                       [{"bucket": int(bucket), "capacity": (1 << int(bucket)) + 1, "pieces": tally["pieces"],
-                         "sequences": tally["sequences"], "tokens": tally["tokens"]} for bucket, tally in buckets.items()])
+        tokens[f"dataset {name}"] = {bucket: tally["tokens"] for bucket, tally in buckets.items()}
+        rows = [{"bucket": int(bucket), "capacity": (1 << int(bucket)) + 1, "pieces": tally["pieces"],
+                 "sequences": tally["sequences"], "tokens": tally["tokens"]} for bucket, tally in buckets.items()]
+        render_bucket_table(report, f"dataset {name}", rows)
     for name, stats in data["exports"].items():
         buckets = stats.get("buckets", {})
-        render_buckets(report, f"export {name}", {bucket: tally["tokens"] for bucket, tally in buckets.items()},
-                       [{"bucket": int(bucket), "capacity": (1 << int(bucket)) + 1, "sequences": tally.get("sequences"),
-                         "tokens": tally.get("tokens"), "average context": tally.get("average_context_length")}
-                        for bucket, tally in buckets.items()])
+        tokens[f"export {name}"] = {bucket: tally.get("tokens", 0) for bucket, tally in buckets.items()}
+        rows = [{"bucket": int(bucket), "capacity": (1 << int(bucket)) + 1, "sequences": tally.get("sequences"),
+                 "tokens": tally.get("tokens", 0), "average context": tally.get("average_context_length")}
+                for bucket, tally in buckets.items()]
+        render_bucket_table(report, f"export {name}", rows)
+    buckets = sorted({int(bucket) for counts in tokens.values() for bucket in counts})
+    if buckets:
+        labels = [f"D{bucket} (≤{(1 << bucket) + 1})" for bucket in buckets]
+        report.figure(plot_counts(labels, {name: [counts.get(str(bucket), 0) for bucket in buckets]
+                                           for name, counts in tokens.items()}, "tokens"), "Tokens per bucket")
 
 
-def render_buckets(report: Report, where: str, tokens: dict[str, int], rows: list[dict[str, Any]]) -> None:
-    total = sum(tokens.values())
+def render_bucket_table(report: Report, where: str, rows: list[dict[str, Any]]) -> None:
+    total = sum(row["tokens"] for row in rows)
     for row in rows:
         row["share"] = ratio(row["tokens"], total)
     report.text(f"Bucket tokens in {where}: {total:,} tokens.")
-    labels = [f"D{bucket} (≤{(1 << int(bucket)) + 1})" for bucket in tokens]
-    report.figure(plot_counts(labels, {"tokens": list(tokens.values())}, "tokens"), f"Tokens per bucket, {where}")
     report.table(rows)
 
 

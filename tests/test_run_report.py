@@ -25,7 +25,7 @@ from pipeline.dataset import (
 from pipeline.executors import make_executor
 from pipeline.graph import load_graph
 from pipeline.report import check_html
-from pipeline.run_report import EXAMPLE_CHARS, collect, report
+from pipeline.run_report import EXAMPLE_CHARS, collect, report, size_bin
 from pipeline.runner import run_graph
 from pipeline.tokenization import DEFAULT_EOS, save_tokenizer, train_byte_level_bpe
 from tests.conftest import WORDS
@@ -160,14 +160,15 @@ def test_report_command_writes_every_section_with_real_plots(run_dir: Path, tmp_
     assert f"report: {tmp_path / 'report' / 'report.html'}" in result.output
     checked = check_html(tmp_path / "report" / "report.html")
     assert checked["headings"][1:] == ["Funnel", "Distributions", "Sources", "Timings"]
-    # funnel, lengths, languages, lang_score, clusters, two bucket plots, sources, domains, timings
-    assert len(checked["images"]) == 10
+    # funnel, lengths, languages, lang_score, clusters, buckets (dataset and export), sources, domains, timings
+    assert len(checked["images"]) == 9
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "| dedup | exact_duplicate | 8 |" in markdown
+    assert "| 3 | 2 | 6 |" in markdown  # clusters of three: two of them, six documents
     assert "Checks passed" in markdown and "Export shards:" in markdown
     assert "top 3 of 5" in markdown  # domains, limited by --top
     figures = sorted((tmp_path / "report" / "figures").glob("*.png"))
-    assert len(figures) == 10 and f"figures/{figures[0].name}" in markdown
+    assert len(figures) == 9 and f"figures/{figures[0].name}" in markdown
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
     assert [row["documents_out"] for row in saved["funnel"]] == [row["documents_out"] for row in collect(run_dir)["funnel"]]
 
@@ -273,3 +274,8 @@ def test_a_directory_that_is_not_a_run_is_one_clear_error(tmp_path: Path) -> Non
     assert "neither a Gristmill dataset nor a run directory" in result.output
     result = CliRunner().invoke(report, [str(tmp_path / "missing"), "--output", str(tmp_path / "report")])
     assert result.exit_code == 2 and "no such directory" in result.output
+
+
+def test_cluster_sizes_are_binned_by_powers_of_two_above_four() -> None:
+    assert [size_bin(size) for size in (2, 3, 4, 5, 8, 9, 16, 17, 1000)] == [
+        "2", "3", "4", "5-8", "5-8", "9-16", "9-16", "17-32", "513-1024"]
