@@ -42,6 +42,7 @@ LENGTH_EDGES = np.logspace(0, 8, 161)
 SCORE_BINS = 50
 EXAMPLES = 3
 EXAMPLE_CHARS = 400
+KEPT_KEYS = 1000  # sources, domains and languages kept in report.json per dataset (a crawl has millions of domains)
 REWRITE_COLUMNS = ("rewrite_status", "rewrite_reason", "rewrite_model", "rewrite_prompt_id",
                    "rewrite_tokens_in", "rewrite_tokens_out", "rewrite_seconds")
 
@@ -423,6 +424,15 @@ def profile_dataset(node: DatasetNode, edges: dict[str, np.ndarray], with_text: 
     return profile
 
 
+def kept_keys(tallies: dict[str, KeyTally], keep: int = KEPT_KEYS) -> dict[str, dict[str, Any]]:
+    """Each dataset's tallies of the keys in any dataset's top `keep` (so one key is in all or none) and its distinct count."""
+    kept = {key for tally in tallies.values() for key, _ in tally.documents.most_common(keep)}
+    return {name: {"distinct": len(tally.documents),
+                   **{part: {key: count for key, count in getattr(tally, part).most_common() if key in kept}
+                      for part in ("documents", "text_bytes", "tokens")}}
+            for name, tally in tallies.items()}
+
+
 def score_columns(nodes: list[DatasetNode]) -> list[str]:
     """Numeric columns that hold scores: named `*_score` or `*quality`, or declared by a `quality_score` stage."""
     declared = {model.get("column") for node in nodes if node.stage == "quality_score"
@@ -638,11 +648,8 @@ def collect(path: str | Path, top: int = 20) -> dict[str, Any]:
                                if column in profile.scores and (profile.scores[column].values or
                                                                 name == score_origins[column].name)}
                       for column in scores}
-    data["keys"] = {column: {name: {"documents": dict(profile.keys[column].documents.most_common()),
-                                    "text_bytes": dict(profile.keys[column].text_bytes),
-                                    "tokens": dict(profile.keys[column].tokens)}
-                             for name, profile in profiles.items() if column in profile.keys}
-                    for column in KEY_COLUMNS}
+    data["keys"] = {column: kept_keys({name: profile.keys[column] for name, profile in profiles.items()
+                                       if column in profile.keys}) for column in KEY_COLUMNS}
     data["identified_languages"] = {
         node.name: {key.split(":", 1)[1]: int(value) for key, value in node.stats.items()
                     if key.startswith("documents_lang:")}
@@ -902,7 +909,7 @@ def render_sources(report: Report, data: dict[str, Any]) -> None:
                     row[f"kept ({name})"] = ratio(tallies[name]["documents"].get(key, 0),
                                                   tallies[first]["documents"].get(key, 0))
             rows.append(row)
-        distinct = max(len(tally["documents"]) for tally in tallies.values())
+        distinct = max(tally["distinct"] for tally in tallies.values())
         shown = f"top {len(keys)} of {distinct:,}" if distinct > len(keys) else f"all {distinct:,}"
         report.text(f"Documents and text per {label} ({shown}, ranked by output documents):")
         report.table(rows)

@@ -25,7 +25,7 @@ from pipeline.dataset import (
 from pipeline.executors import make_executor
 from pipeline.graph import load_graph
 from pipeline.report import check_html
-from pipeline.run_report import EXAMPLE_CHARS, collect, report, size_bin
+from pipeline.run_report import EXAMPLE_CHARS, KeyTally, collect, kept_keys, report, size_bin
 from pipeline.runner import run_graph
 from pipeline.tokenization import DEFAULT_EOS, save_tokenizer, train_byte_level_bpe
 from tests.conftest import WORDS
@@ -192,7 +192,10 @@ def test_one_dataset_partial_or_without_dedup_work_files(run_dir: Path, tmp_path
     shutil.copytree(run_dir / "dedup", dataset)
     shutil.rmtree(dataset / "_work")
     (dataset / "_manifest.json").unlink()
+    (dataset / "_failures").mkdir()
+    (dataset / "_failures" / "part-00002.txt").write_text("source: x\nValueError: boom")
     data = collect(dataset)
+    assert data["problems"] == ["dedup: failed shards part-00002 (see _failures/)"]
     assert data["kind"] == "dataset" and len(data["funnel"]) == 1
     assert data["funnel"][0]["status"] == "partial (2 shards done)"
     whole_run = {row["node"]: row for row in collect(run_dir)["funnel"]}
@@ -279,3 +282,12 @@ def test_a_directory_that_is_not_a_run_is_one_clear_error(tmp_path: Path) -> Non
 def test_cluster_sizes_are_binned_by_powers_of_two_above_four() -> None:
     assert [size_bin(size) for size in (2, 3, 4, 5, 8, 9, 16, 17, 1000)] == [
         "2", "3", "4", "5-8", "5-8", "9-16", "9-16", "17-32", "513-1024"]
+
+
+def test_report_json_keeps_the_same_top_keys_for_every_dataset() -> None:
+    before, after = KeyTally(), KeyTally()
+    before.add(pa.array(["a", "a", "a", "b", "b", "c", None]), pa.array([1] * 7), None)
+    after.add(pa.array(["c", "c", "b", "d"]), pa.array([5] * 4), None)
+    kept = kept_keys({"before": before, "after": after}, keep=1)
+    assert kept["before"] == {"distinct": 4, "documents": {"a": 3, "c": 1}, "text_bytes": {"a": 3, "c": 1}, "tokens": {}}
+    assert kept["after"] == {"distinct": 3, "documents": {"c": 2}, "text_bytes": {"c": 10}, "tokens": {}}
