@@ -146,10 +146,15 @@ class Report:
         """report.html (self-contained), report.md with figures/*.png beside it, report.json; returns the paths."""
         directory = Path(directory)
         (directory / "figures").mkdir(parents=True, exist_ok=True)
+        names = set()
         for section in self.sections:
             for block in section.blocks:
                 if isinstance(block, Figure):
                     (directory / "figures" / block.name).write_bytes(block.png)
+                    names.add(block.name)
+        for stale in (directory / "figures").glob("figure-*.png"):  # left by an earlier report into this directory
+            if stale.name not in names:
+                stale.unlink()
         paths = {"html": directory / "report.html", "markdown": directory / "report.md",
                  "json": directory / "report.json"}
         paths["html"].write_text(self.html(), encoding="utf-8")

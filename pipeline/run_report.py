@@ -518,6 +518,15 @@ def cluster_sizes(node: DatasetNode) -> dict[str, Any] | None:
             "sizes": {str(size): sizes[size] for size in sorted(sizes)}, "from": "reject ledger"}
 
 
+def source_counts(node: DatasetNode) -> dict[str, int]:
+    """Documents per source in one dataset, reading the `source` column only."""
+    counts: Counter[str] = Counter()
+    for path in node.shard_files():
+        for batch in iter_parquet_batches(path, columns=["source"]):
+            counts.update(count_values(batch.column(0)))
+    return dict(counts.most_common())
+
+
 def bucket_tokens(node: DatasetNode) -> dict[str, dict[str, int]]:
     """Per bucket of a decomposed dataset: pieces, training sequences (segment 0) and tokens."""
     tallies: dict[int, Counter[str]] = defaultdict(Counter)
@@ -655,6 +664,7 @@ def collect(path: str | Path, top: int = 20) -> dict[str, Any]:
                     if key.startswith("documents_lang:")}
         for node in nodes if any(key.startswith("documents_lang:") for key in node.stats)}
     data["stage_counters"] = {node.name: node.stats for node in nodes if node.stats}
+    data["source_funnel"] = {node.name: source_counts(node) for node in nodes if node.is_documents and node.has("source")}
     data["clusters"] = {node.name: sizes for node in nodes if (sizes := cluster_sizes(node)) is not None}
     data["buckets"] = {node.name: bucket_tokens(node) for node in nodes if node.has("bucket") and node.has("num_tokens")}
     data["rewrites"] = [rewrite_summary(node) for node in nodes if node.has("rewrite_status")]
@@ -886,6 +896,7 @@ def top_keys(counters: Iterable[dict[str, int]], top: int) -> list[str]:
 
 def render_sources(report: Report, data: dict[str, Any]) -> None:
     report.section("Sources")
+    render_source_funnel(report, data["source_funnel"], data["top"])
     for column, label in (("source", "source"), ("domain", "domain")):
         tallies = data["keys"].get(column, {})
         if not tallies:
@@ -913,6 +924,8 @@ def render_sources(report: Report, data: dict[str, Any]) -> None:
         shown = f"top {len(keys)} of {distinct:,}" if distinct > len(keys) else f"all {distinct:,}"
         report.text(f"Documents and text per {label} ({shown}, ranked by output documents):")
         report.table(rows)
+        if column == "source" and len(data["source_funnel"]) > 1:
+            continue  # the source funnel above plots them stage by stage
         report.figure(plot_counts(keys, {name: [tally["documents"].get(key, 0) for key in keys]
                                          for name, tally in tallies.items()}, "documents"), f"Documents per {label}")
     for name, stats in data["exports"].items():
@@ -921,6 +934,25 @@ def render_sources(report: Report, data: dict[str, Any]) -> None:
             total = sum(stats["sources"].values())
             report.table([{"source": source, "tokens": tokens, "share": ratio(tokens, total)}
                           for source, tokens in stats["sources"].items()])
+
+
+def render_source_funnel(report: Report, funnel: dict[str, dict[str, int]], top: int) -> None:
+    """Documents of each source after every stage: where each source loses its documents."""
+    sources = top_keys(list(funnel.values())[:1], top) if funnel else []
+    if not sources:
+        return
+    nodes = list(funnel)
+    if len(nodes) < 2:
+        return
+    report.text(f"Documents per source after each stage (the {len(sources)} largest sources at {nodes[0]}):")
+    report.table([{"node": node, **{source: funnel[node].get(source, 0) for source in sources}} for node in nodes])
+    figure, axes = plt.subplots(figsize=(8, 3.5))
+    for source in sources[:10]:
+        axes.plot(range(len(nodes)), [funnel[node].get(source, 0) for node in nodes], marker="o", label=source)
+    axes.set_xticks(range(len(nodes)), nodes, rotation=45, ha="right")
+    axes.set_ylabel("documents")
+    axes.legend(fontsize=8)
+    report.figure(figure, "Documents per source after each stage")
 
 
 def render_timings(report: Report, data: dict[str, Any]) -> None:

@@ -25,7 +25,14 @@ from pipeline.dataset import (
 from pipeline.executors import make_executor
 from pipeline.graph import load_graph
 from pipeline.report import check_html
-from pipeline.run_report import EXAMPLE_CHARS, KeyTally, collect, kept_keys, report, size_bin
+from pipeline.run_report import (
+    EXAMPLE_CHARS,
+    KeyTally,
+    collect,
+    kept_keys,
+    report,
+    size_bin,
+)
 from pipeline.runner import run_graph
 from pipeline.tokenization import DEFAULT_EOS, save_tokenizer, train_byte_level_bpe
 from tests.conftest import WORDS
@@ -141,6 +148,9 @@ def test_distributions_and_sources_match_the_data(run_dir: Path, collected: dict
         pc.filter(tokens.column("num_tokens"), web)).as_py()
     assert collected["keys"]["source"]["tokens"]["text_bytes"]["web"] == pc.sum(
         pc.binary_length(pc.filter(tokens.column("text"), web))).as_py()
+    merged = pa.concat_tables(pq.read_table(path) for path in (run_dir / "merged").glob("part-*.parquet"))
+    assert collected["source_funnel"]["merged"] == Counter(merged.column("source").to_pylist())
+    assert list(collected["source_funnel"]) == [row["node"] for row in collected["funnel"] if row["node"] != "pieces"]
     scores = collected["scores"]["lang_score"]
     assert scores["read"]["mean"] == pytest.approx(pc.mean(read.column("lang_score")).as_py())
     assert 0.5 <= scores["read"]["p50"] <= 1.0 and sum(scores["read"]["counts"]) == read.num_rows
@@ -160,7 +170,7 @@ def test_report_command_writes_every_section_with_real_plots(run_dir: Path, tmp_
     assert f"report: {tmp_path / 'report' / 'report.html'}" in result.output
     checked = check_html(tmp_path / "report" / "report.html")
     assert checked["headings"][1:] == ["Funnel", "Distributions", "Sources", "Timings"]
-    # funnel, lengths, languages, lang_score, clusters, buckets (dataset and export), sources, domains, timings
+    # funnel, lengths, languages, lang_score, clusters, buckets (dataset and export), source funnel, domains, timings
     assert len(checked["images"]) == 9
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "| dedup | exact_duplicate | 8 |" in markdown
@@ -291,3 +301,16 @@ def test_report_json_keeps_the_same_top_keys_for_every_dataset() -> None:
     kept = kept_keys({"before": before, "after": after}, keep=1)
     assert kept["before"] == {"distinct": 4, "documents": {"a": 3, "c": 1}, "text_bytes": {"a": 3, "c": 1}, "tokens": {}}
     assert kept["after"] == {"distinct": 3, "documents": {"c": 2}, "text_bytes": {"c": 10}, "tokens": {}}
+
+
+def test_writing_a_report_again_leaves_no_stale_figures(run_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "figure-99-from-an-older-report.png").write_bytes(b"\x89PNG")
+    (tmp_path / "figures" / "notes.txt").write_text("not ours")
+    result = CliRunner().invoke(report, [str(run_dir / "dedup"), "--output", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    figures = {path.name for path in (tmp_path / "figures").iterdir()}
+    markdown = (tmp_path / "report.md").read_text()
+    assert "notes.txt" in figures and "figure-99-from-an-older-report.png" not in figures
+    assert {name for name in figures if name.endswith(".png")} == {
+        line.split("figures/")[1].rstrip(")") for line in markdown.splitlines() if line.startswith("![")}
