@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from pipeline.cli_tokens import tokenizer as tokenizer_group
+from pipeline.dataset import DatasetError
 from pipeline.executors import make_executor
 from pipeline.graph import load_graph
 from pipeline.report import check_html
@@ -225,7 +226,8 @@ def multilingual(tmp_path_factory) -> dict[str, object]:
     graph.write_text(f"stages:\n  read:\n    stage: read_text\n    params: {{paths: ['{root}/corpus.jsonl']}}\n")
     run_graph(load_graph(graph, root / "run"), make_executor("inprocess"))
     english = [row["text"] for row in rows if row["lang"] == "en"]
-    save_tokenizer(train_byte_level_bpe(english, vocab_size=320), root / "english-bpe", DEFAULT_EOS, {})
+    save_tokenizer(train_byte_level_bpe(english, vocab_size=320), root / "english-bpe", DEFAULT_EOS,
+                   {"dataset": str(root / "run" / "read")})  # as `gristmill tokenizer train` records it
     parallel = root / "parallel.jsonl"
     parallel.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in [
         {"en": "The mill grinds grain into flour.", "de": GERMAN[0], "zh": CHINESE[2][0]},
@@ -260,6 +262,8 @@ def test_report_is_written_with_every_section(report_dir: Path) -> None:
     assert [row["tokenizer"] for row in data["summary"]] == ["english-bpe", "cl100k_base"]
     assert all(set(row) == SUMMARY_KEYS for row in data["summary"])
     assert data["summary"][1]["vocab_size"] == 100_261
+    assert [row["trained_on_this_dataset"] for row in data["tokenizers"]] == [True, False]
+    assert "In sample: english-bpe was trained on this dataset" in markdown
 
 
 def test_per_language_tables(report_dir: Path, multilingual: dict) -> None:
@@ -293,6 +297,9 @@ def test_sample_is_seeded_and_bounded(multilingual: dict) -> None:
     assert first.texts != sample_dataset(multilingual["dataset"], max_bytes=2_000, seed=2).texts
     assert 2_000 <= first.bytes < 2_000 + max(len(text.encode()) for text in first.texts)
     assert first.domain_column == "domain"
+    assert sample_dataset(multilingual["dataset"], max_bytes=2_000, domain_column="source").domain_column == "source"
+    with pytest.raises(DatasetError, match="no column 'site'"):
+        sample_dataset(multilingual["dataset"], max_bytes=2_000, domain_column="site")
 
 
 def test_bad_tokenizer_is_one_line_error(multilingual: dict, tmp_path: Path) -> None:

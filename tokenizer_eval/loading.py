@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from pipeline.tokenization import TOKENIZER_FILE, TokenizerError, load_tokenizer
+from pipeline.tokenization import TOKENIZER_FILE, TRAINING_FILE, TokenizerError, load_tokenizer
 
 TIKTOKEN_PREFIX = "tiktoken:"
 SENTENCEPIECE_BYTE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
@@ -69,6 +69,7 @@ class EvalTokenizer:
     kind: str
     vocab_size: int
     fingerprint: str | None = None
+    training_dataset: str | None = None  # the dataset `gristmill tokenizer train` sampled, when known
 
     def encode(self, texts: Sequence[str]) -> EncodedBatch:
         raise NotImplementedError
@@ -81,7 +82,7 @@ class EvalTokenizer:
 
     def describe(self) -> dict[str, Any]:
         return {"tokenizer": self.label, "spec": self.spec, "kind": self.kind, "vocab_size": self.vocab_size,
-                "fingerprint": self.fingerprint}
+                "fingerprint": self.fingerprint, "training_dataset": self.training_dataset}
 
 
 class HuggingFaceTokenizer(EvalTokenizer):
@@ -101,6 +102,9 @@ class HuggingFaceTokenizer(EvalTokenizer):
         self.vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
         self.scheme = _surface_scheme(self.config)
         self.kind = f"tokenizers {self.config['model']['type']} ({self.scheme.replace('_', ' ')})"
+        training = Path(path) / TRAINING_FILE if Path(path).is_dir() else Path(path).parent / TRAINING_FILE
+        if training.is_file():
+            self.training_dataset = json.loads(training.read_text()).get("dataset")
 
     def encode(self, texts: Sequence[str]) -> EncodedBatch:
         encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)

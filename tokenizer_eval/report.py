@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,10 @@ def clean(value: Any) -> Any:
     return value
 
 
+def same_path(first: str, second: str) -> bool:
+    return Path(first).resolve() == Path(second).resolve()
+
+
 def group_rows(results: Sequence[TokenizerResult], dimension: str, column: str) -> list[dict[str, Any]]:
     """One row per (group, tokenizer), groups in the order of their size in the sample."""
     first: dict[str, Tally] = getattr(results[0].corpus, dimension)
@@ -56,7 +61,9 @@ def report_data(results: Sequence[TokenizerResult], sample: CorpusSample, datase
         summary.append({"tokenizer": tokenizer.label, "vocab_size": tokenizer.vocab_size,
                         **{name: overall[name] for name in METRICS}})
         seconds = result.corpus.seconds
-        tokenizers.append({**tokenizer.describe(), **{name: overall[name] for name in COUNT_COLUMNS},
+        trained_here = tokenizer.training_dataset is not None and same_path(tokenizer.training_dataset, dataset)
+        tokenizers.append({**tokenizer.describe(), "trained_on_this_dataset": trained_here,
+                           **{name: overall[name] for name in COUNT_COLUMNS},
                            "seconds": round(seconds, 3), "documents_per_second": len(sample.texts) / seconds,
                            "megabytes_per_second": sample.bytes / seconds / 1e6})
         vocabulary.append({"tokenizer": tokenizer.label, **result.vocabulary})
@@ -144,6 +151,10 @@ def build_report(results: Sequence[TokenizerResult], sample: CorpusSample, datas
         f"{sample.bytes:,} bytes, {data['sample']['words']:,} words (seed {options.seed}).")
     report.table([{**row, **{"documents/s": info["documents_per_second"]}}
                   for row, info in zip(data["summary"], data["tokenizers"])])
+    in_sample = [info["tokenizer"] for info in data["tokenizers"] if info.get("trained_on_this_dataset")]
+    if in_sample:
+        report.text(f"In sample: {', '.join(in_sample)} {'was' if len(in_sample) == 1 else 'were'} trained on this dataset, so it is measured partly on its own "
+                    "training text, which flatters it against the others.")
     report.figure(metric_figure([{**row, "sample": "whole sample"} for row in data["summary"]], "sample",
                                 ["fertility", "proportion_continued_words", "bytes_per_token", "renyi_efficiency"],
                                 labels), "Overall metrics per tokenizer")
