@@ -190,36 +190,31 @@ def count_ledger(node: DatasetNode) -> tuple[int, Counter[str]]:
     return rows, reasons
 
 
-def node_wall_seconds(run_dir: Path | None) -> dict[str, float]:
+def read_events(run_dir: Path | None) -> list[dict[str, Any]]:
+    """The run's structured log, one dict per line; unreadable lines (a run killed mid-write) are skipped."""
+    events_path = run_dir / EVENTS_FILE if run_dir else None
+    if events_path is None or not events_path.exists():
+        return []
+    events = []
+    with open(events_path) as handle:
+        for line in handle:
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue
+    return events
+
+
+def node_wall_seconds(run_dir: Path | None, events: list[dict[str, Any]]) -> dict[str, float]:
     """Wall seconds spent on each node, summed over every run of it that the event log recorded."""
     seconds: dict[str, float] = defaultdict(float)
-    if run_dir is None:
-        return seconds
-    events = run_dir / EVENTS_FILE
-    if events.exists():
-        with open(events) as handle:
-            for line in handle:
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                if event.get("event") in ("node_done", "node_failed"):
-                    seconds[event["node"]] += float(event.get("wall_seconds") or 0.0)
-    if not seconds:
+    for event in events:
+        if event.get("event") in ("node_done", "node_failed"):
+            seconds[event["node"]] += float(event.get("wall_seconds") or 0.0)
+    if not seconds and run_dir is not None:
         for stage in (read_json(run_dir / SUMMARY_FILE) or {}).get("stages", []):
             seconds[stage["node"]] = float(stage.get("wall_seconds") or 0.0)
     return seconds
-
-
-def shard_errors(run_dir: Path | None) -> Counter[str]:
-    errors: Counter[str] = Counter()
-    events = run_dir / EVENTS_FILE if run_dir else None
-    if events is not None and events.exists():
-        with open(events) as handle:
-            for line in handle:
-                if '"shard_error"' in line:
-                    errors[json.loads(line)["node"]] += 1
-    return errors
 
 
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
@@ -231,8 +226,9 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 def build_funnel(nodes: list[DatasetNode], run_dir: Path | None) -> tuple[list[dict[str, Any]], list[str]]:
     """One row per node in run order, and the list of problems found checking records against ledgers and parents."""
     by_name = {node.name: node for node in nodes}
-    wall = node_wall_seconds(run_dir)
-    errors = shard_errors(run_dir)
+    events = read_events(run_dir)
+    wall = node_wall_seconds(run_dir, events)
+    errors = Counter(event["node"] for event in events if event.get("event") == "shard_error")
     tokens_out: dict[str, int | None] = {}
     rows: list[dict[str, Any]] = []
     problems: list[str] = []
@@ -245,10 +241,11 @@ def build_funnel(nodes: list[DatasetNode], run_dir: Path | None) -> tuple[list[d
         for record in records:
             recorded_reasons.update(record.rejected)
         rejected = sum(recorded_reasons.values())
-        ledger_rows, ledger_reasons = count_ledger(node)
+        data_rows, ledger_reasons = count_ledger(node)
         tokens_out[node.name] = column_sum(node, "num_tokens") if node.has("num_tokens") else None
         parent_tokens = [tokens_out.get(parent) for parent in node.parents]
-        tokens_in = sum(parent_tokens) if parent_tokens and None not in parent_tokens else None
+        known = parent_tokens and None not in parent_tokens and has_all_parents(node)
+        tokens_in = sum(parent_tokens) if known else None
         task_seconds = sum(record.seconds for record in records)
         wall_seconds = wall.get(node.name) or None
         failures = sorted(path.stem for path in (node.dataset.path / FAILURES_DIR).glob("*.txt"))
@@ -259,7 +256,7 @@ def build_funnel(nodes: list[DatasetNode], run_dir: Path | None) -> tuple[list[d
             "documents_in": documents_in, "documents_out": documents_out, "rows_out": rows_out,
             "rejected": rejected, "kept_share": ratio(documents_out, documents_in),
             "reasons": dict(ledger_reasons.most_common()),
-            "ledger_rows": sum(ledger_reasons.values()), "data_rows": ledger_rows,
+            "ledger_rows": sum(ledger_reasons.values()), "data_rows": data_rows,
             "text_bytes_in": sum(record.text_bytes_in for record in records),
             "text_bytes_out": sum(record.text_bytes_out for record in records),
             "tokens_in": tokens_in, "tokens_out": tokens_out[node.name],
@@ -270,6 +267,11 @@ def build_funnel(nodes: list[DatasetNode], run_dir: Path | None) -> tuple[list[d
         })
         problems += check_node(node, rows[-1], recorded_reasons, by_name)
     return rows, problems
+
+
+def has_all_parents(node: DatasetNode) -> bool:
+    """Every input of the node is a dataset of this run (not an outside dataset or an input file)."""
+    return len(node.parents) == len(node.parent_paths)
 
 
 def check_node(node: DatasetNode, row: dict[str, Any], recorded: Counter[str], by_name: dict[str, DatasetNode]) -> list[str]:
@@ -283,7 +285,7 @@ def check_node(node: DatasetNode, row: dict[str, Any], recorded: Counter[str], b
     if row["data_rows"] != row["rows_out"]:
         problems.append(f"{node.name}: data files hold {row['data_rows']:,} rows, shard records {row['rows_out']:,}")
     parents = [by_name[parent] for parent in node.parents if parent in by_name]
-    if parents and node.complete and all(parent.complete for parent in parents):
+    if parents and has_all_parents(node) and node.complete and all(parent.complete for parent in parents):
         parent_rows = sum(record.rows for parent in parents for record in parent.records)
         if parent_rows != row["documents_in"]:
             problems.append(f"{node.name}: read {row['documents_in']:,} rows but its parents "

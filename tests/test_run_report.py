@@ -314,3 +314,15 @@ def test_writing_a_report_again_leaves_no_stale_figures(run_dir: Path, tmp_path:
     assert "notes.txt" in figures and "figure-99-from-an-older-report.png" not in figures
     assert {name for name in figures if name.endswith(".png")} == {
         line.split("figures/")[1].rstrip(")") for line in markdown.splitlines() if line.startswith("![")}
+
+
+def test_a_node_whose_other_parent_is_outside_the_run_is_not_checked_against_part_of_its_input(
+        run_dir: Path, tmp_path: Path) -> None:
+    for name in ("dedup", "merged", "tokens"):
+        shutil.copytree(run_dir / name, tmp_path / "run" / name)
+    data = collect(tmp_path / "run")
+    funnel = {row["node"]: row for row in data["funnel"]}
+    assert list(funnel) == ["dedup", "merged", "tokens"]
+    assert data["problems"] == []  # merged read dedup and short; short is not here, so no parent check
+    assert funnel["merged"]["documents_in"] > funnel["dedup"]["documents_out"]
+    assert funnel["tokens"]["tokens_in"] is None and funnel["tokens"]["tokens_out"] > 0
