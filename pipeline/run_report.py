@@ -301,18 +301,19 @@ def check_node(node: DatasetNode, row: dict[str, Any], recorded: Counter[str], b
 
 @dataclass
 class Histogram:
+    """Counts over fixed bins, built batch by batch, with the exact count, mean, min and max beside them."""
+
     edges: np.ndarray
-    counts: np.ndarray = None  # type: ignore[assignment]
+    log: bool = False  # log-spaced edges: quantiles interpolate geometrically inside a bin
+    counts: np.ndarray = field(init=False)
     total: float = 0.0
     minimum: float = float("inf")
     maximum: float = float("-inf")
     values: int = 0
     nulls: int = 0
-    log: bool = False
 
     def __post_init__(self) -> None:
-        if self.counts is None:
-            self.counts = np.zeros(len(self.edges) - 1, np.int64)
+        self.counts = np.zeros(len(self.edges) - 1, np.int64)
 
     def add(self, array: pa.Array) -> None:
         self.nulls += array.null_count

@@ -8,6 +8,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -27,6 +28,8 @@ from pipeline.graph import load_graph
 from pipeline.report import check_html
 from pipeline.run_report import (
     EXAMPLE_CHARS,
+    LENGTH_EDGES,
+    Histogram,
     KeyTally,
     collect,
     kept_keys,
@@ -326,3 +329,16 @@ def test_a_node_whose_other_parent_is_outside_the_run_is_not_checked_against_par
     assert data["problems"] == []  # merged read dedup and short; short is not here, so no parent check
     assert funnel["merged"]["documents_in"] > funnel["dedup"]["documents_out"]
     assert funnel["tokens"]["tokens_in"] is None and funnel["tokens"]["tokens_out"] > 0
+
+
+def test_histogram_quantiles_are_within_a_bin_of_the_exact_ones() -> None:
+    values = np.random.default_rng(0).lognormal(6, 1, 20_000)
+    lengths = Histogram(LENGTH_EDGES, log=True)
+    for part in np.array_split(values, 3):  # built batch by batch
+        lengths.add(pa.array(part))
+    lengths.add(pa.array([None, None], pa.float64()))
+    summary = lengths.summary()
+    assert summary["values"] == 20_000 and summary["nulls"] == 2
+    assert summary["mean"] == pytest.approx(values.mean()) and summary["max"] == values.max()
+    for key, share in (("p10", 0.1), ("p50", 0.5), ("p90", 0.9)):
+        assert summary[key] == pytest.approx(np.quantile(values, share), rel=0.01)
