@@ -632,14 +632,8 @@ def tokenizer_comparison(run_dir: Path) -> dict[str, Any] | None:
 # Collecting everything
 
 
-def collect(path: str | Path, top: int = 20) -> dict[str, Any]:
-    """Everything the run report shows, as plain data (also written as report.json)."""
-    path = Path(path)
-    kind, nodes = load_run(path)
-    run_dir = path if kind == "run" else None
-    funnel, problems = build_funnel(nodes, run_dir)
-    data: dict[str, Any] = {"kind": kind, "path": str(path), "funnel": funnel, "problems": problems}
-
+def collect_distributions(nodes: list[DatasetNode]) -> dict[str, Any]:
+    """Lengths, languages, scores, sources and domains of the run's input and outputs, and where each score began."""
     first, outputs = choose_profiled(nodes)
     scores = score_columns(nodes)
     profiled = [first, *[node for node in outputs if node.name != first.name]] if first else []
@@ -652,20 +646,33 @@ def collect(path: str | Path, top: int = 20) -> dict[str, Any]:
         if origin.is_documents and origin.name not in {node.name for node in profiled}:
             profiles[origin.name] = profile_dataset(origin, {column: edges[column]}, with_text=False)
     profiles |= {node.name: profile_dataset(node, edges) for node in profiled}
-    data["profiled"] = {"input": first.name if first else None, "outputs": [node.name for node in outputs],
-                        "score_origins": {column: node.name for column, node in score_origins.items()}}
-    data["lengths"] = {name: profile.lengths.as_dict() | {"empty": profile.empty_texts}
-                       for name, profile in profiles.items() if profile.lengths is not None}
-    data["scores"] = {column: {name: profile.scores[column].as_dict() for name, profile in profiles.items()
-                               if column in profile.scores and (profile.scores[column].values or
-                                                                name == score_origins[column].name)}
-                      for column in scores}
-    data["keys"] = {column: kept_keys({name: profile.keys[column] for name, profile in profiles.items()
-                                       if column in profile.keys}) for column in KEY_COLUMNS}
-    data["identified_languages"] = {
-        node.name: {key.split(":", 1)[1]: int(value) for key, value in node.stats.items()
-                    if key.startswith("documents_lang:")}
-        for node in nodes if any(key.startswith("documents_lang:") for key in node.stats)}
+    origins = {column: node.name for column, node in score_origins.items()}
+    return {
+        "profiled": {"input": first.name if first else None, "outputs": [node.name for node in outputs],
+                     "score_origins": origins},
+        "lengths": {name: profile.lengths.as_dict() | {"empty": profile.empty_texts}
+                    for name, profile in profiles.items() if profile.lengths is not None},
+        # Each score in its origin and wherever else it has values.
+        "scores": {column: {name: profile.scores[column].as_dict() for name, profile in profiles.items()
+                            if column in profile.scores and (profile.scores[column].values or name == origins[column])}
+                   for column in scores},
+        "keys": {column: kept_keys({name: profile.keys[column] for name, profile in profiles.items()
+                                    if column in profile.keys}) for column in KEY_COLUMNS},
+        "identified_languages": {node.name: {key.split(":", 1)[1]: int(value) for key, value in node.stats.items()
+                                             if key.startswith("documents_lang:")}
+                                 for node in nodes if any(key.startswith("documents_lang:") for key in node.stats)},
+    }
+
+
+def collect(path: str | Path, top: int = 20) -> dict[str, Any]:
+    """Everything the run report shows, as plain data (also written as report.json)."""
+    path = Path(path)
+    kind, nodes = load_run(path)
+    run_dir = path if kind == "run" else None
+    funnel, problems = build_funnel(nodes, run_dir)
+    data: dict[str, Any] = {"kind": kind, "path": str(path), "funnel": funnel, "problems": problems}
+
+    data |= collect_distributions(nodes)
     data["stage_counters"] = {node.name: node.stats for node in nodes if node.stats}
     data["source_funnel"] = {node.name: source_counts(node) for node in nodes if node.is_documents and node.has("source")}
     data["clusters"] = {node.name: sizes for node in nodes if (sizes := cluster_sizes(node)) is not None}
