@@ -7,7 +7,6 @@ Runs Gristmill at its defaults (resiliparse) and with trafilatura, datatrove wit
 from __future__ import annotations
 
 import argparse
-import gzip
 import io
 import json
 import os
@@ -70,7 +69,8 @@ def run_gristmill(inputs: Path, output: Path, workers: int, extractor: str, filt
 
 
 def run_datatrove(inputs: Path, output: Path, workers: int, tasks: int, filters: bool) -> int:
-    """WarcReader + Trafilatura (+ the Gopher filters) + JsonlWriter, as datatrove's examples run it."""
+    """WarcReader + Trafilatura (+ the Gopher filters) + JsonlWriter, as datatrove's examples run it; returns the
+    extraction timeouts (a busy machine makes more of them, and each costs datatrove up to a second)."""
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.extractors import Trafilatura
     from datatrove.pipeline.filters import GopherQualityFilter, GopherRepetitionFilter
@@ -83,7 +83,25 @@ def run_datatrove(inputs: Path, output: Path, workers: int, tasks: int, filters:
     steps.append(JsonlWriter(str(output / "out")))
     LocalPipelineExecutor(steps, tasks=tasks, workers=workers, logging_dir=str(output / "logs"),
                           skip_completed=False).run()
-    return sum(len(gzip.open(path).readlines()) for path in (output / "out").glob("*.jsonl.gz"))
+    return extractor_timeouts(output / "logs" / "stats.json")
+
+
+def extractor_timeouts(stats_path: Path) -> int:
+    """Records datatrove skipped because extraction passed its per-document time limit (1 s by default)."""
+    def walk(node) -> int:
+        if isinstance(node, dict):
+            value = node.get("timeout")
+            own = value.get("total", 0) if isinstance(value, dict) else value if isinstance(value, int) else 0
+            return own + sum(walk(child) for key, child in node.items() if key != "timeout")
+        return sum(walk(child) for child in node) if isinstance(node, list) else 0
+    return walk(json.loads(stats_path.read_text())) if stats_path.exists() else 0
+
+
+def cpu_seconds() -> float:
+    """User + system CPU of this process and every finished descendant (pool workers, extractor sandboxes):
+    unlike wall time, it does not grow when other programs share the machine."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def run_rounds(inputs: Path, files: int, workdir: Path, workers: int, rounds: int, filters: bool) -> list[dict]:
@@ -94,28 +112,36 @@ def run_rounds(inputs: Path, files: int, workdir: Path, workers: int, rounds: in
         seconds: dict[str, float] = {}
         for name in order:
             output = workdir / f"round-{number}-{name}"
+            cpu_started = cpu_seconds()
             started = time.perf_counter()
             if name == "datatrove_trafilatura":
-                run_datatrove(inputs, output, workers, files, filters)
+                seconds["datatrove_timeouts"] = run_datatrove(inputs, output, workers, files, filters)
             else:
                 run_gristmill(inputs, output, workers, "trafilatura" if name.endswith("trafilatura") else "resiliparse",
                               filters)
             seconds[name] = time.perf_counter() - started
+            seconds[f"{name}_cpu"] = cpu_seconds() - cpu_started
             shutil.rmtree(output)
         results.append(seconds)
-        print(f"round {number + 1}/{rounds}: " + ", ".join(f"{name} {s:.1f}s" for name, s in seconds.items()),
+        print(f"round {number + 1}/{rounds}: " + ", ".join(f"{name} {s:.1f}s" for name, s in seconds.items()
+                                                             if name in CONTENDERS)
+              + f"; datatrove extraction timeouts {seconds['datatrove_timeouts']}",
               file=sys.stderr)
     return results
 
 
 def summarise(results: list[dict], documents: int) -> dict:
     rates = {name: [documents / r[name] for r in results] for name in CONTENDERS}
+    cpu_rates = {name: [documents / r[f"{name}_cpu"] for r in results] for name in CONTENDERS}
     ratios = {
         "gristmill_defaults_vs_datatrove": [r["datatrove_trafilatura"] / r["gristmill"] for r in results],
         "trafilatura_both_sides": [r["datatrove_trafilatura"] / r["gristmill_trafilatura"] for r in results],
+        "gristmill_defaults_vs_datatrove_cpu": [r["datatrove_trafilatura_cpu"] / r["gristmill_cpu"] for r in results],
+        "trafilatura_both_sides_cpu": [r["datatrove_trafilatura_cpu"] / r["gristmill_trafilatura_cpu"] for r in results],
     }
     return {
         "docs_per_s": {name: statistics.median(values) for name, values in rates.items()},
+        "docs_per_cpu_s": {name: statistics.median(values) for name, values in cpu_rates.items()},
         "speedup": {name: statistics.median(values) for name, values in ratios.items()},
         "speedup_range": {name: (min(values), max(values)) for name, values in ratios.items()},
     }
@@ -210,9 +236,9 @@ def main() -> None:
             print(f"{documents} captures in {args.files} WARC files, {args.workers} workers, "
                   f"{'ingest + extract + Gopher filters' if args.filters else 'ingest + extract'}; "
                   f"docs/s = WARC responses / wall seconds, median of {args.rounds} rounds\n")
-            print("| pipeline | docs/s |\n|---|---:|")
+            print("| pipeline | docs/s (wall) | docs per CPU-second |\n|---|---:|---:|")
             for name, rate in summary["docs_per_s"].items():
-                print(f"| {name} | {rate:,.0f} |")
+                print(f"| {name} | {rate:,.0f} | {summary['docs_per_cpu_s'][name]:,.0f} |")
             print()
             for name, value in summary["speedup"].items():
                 low, high = summary["speedup_range"][name]

@@ -35,6 +35,7 @@ from classifiers.fasttext_model import (
     train_fasttext,
 )
 from classifiers.preprocess import PREPROCESSING, tokenize
+from classifiers.seed_selection import SeedCandidate, TrainerProxyRunner, select_seed_set
 from pipeline.dataset import file_checksum
 from stages.read_text import open_text
 
@@ -405,6 +406,65 @@ def evaluate(model: str, output: str, positive_label: str | None, threshold: flo
     headline = ("roc_auc", "f1", "precision", "recall") if binary else ("accuracy", "macro_f1")
     click.echo(", ".join(f"{key} {metrics[key]:.4f}" for key in headline if metrics[key] is not None)
                + f" on {metrics['documents']} documents: {paths['markdown']}")
+
+
+def named_paths(values: tuple[str, ...], option: str) -> dict[str, tuple[str, ...]]:
+    """NAME=PATH[,PATH...] options as a dict; a repeated or malformed NAME is an error naming the option."""
+    named: dict[str, tuple[str, ...]] = {}
+    for value in values:
+        name, _, paths = value.partition("=")
+        if not name or not paths:
+            raise ValueError(f"{option} {value!r}: expected NAME=PATH[,PATH...]")
+        if name in named:
+            raise ValueError(f"{option} {name!r} is given twice")
+        named[name] = tuple(path for path in paths.split(",") if path)
+    return named
+
+
+@classifier_group.command("select-seeds")
+@click.option("--candidate", "candidates", multiple=True, required=True, metavar="NAME=PATH[,PATH...]",
+              help="A candidate positive set: documents as --positive takes them (repeatable, at least two).")
+@click.option("--candidate-where", "wheres", multiple=True, metavar="NAME=EXPRESSION",
+              help="Narrow a candidate's documents, as --positive-where does (repeatable).")
+@click.option("--tokenizer", required=True, type=click.Path(exists=True), help="Tokenizer directory or tokenizer.json.")
+@click.option("--heldout", multiple=True, required=True, metavar="NAME=PATH[,PATH...]",
+              help="Held-out documents the proxy model is scored on, in bits per byte (repeatable).")
+@click.option("--tokens", type=click.IntRange(min=1), required=True, help="Training tokens per run, the same for all.")
+@click.option("--seed", "seeds", type=int, multiple=True, default=(0,), show_default=True,
+              help="Training seeds; each candidate is trained once per seed (repeatable).")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Any other `gristmill train` setting, e.g. model=tiny or seq_len=256 (repeatable).")
+@click.option("--output", required=True, type=click.Path(file_okay=False),
+              help="Directory for tokenized candidates, one run per candidate and seed, and selection.json.")
+def select_seeds(candidates: tuple[str, ...], wheres: tuple[str, ...], tokenizer: str, heldout: tuple[str, ...],
+                 tokens: int, seeds: tuple[int, ...], settings: tuple[str, ...], output: str) -> None:
+    """Pick the positive seed set whose documents train the best proxy model (the Ultra-FineWeb recipe).
+
+    Each candidate trains the bundled model from scratch with the same tokenizer, token budget and seeds; the one
+    with the lowest held-out bits per byte wins, and its inputs go to `classifier train --positive`.
+    """
+    try:
+        named = named_paths(candidates, "--candidate")
+        where = {name: expression[0] for name, expression in named_paths(wheres, "--candidate-where").items()}
+        if len(named) < 2:
+            raise ValueError("--candidate: a selection needs at least two candidates")
+        if unknown := set(where) - set(named):
+            raise ValueError(f"--candidate-where names no candidate: {', '.join(sorted(unknown))}")
+        training = {key: value for key, _, value in (setting.partition("=") for setting in settings)}
+        runner = TrainerProxyRunner(tokenizer=tokenizer, heldout=named_paths(heldout, "--heldout"), tokens=tokens,
+                                    work_dir=Path(output), seeds=seeds, training=training)
+        selection = select_seed_set([SeedCandidate(name, paths, where.get(name)) for name, paths in named.items()],
+                                    runner)
+    except (ValueError, ValidationError, OSError) as error:
+        fail(str(error))
+    Path(output).mkdir(parents=True, exist_ok=True)
+    (Path(output) / "selection.json").write_text(json.dumps(selection.to_json(), indent=2) + "\n")
+    for outcome in selection.outcomes:
+        shown = f"{outcome.value:.4f}" if outcome.value is not None else "failed: " + (outcome.error or "").splitlines()[-1]
+        click.echo(f"{outcome.candidate.name:<20} {shown}")
+    if selection.best is None:
+        fail(f"every proxy run failed; tracebacks in {output}/selection.json")
+    click.echo(f"best seed set: {selection.best.name} ({selection.metric}); {output}/selection.json")
 
 
 commands = [classifier_group]

@@ -464,6 +464,51 @@ def test_seed_selection_can_maximise_and_reports_no_winner_when_all_fail() -> No
         select_seed_set([SeedCandidate("a", ()), SeedCandidate("a", ())], runner)
 
 
+def test_select_seeds_trains_a_proxy_per_candidate_and_picks_the_set_closest_to_the_heldout_prose(tmp_path: Path) -> None:
+    """Real prose against the same words shuffled (one JSONL, told apart by --candidate-where): same tokens, so
+    only what the proxy model learns from word order can separate them, and the prose must win on held-out prose."""
+    from pipeline.tokenization import DEFAULT_EOS, save_tokenizer, train_byte_level_bpe
+
+    paragraphs = pydoc_paragraphs()
+    train_part, heldout_part = paragraphs[:-60], paragraphs[-60:]
+    rng = random.Random(5)
+    rows = [{"text": text, "kind": "prose"} for text in train_part]
+    rows += [{"text": shuffled_page(rng, text), "kind": "shuffled"} for text in train_part]
+    (tmp_path / "pool.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (tmp_path / "heldout.jsonl").write_text("".join(json.dumps({"text": text}) + "\n" for text in heldout_part))
+    save_tokenizer(train_byte_level_bpe(train_part, vocab_size=512), tmp_path / "tokenizer", DEFAULT_EOS, {})
+    pool = str(tmp_path / "pool.jsonl")
+    result = CliRunner().invoke(classifier_group, [
+        "select-seeds", "--candidate", f"shuffled={pool}", "--candidate-where", "shuffled=kind == 'shuffled'",
+        "--candidate", f"prose={pool}", "--candidate-where", "prose=kind == 'prose'",
+        "--tokenizer", str(tmp_path / "tokenizer"),
+        "--heldout", f"docs={tmp_path / 'heldout.jsonl'}", "--tokens", str(60 * 1024), "--output", str(tmp_path / "out"),
+        "--set", "tokens_per_step=1024", "--set", "seq_len=128", "--set", "warmup_steps=5",
+        "--set", "learning_rate=0.003", "--set", "eval_tokens=4096", "--set", "log_every=1000"])
+    assert result.exit_code == 0, result.output
+    selection = json.loads((tmp_path / "out" / "selection.json").read_text())
+    values = {outcome["candidate"]["name"]: outcome["value"] for outcome in selection["outcomes"]}
+    assert selection["best"] == "prose" and "best seed set: prose" in result.output
+    assert values["prose"] < values["shuffled"] - 0.02
+    tokens = {name: json.loads((tmp_path / "out" / "tokens" / f"candidate-{name}" / "documents.json").read_text())
+              for name in ("prose", "shuffled")}
+    assert tokens["prose"]["sequences"] == tokens["shuffled"]["sequences"] == len(train_part)  # the where filter split the pool
+    metrics = json.loads((tmp_path / "out" / "runs" / "prose" / "seed-0" / "metrics.json").read_text())
+    assert len(metrics["history"]) == 60 and set(metrics["final_bits_per_byte"]) == {"docs"}
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--candidate", "a=x.jsonl"], "at least two candidates"),
+    (["--candidate", "a=x.jsonl", "--candidate", "a=y.jsonl"], "'a' is given twice"),
+    (["--candidate", "a", "--candidate", "b=y.jsonl"], "expected NAME=PATH"),
+    (["--candidate", "a=x.jsonl", "--candidate", "b=y.jsonl", "--candidate-where", "c=kind == 'x'"], "names no candidate: c"),
+])
+def test_select_seeds_rejects_bad_candidates_in_one_line(tmp_path: Path, arguments: list[str], message: str) -> None:
+    result = CliRunner().invoke(classifier_group, ["select-seeds", *arguments, "--tokenizer", str(tmp_path),
+                                                   "--heldout", "h=z.jsonl", "--tokens", "100", "--output", str(tmp_path / "o")])
+    assert result.exit_code == 2 and message in result.output and len(result.output.strip().splitlines()) == 1
+
+
 # --- command line ------------------------------------------------------------------------------------
 
 
