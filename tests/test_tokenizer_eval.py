@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
 from pipeline.cli_tokens import tokenizer as tokenizer_group
 from pipeline.dataset import DatasetError
@@ -165,6 +165,28 @@ def test_sentencepiece_and_byte_level_vocabularies(tmp_path: Path) -> None:
     assert analysed["categories"]["control"] == 1 + 33 - 9
     surfaces = byte_level.vocabulary().surfaces
     assert surfaces[byte_level.tokenizer.token_to_id("Ġ")] == b" "
+
+
+def test_wordpiece_vocabulary_and_metrics(tmp_path: Path) -> None:
+    vocab = {"[UNK]": 0, "[CLS]": 1, "the": 2, "cat": 3, "##s": 4, "walk": 5, "##ing": 6, ",": 7, "1": 8, "12": 9}
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.add_special_tokens(["[UNK]", "[CLS]"])
+    tokenizer.save(str(tmp_path / "wordpiece.json"))
+    (wordpiece,) = load_for_evaluation([str(tmp_path / "wordpiece.json")])
+    assert analyse_vocabulary(wordpiece.vocabulary())["categories"] == {
+        "control": 2,            # [UNK] [CLS]
+        "byte_fallback": 0,
+        "single_character": 3,   # ##s , 1
+        "whitespace": 0,
+        "digits_punctuation": 1,  # 12
+        "word_initial": 3,       # the cat walk
+        "word_internal": 1,      # ##ing
+    }
+    # the | cat ##s | walk ##ing | , | 12: 7 tokens over 4 words (The cats walking 12), 2 of them split
+    metrics = measure_corpus(wordpiece, one_document("The cats walking, 12")).overall.metrics()
+    assert (metrics["tokens"], metrics["words"], metrics["proportion_continued_words"]) == (7, 4, 0.5)
 
 
 def test_core_coverage(tmp_path: Path) -> None:
