@@ -6,6 +6,7 @@ reject ledgers, `_summary.json`, `_events.jsonl`, export stats), a few columns o
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from collections import Counter, defaultdict
@@ -40,6 +41,7 @@ NO_VALUE = "(none)"
 # Text lengths in characters: 20 log-spaced bins per decade from 1 to 10^8; empty texts are counted apart.
 LENGTH_EDGES = np.logspace(0, 8, 161)
 SCORE_BINS = 50
+LINE_STYLES = ("-", "--", ":", "-.")  # overlaid histograms stay apart where they coincide
 EXAMPLES = 3
 EXAMPLE_CHARS = 400
 KEPT_KEYS = 1000  # sources, domains and languages kept in report.json per dataset (a crawl has millions of domains)
@@ -473,13 +475,13 @@ def footer_statistics(node: DatasetNode, column: str) -> tuple[bool, float, floa
 
 
 def score_edges(nodes: Iterable[DatasetNode], column: str) -> np.ndarray:
-    """Bins shared by every dataset's histogram of a score: [0, 1] for probabilities, else the footers' range."""
+    """Bins shared by every dataset's histogram of a score, over the range its values take (from the footers)."""
     low, high = float("inf"), float("-inf")
     for node in nodes:
         if node.has(column):
             _, node_low, node_high = footer_statistics(node, column)
             low, high = min(low, node_low), max(high, node_high)
-    if low > high or (0.0 <= low and high <= 1.0):
+    if low > high:
         low, high = 0.0, 1.0
     elif low == high:
         low, high = low - 0.5, high + 0.5
@@ -714,13 +716,14 @@ def plot_funnel(funnel: list[dict[str, Any]]) -> plt.Figure:
 
 def plot_lengths(lengths: dict[str, dict[str, Any]]) -> plt.Figure:
     figure, axes = plt.subplots(figsize=(8, 3.5))
-    for name, histogram in lengths.items():
+    for (name, histogram), style in zip(lengths.items(), itertools.cycle(LINE_STYLES)):
         counts = np.asarray(histogram["counts"])
         used = np.flatnonzero(counts)
         if not len(used):
             continue
         first, last = used[0], used[-1] + 1
-        axes.stairs(counts[first:last], np.asarray(histogram["edges"])[first:last + 1], label=name, linewidth=1.5)
+        axes.stairs(counts[first:last], np.asarray(histogram["edges"])[first:last + 1], label=name, linewidth=1.5,
+                    linestyle=style)
     axes.set_xscale("log")
     axes.set_xlabel("characters per document")
     axes.set_ylabel("documents")
@@ -746,8 +749,8 @@ def plot_counts(labels: list[str], series: dict[str, list[float]], xlabel: str, 
 
 def plot_scores(column: str, histograms: dict[str, dict[str, Any]]) -> plt.Figure:
     figure, axes = plt.subplots(figsize=(8, 3.2))
-    for name, histogram in histograms.items():
-        axes.stairs(histogram["counts"], histogram["edges"], label=name, linewidth=1.5)
+    for (name, histogram), style in zip(histograms.items(), itertools.cycle(LINE_STYLES)):
+        axes.stairs(histogram["counts"], histogram["edges"], label=name, linewidth=1.5, linestyle=style)
     axes.set_xlabel(column)
     axes.set_ylabel("documents")
     axes.legend(fontsize=8)
