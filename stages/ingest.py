@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 BATCH_ROWS = 2_000
 # Records that can become documents; every other type (request, metadata, warcinfo, revisit,
-# resource) describes a capture rather than being one, and is only counted in the per-file log line.
+# resource) describes a capture rather than being one, and is only counted (shard stats `records:TYPE`).
 DOCUMENT_TYPES = frozenset({"response", "conversion"})
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 BINARY_SIGNATURES = (
@@ -525,8 +525,8 @@ class DocumentBatch:
 class Ingest(SourceStage):
     """Read Common Crawl WARC/WET files into documents: HTML responses are extracted, WET text is taken as is.
 
-    Request, metadata, warcinfo, revisit and resource records are counted per file in the log but
-    are not documents, so they are neither kept nor rejected.
+    Request, metadata, warcinfo, revisit and resource records are counted per file (`records:TYPE` in the
+    shard record's stats) but are not documents, so they are neither kept nor rejected.
     """
 
     name = "ingest"
@@ -596,8 +596,10 @@ class Ingest(SourceStage):
                 if len(batch) >= BATCH_ROWS:
                     yield batch.result()
                     batch = DocumentBatch()
-        if len(batch):
-            yield batch.result()
+        final = batch.result()
+        # Every WARC record by type (and every problem by reason), into the shard record and manifest stats.
+        final.stats = {f"records:{kind}": count for kind, count in sorted(counts.items())}
+        yield final
         logger.info("ingest %s", json.dumps({"file": warc_file, "records": dict(sorted(counts.items())),
                                               "seconds": round(time.perf_counter() - started, 3)}))
 

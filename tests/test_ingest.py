@@ -481,6 +481,10 @@ def test_a_run_keeps_the_ledger_invariant_and_counts_only_documents(tmp_path: Pa
     half_kept = read_all(inputs / "b.warc.gz")[0].num_rows
     assert 0 < half_kept < 5
     assert [shard.rows_in for shard in manifest.shards] == [3 + len(bad_captures()), half_kept + 1]
+    captures = 3 + len(bad_captures())  # every WARC record is counted by type in the shard record's stats
+    assert {key: value for key, value in manifest.shards[0].stats.items() if key.startswith("records:")} == {
+        "records:metadata": captures, "records:request": captures, "records:resource": 1,
+        "records:response": captures, "records:revisit": 1, "records:warcinfo": 1}
     for shard in manifest.shards:
         ledger = pq.read_table(dataset.reject_path(shard.name))
         assert shard.rows_in == shard.rows + ledger.num_rows
