@@ -548,6 +548,15 @@ def bucket_tokens(node: DatasetNode) -> dict[str, dict[str, int]]:
     return {str(bucket): dict(tallies[bucket]) for bucket in sorted(tallies)}
 
 
+def tokens_per_source(node: DatasetNode) -> dict[str, int]:
+    """Tokens of a decomposed dataset's pieces per source (decompose keeps `source` by default)."""
+    tally = KeyTally()
+    for path in node.shard_files():
+        for batch in iter_parquet_batches(path, columns=["source", "num_tokens"]):
+            tally.add(batch.column("source"), None, batch.column("num_tokens"))
+    return dict(tally.tokens.most_common())
+
+
 def rewrite_summary(node: DatasetNode) -> dict[str, Any]:
     """Counts by status and reason, throughput by model and prompt, and a few before/after examples."""
     present = [column for column in REWRITE_COLUMNS if node.has(column)]
@@ -671,14 +680,18 @@ def collect(path: str | Path, top: int = 20) -> dict[str, Any]:
     path = Path(path)
     kind, nodes = load_run(path)
     run_dir = path if kind == "run" else None
-    funnel, problems = build_funnel(nodes, run_dir)
+    # A single dataset inside a run directory still has its wall times in the run's event log.
+    events_dir = run_dir or (path.parent if (path.parent / EVENTS_FILE).exists() else None)
+    funnel, problems = build_funnel(nodes, events_dir)
     data: dict[str, Any] = {"kind": kind, "path": str(path), "funnel": funnel, "problems": problems}
 
     data |= collect_distributions(nodes)
     data["stage_counters"] = {node.name: node.stats for node in nodes if node.stats}
     data["source_funnel"] = {node.name: source_counts(node) for node in nodes if node.is_documents and node.has("source")}
     data["clusters"] = {node.name: sizes for node in nodes if (sizes := cluster_sizes(node)) is not None}
-    data["buckets"] = {node.name: bucket_tokens(node) for node in nodes if node.has("bucket") and node.has("num_tokens")}
+    pieces = [node for node in nodes if node.has("bucket") and node.has("num_tokens")]
+    data["buckets"] = {node.name: bucket_tokens(node) for node in pieces}
+    data["piece_sources"] = {node.name: tokens_per_source(node) for node in pieces if node.has("source")}
     data["rewrites"] = [rewrite_summary(node) for node in nodes if node.has("rewrite_status")]
     data["exports"], data["mixtures"], data["tokenizer_eval"] = {}, {}, None
     if run_dir is not None:
@@ -762,7 +775,9 @@ def render(data: dict[str, Any]) -> Report:
     report = Report(title, data)
     funnel = data["funnel"]
     report.section("Funnel")
-    report.text(f"{data['kind'].capitalize()} {data['path']}: {len(funnel)} dataset(s) in run order. Documents and "
+    where = f"Run {data['path']}: {len(funnel)} datasets in run order." if data["kind"] == "run" else \
+        f"Dataset {data['path']}."
+    report.text(f"{where} Documents and "
                 "rejects come from the shard records and are checked against the reject ledgers and data files; "
                 "text bytes are UTF-8 bytes of the text column; tokens are sums of num_tokens where a dataset has it.")
     report.table([{"node": row["node"], "stage": row["stage"], "shards": row["shards"],
@@ -803,8 +818,11 @@ def render(data: dict[str, Any]) -> Report:
 def render_distributions(report: Report, data: dict[str, Any]) -> None:
     report.section("Distributions")
     profiled = data["profiled"]
-    report.text(f"Profiled datasets: input {profiled['input']}, output(s) {', '.join(profiled['outputs'])}. "
-                "Quantiles are read from the histogram bins (about 12% wide for lengths).")
+    if profiled["input"] is None:
+        report.text("No dataset of documents with a text column to profile.")
+    else:
+        report.text(f"Profiled datasets: input {profiled['input']}, output(s) {', '.join(profiled['outputs'])}. "
+                    "Quantiles are read from the histogram bins (about 12% wide for lengths).")
     if data["lengths"]:
         report.figure(plot_lengths(data["lengths"]), "Text length (characters per document)")
         report.table([{"dataset": name, "documents": histogram["values"] + histogram["empty"],
@@ -941,12 +959,15 @@ def render_sources(report: Report, data: dict[str, Any]) -> None:
             continue  # the source funnel above plots them stage by stage
         report.figure(plot_counts(keys, {name: [tally["documents"].get(key, 0) for key in keys]
                                          for name, tally in tallies.items()}, "documents"), f"Documents per {label}")
-    for name, stats in data["exports"].items():
-        if stats.get("sources"):
-            report.text(f"Tokens per source in export {name}:")
-            total = sum(stats["sources"].values())
-            report.table([{"source": source, "tokens": tokens, "share": ratio(tokens, total)}
-                          for source, tokens in stats["sources"].items()])
+    token_sources = {f"dataset {name}": sources for name, sources in data["piece_sources"].items()}
+    token_sources |= {f"export {name}": stats["sources"] for name, stats in data["exports"].items() if stats.get("sources")}
+    for where, sources in token_sources.items():
+        report.text(f"Tokens per source in {where}:")
+        total = sum(sources.values())
+        report.table([{"source": source, "tokens": tokens, "share": ratio(tokens, total)}
+                      for source, tokens in sources.items()])
+    if not (data["source_funnel"] or token_sources or any(data["keys"].get(column) for column in ("source", "domain"))):
+        report.text("No dataset has a source or domain column.")
 
 
 def render_source_funnel(report: Report, funnel: dict[str, dict[str, int]], top: int) -> None:

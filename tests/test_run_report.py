@@ -132,6 +132,7 @@ def test_funnel_numbers_equal_the_ledgers_and_data_files(run_dir: Path, collecte
     assert funnel["pieces"]["tokens_in"] == tokens and funnel["pieces"]["tokens_out"] == piece_tokens < tokens
     assert funnel["merged"]["text_bytes_in"] == funnel["dedup"]["text_bytes_out"] + funnel["short"]["text_bytes_out"]
     assert all(row["wall_seconds"] and row["documents_per_second"] for row in collected["funnel"])
+    assert json.loads(json.dumps(collected)) == collected  # plain JSON values, no numpy scalars
 
 
 def test_distributions_and_sources_match_the_data(run_dir: Path, collected: dict) -> None:
@@ -163,6 +164,8 @@ def test_distributions_and_sources_match_the_data(run_dir: Path, collected: dict
     per_bucket = pieces.group_by("bucket").aggregate([("num_tokens", "sum")]).to_pydict()
     expected = {str(bucket): tokens for bucket, tokens in zip(per_bucket["bucket"], per_bucket["num_tokens_sum"])}
     assert {bucket: tally["tokens"] for bucket, tally in collected["buckets"]["pieces"].items()} == expected
+    sources = pieces.group_by("source").aggregate([("num_tokens", "sum")]).to_pydict()
+    assert collected["piece_sources"]["pieces"] == dict(zip(sources["source"], sources["num_tokens_sum"]))
     export = collected["exports"]["shards"]
     assert {bucket: tally["tokens"] for bucket, tally in export["buckets"].items()} == expected
 
@@ -342,3 +345,12 @@ def test_histogram_quantiles_are_within_a_bin_of_the_exact_ones() -> None:
     assert summary["mean"] == pytest.approx(values.mean()) and summary["max"] == values.max()
     for key, share in (("p10", 0.1), ("p50", 0.5), ("p90", 0.9)):
         assert summary[key] == pytest.approx(np.quantile(values, share), rel=0.01)
+
+
+def test_a_dataset_inside_a_run_gets_its_wall_time_from_the_run_log(run_dir: Path, collected: dict) -> None:
+    data = collect(run_dir / "pieces")
+    in_run = next(row for row in collected["funnel"] if row["node"] == "pieces")
+    assert data["kind"] == "dataset" and data["funnel"][0]["wall_seconds"] == in_run["wall_seconds"] > 0
+    assert data["profiled"]["input"] is None and data["lengths"] == {}  # pieces are not documents with text
+    assert data["piece_sources"] == {"pieces": collected["piece_sources"]["pieces"]}
+    assert data["exports"] == {} and data["tokenizer_eval"] is None
