@@ -6,6 +6,7 @@ reject ledgers, `_summary.json`, `_events.jsonl`, export stats), a few columns o
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import sys
@@ -71,6 +72,7 @@ class DatasetNode:
     stats: dict[str, int | float] = field(default_factory=dict)
     parent_paths: list[str] = field(default_factory=list)
     parents: list[str] = field(default_factory=list)  # names of parent datasets within the run
+    footers: dict[str, tuple[bool, float, float]] = field(default_factory=dict)  # column -> footer_statistics
 
     @property
     def is_documents(self) -> bool:
@@ -184,7 +186,7 @@ def count_ledger(node: DatasetNode) -> tuple[int, Counter[str]]:
     rows = 0
     reasons: Counter[str] = Counter()
     for record in node.records:
-        rows += pq.read_metadata(node.dataset.shard_path(record.name)).num_rows
+        rows += read_footer(node.dataset.shard_path(record.name)).num_rows
         ledger = node.dataset.reject_path(record.name)
         if ledger.exists():
             for batch in iter_parquet_batches(ledger, columns=["reason"]):
@@ -457,9 +459,11 @@ def footer_statistics(node: DatasetNode, column: str) -> tuple[bool, float, floa
 
     A column chunk without statistics counts as having values, so a writer that skips them costs a scan, not data.
     """
+    if column in node.footers:
+        return node.footers[column]
     present, low, high = False, float("inf"), float("-inf")
     for path in node.shard_files():
-        metadata = pq.read_metadata(path)
+        metadata = read_footer(path)
         for group in range(metadata.num_row_groups):
             row_group = metadata.row_group(group)
             for index in range(row_group.num_columns):
@@ -471,7 +475,19 @@ def footer_statistics(node: DatasetNode, column: str) -> tuple[bool, float, floa
                     present = True
                 if statistics is not None and statistics.has_min_max and isinstance(statistics.min, (int, float)):
                     low, high = min(low, float(statistics.min)), max(high, float(statistics.max))
-    return present, low, high
+    node.footers[column] = (present, low, high)
+    return node.footers[column]
+
+
+def read_footer(path: Path) -> pq.FileMetaData:
+    """A Parquet file's footer, read once per version of the file (several sections need it)."""
+    status = path.stat()
+    return _read_footer(path, status.st_mtime_ns, status.st_size)
+
+
+@functools.lru_cache(maxsize=4096)
+def _read_footer(path: Path, modified_ns: int, size: int) -> pq.FileMetaData:
+    return pq.read_metadata(path)
 
 
 def score_edges(nodes: Iterable[DatasetNode], column: str) -> np.ndarray:
