@@ -266,7 +266,7 @@ def report_dir(multilingual: dict) -> Path:
     result = CliRunner().invoke(tokenizer_group, [
         "eval", "--tokenizer", f"english-bpe={multilingual['tokenizer']}", "--tokenizer", "tiktoken:cl100k_base",
         "--dataset", str(multilingual["dataset"]), "--output", str(output), "--parallel", str(multilingual["parallel"]),
-        "--core-words", "20"])
+        "--core-words", "20", "--proxy-steps", "2", "--proxy-tokens-per-step", "128", "--proxy-seq-len", "32"])
     assert result.exit_code == 0, result.output
     assert "english-bpe: vocabulary " in result.output and "cl100k_base: vocabulary 100,261" in result.output
     return output
@@ -275,9 +275,9 @@ def report_dir(multilingual: dict) -> Path:
 def test_report_is_written_with_every_section(report_dir: Path) -> None:
     checked = check_html(report_dir / "report.html")
     assert checked["headings"] == ["Tokenizer comparison", "Summary", "Per language", "Per domain", "Parity against en",
-                                   "Vocabulary", "Method"]
-    assert len(checked["images"]) == 7
-    assert len(list((report_dir / "figures").glob("*.png"))) == 7
+                                   "Vocabulary", "Proxy runs at fixed compute", "Method"]
+    assert len(checked["images"]) == 8
+    assert len(list((report_dir / "figures").glob("*.png"))) == 8
     markdown = (report_dir / "report.md").read_text()
     assert "| zh | cl100k_base |" in markdown and "| th | english-bpe |" in markdown
     data = json.loads((report_dir / "report.json").read_text())
@@ -311,6 +311,19 @@ def test_per_language_tables(report_dir: Path, multilingual: dict) -> None:
     coverage = {(row["language"], row["tokenizer"]): row for row in data["core_coverage"]}
     assert coverage["en", "english-bpe"]["single_token_share"] == 1.0  # its 13 training words all became tokens
     assert coverage["zh", "english-bpe"]["single_token_share"] == 0.0
+
+
+def test_proxy_runs_at_fixed_compute(report_dir: Path) -> None:
+    data = json.loads((report_dir / "report.json").read_text())
+    (run,) = data["proxy"]
+    assert run["tokenizer"] == "english-bpe" and run["training_tokens"] == 2 * 128
+    assert 0 < run["bits_per_byte"] < 50
+    metrics = json.loads((report_dir / "proxy" / "english-bpe" / "model" / "metrics.json").read_text())
+    assert metrics["final_bits_per_byte"]["heldout"] == run["bits_per_byte"]
+    assert data["proxy_skipped"] == ["cl100k_base: the tokenize stage takes `tokenizers` files with an EOS token only"]
+    train = (report_dir / "proxy" / "sample" / "train.jsonl").read_text().count("\n")
+    heldout = (report_dir / "proxy" / "sample" / "heldout.jsonl").read_text().count("\n")
+    assert train + heldout == data["sample"]["documents"] and 0 < heldout < train
 
 
 def test_sample_is_seeded_and_bounded(multilingual: dict) -> None:

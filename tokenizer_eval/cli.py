@@ -31,16 +31,28 @@ import click
               help="Parallel text for parity: JSON Lines, one object per segment mapping language code to text.")
 @click.option("--reference-language", default="en", show_default=True, help="Parity is measured against this language.")
 @click.option("--domain-column", default=None, help="Column to group domains by (default: domain, else source).")
+@click.option("--proxy-steps", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also train a small GPT per tokenizer for this many steps at fixed compute and report held-out bits "
+                   "per byte (0: no proxy runs). `tokenizers` files only.")
+@click.option("--proxy-tokens-per-step", type=click.IntRange(min=1), default=8_192, show_default=True,
+              help="Proxy runs: tokens per optimizer step.")
+@click.option("--proxy-seq-len", type=click.IntRange(min=2), default=256, show_default=True,
+              help="Proxy runs: sequence length (a power of two).")
+@click.option("--proxy-model", default="tiny", show_default=True, help="Proxy runs: model size (see gristmill train).")
 def evaluate(specs: tuple[str, ...], dataset: str, output: str, sample_bytes: int, seed: int, max_groups: int,
-             core_words: int, parallel: str | None, reference_language: str, domain_column: str | None) -> None:
+             core_words: int, parallel: str | None, reference_language: str, domain_column: str | None,
+             proxy_steps: int, proxy_tokens_per_step: int, proxy_seq_len: int, proxy_model: str) -> None:
     """Compare tokenizers on a sample of DATASET: fertility, efficiency, vocabulary; writes HTML, Markdown and JSON."""
     from pipeline.dataset import DatasetError
     from tokenizer_eval.evaluate import EvaluationOptions, evaluate_tokenizers
     from tokenizer_eval.loading import TokenizerSpecError
+    from tokenizer_eval.proxy import ProxySettings
 
     options = EvaluationOptions(sample_bytes=sample_bytes, seed=seed, max_groups=max_groups, core_words=core_words,
                                 parallel=Path(parallel) if parallel else None, reference_language=reference_language,
-                                domain_column=domain_column)
+                                domain_column=domain_column,
+                                proxy=ProxySettings(proxy_steps, proxy_tokens_per_step, proxy_seq_len, proxy_model, seed=seed)
+                                if proxy_steps else None)
     try:
         evaluate_tokenizers(specs, dataset, output, options, echo=click.echo)
     except (TokenizerSpecError, DatasetError, ValueError, OSError) as error:

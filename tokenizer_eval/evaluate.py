@@ -13,6 +13,7 @@ from typing import Any
 
 from tokenizer_eval.corpus import CorpusMeasurement, measure_corpus, measure_parity, read_parallel
 from tokenizer_eval.loading import EvalTokenizer, load_for_evaluation
+from tokenizer_eval.proxy import ProxySettings
 from tokenizer_eval.sample import CorpusSample, sample_dataset
 from tokenizer_eval.vocabulary import analyse_vocabulary, core_coverage, core_words
 
@@ -26,6 +27,7 @@ class EvaluationOptions:
     parallel: Path | None = None
     reference_language: str = "en"
     domain_column: str | None = None
+    proxy: ProxySettings | None = None  # train a small GPT per tokenizer at fixed compute (optional, needs torch)
 
 
 @dataclass
@@ -58,7 +60,12 @@ def evaluate_tokenizers(specs: Sequence[str], dataset: str | Path, output: str |
              f"{result.corpus.overall.metrics()['fertility']:.3f}, {len(sample.texts) / seconds:,.0f} documents/s "
              f"({sample.bytes / seconds / 1e6:.2f} MB/s)")
         results.append(result)
-    report = build_report(results, sample, str(dataset), options)
+    proxy = None
+    if options.proxy:
+        from tokenizer_eval.proxy import run_proxies
+
+        proxy = run_proxies(tokenizers, sample, Path(output) / "proxy", options.proxy, echo)
+    report = build_report(results, sample, str(dataset), options, proxy)
     paths = report.write(output)
     echo(f"report: {paths['html']}")
     return report.data

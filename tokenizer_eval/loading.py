@@ -89,6 +89,7 @@ class HuggingFaceTokenizer(EvalTokenizer):
     """A `tokenizers.Tokenizer` (tokenizer.json, a Hugging Face directory, or one made by `gristmill tokenizer train`)."""
 
     def __init__(self, label: str, spec: str, path: str):
+        self.path = path
         try:
             loaded = load_tokenizer(path)
             self.tokenizer, self.fingerprint = loaded.tokenizer, loaded.fingerprint

@@ -22,6 +22,7 @@ from tokenizer_eval.words import UNSPACED_SCRIPTS
 FORMAT = "gristmill.tokenizer_eval"
 VERSION = 1
 TOP_SCRIPTS = 8
+Proxy = tuple[list[dict[str, Any]], list[str]]  # rows per trained tokenizer, notes on skipped ones
 COUNT_COLUMNS = ("documents", "words", "tokens")
 METRIC_LABELS = {
     "fertility": "tokens per word", "proportion_continued_words": "words split", "bytes_per_token": "bytes per token",
@@ -54,7 +55,7 @@ def group_rows(results: Sequence[TokenizerResult], dimension: str, column: str) 
 
 
 def report_data(results: Sequence[TokenizerResult], sample: CorpusSample, dataset: str,
-                options: EvaluationOptions) -> dict[str, Any]:
+                options: EvaluationOptions, proxy: Proxy | None = None) -> dict[str, Any]:
     summary, tokenizers, vocabulary, coverage, parity = [], [], [], [], []
     for result in results:
         tokenizer, overall = result.tokenizer, result.corpus.overall.metrics()
@@ -84,6 +85,8 @@ def report_data(results: Sequence[TokenizerResult], sample: CorpusSample, datase
     if options.parallel:
         data["parity"] = parity
         data["parity_reference"] = options.reference_language
+    if proxy is not None:
+        data["proxy"], data["proxy_skipped"] = proxy
     return clean(data)
 
 
@@ -142,8 +145,8 @@ def rank_frequency_figure(results: Sequence[TokenizerResult]) -> plt.Figure:
 
 
 def build_report(results: Sequence[TokenizerResult], sample: CorpusSample, dataset: str,
-                 options: EvaluationOptions) -> Report:
-    data = report_data(results, sample, dataset, options)
+                 options: EvaluationOptions, proxy: Proxy | None = None) -> Report:
+    data = report_data(results, sample, dataset, options, proxy)
     labels = [result.tokenizer.label for result in results]
     report = Report("Tokenizer comparison", data)
     report.section("Summary").text(
@@ -177,6 +180,8 @@ def build_report(results: Sequence[TokenizerResult], sample: CorpusSample, datas
             report.figure(metric_figure(data["parity"], "language", ["parity"], labels),
                           f"Parity against {options.reference_language}")
     add_vocabulary_section(report, data)
+    if "proxy" in data:
+        add_proxy_section(report, data, options)
     report.section("Method").text(
         "Words are runs of letters, marks, digits and underscores; in scripts written without spaces "
         f"({', '.join(UNSPACED_SCRIPTS)}) each character with its combining marks is one word. Fertility is all "
@@ -206,3 +211,32 @@ def add_vocabulary_section(report: Report, data: dict[str, Any]) -> None:
                 "holds as one token (alone or after a space), by word and by occurrence.")
     report.table(data["core_coverage"], ["language", "tokenizer", "core_words", "single_token_share",
                                          "single_token_share_by_occurrence"])
+
+
+def add_proxy_section(report: Report, data: dict[str, Any], options: EvaluationOptions) -> None:
+    """Held-out bits per byte of one small GPT per tokenizer at fixed compute, beside the corpus metrics."""
+    settings = options.proxy
+    summary = {row["tokenizer"]: row for row in data["summary"]}
+    rows = [{**row, **{name: summary[row["tokenizer"]][name] for name in ("fertility", "bytes_per_token",
+                                                                           "renyi_efficiency")}}
+            for row in data["proxy"]]
+    report.section("Proxy runs at fixed compute")
+    report.text(f"One {settings.model} GPT per tokenizer, trained for {settings.steps} steps of "
+                f"{settings.tokens_per_step:,} tokens (sequence length {settings.seq_len}, seed {settings.seed}) on 90% of "
+                "the sample and scored in bits per byte on the other 10%; lower is better. The same token budget "
+                "costs the same compute apart from the output layer, which grows with the vocabulary.")
+    report.table(rows, ["tokenizer", "vocab_size", "training_tokens", "bits_per_byte", "fertility", "bytes_per_token",
+                        "renyi_efficiency"])
+    for note in data["proxy_skipped"]:
+        report.text(f"Not trained: {note}.")
+    if rows:
+        figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for axis, metric in zip(axes, ("bytes_per_token", "renyi_efficiency")):
+            axis.scatter([row[metric] for row in rows], [row["bits_per_byte"] for row in rows])
+            for row in rows:
+                axis.annotate(row["tokenizer"], (row[metric], row["bits_per_byte"]), fontsize="small")
+            axis.set_xlabel(METRIC_LABELS[metric])
+            axis.set_ylabel("held-out bits per byte")
+            axis.grid(alpha=0.3)
+        figure.tight_layout()
+        report.figure(figure, "Proxy bits per byte against bytes per token and Rényi efficiency")
