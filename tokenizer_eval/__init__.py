@@ -1,1 +1,4 @@
-"""Tokenizer quality metrics (fertility, efficiency, vocabulary categories) and comparison reports (to come)."""
+"""Tokenizer quality on a Gristmill dataset: corpus metrics per language and domain, vocabulary metrics, a comparison report.
+
+`gristmill tokenizer eval` (tokenizer_eval/cli.py) drives it; docs/TOKENIZER_EVAL.md defines every metric.
+"""
