@@ -21,10 +21,25 @@ from pipeline.graph import load_graph
 from pipeline.report import check_html
 from pipeline.runner import run_graph
 from pipeline.tokenization import DEFAULT_EOS, save_tokenizer, train_byte_level_bpe
-from tokenizer_eval.corpus import measure_corpus, measure_parity, renyi_entropy, shannon_entropy
-from tokenizer_eval.loading import TokenizerSpecError, character_spans, load_for_evaluation, parse_spec
+from tokenizer_eval.corpus import (
+    measure_corpus,
+    measure_parity,
+    renyi_entropy,
+    shannon_entropy,
+)
+from tokenizer_eval.loading import (
+    TokenizerSpecError,
+    character_spans,
+    load_for_evaluation,
+    parse_spec,
+)
 from tokenizer_eval.sample import CorpusSample, sample_dataset
-from tokenizer_eval.vocabulary import analyse_vocabulary, core_coverage, token_category, token_script
+from tokenizer_eval.vocabulary import (
+    analyse_vocabulary,
+    core_coverage,
+    token_category,
+    token_script,
+)
 from tokenizer_eval.words import words
 
 SUMMARY_KEYS = {"tokenizer", "vocab_size", "fertility", "proportion_continued_words", "bytes_per_token",
@@ -209,7 +224,8 @@ def test_tokenizer_specs(tmp_path: Path) -> None:
 
 # --- a multilingual dataset and the report --------------------------------------------------------
 
-ENGLISH = "the mill grinds grain into flour while farmers bring wheat from distant fields".split()
+ENGLISH = ["the", "mill", "grinds", "grain", "into", "flour", "while", "farmers", "bring", "wheat", "from", "distant",
+           "fields"]
 GERMAN = ["Die Mühle mahlt das Getreide zu feinem Mehl.", "Die Bäcker warten vor der Dämmerung auf die Säcke."]
 CHINESE = [("我们喜欢读书。", 6), ("今天天气很好。", 6), ("磨坊把小麦磨成面粉。", 9)]  # (sentence, Han characters)
 THAI = ["โรงสีบดข้าวเป็นแป้ง", "ชาวนานำข้าวสาลีมาจากทุ่งนา"]

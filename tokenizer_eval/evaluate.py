@@ -11,7 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tokenizer_eval.corpus import CorpusMeasurement, measure_corpus, measure_parity, read_parallel
+from tokenizer_eval.corpus import (
+    CorpusMeasurement,
+    measure_corpus,
+    measure_parity,
+    read_parallel,
+)
 from tokenizer_eval.loading import EvalTokenizer, load_for_evaluation
 from tokenizer_eval.proxy import ProxySettings
 from tokenizer_eval.sample import CorpusSample, sample_dataset
@@ -43,7 +48,8 @@ def evaluate_tokenizers(specs: Sequence[str], dataset: str | Path, output: str |
                         options: EvaluationOptions = EvaluationOptions(),
                         echo: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
     """Measure each tokenizer, write report.html, report.md, figures/ and report.json under `output`; return the JSON data."""
-    from tokenizer_eval.report import build_report  # matplotlib loads only when a report is written
+    # matplotlib loads only when a report is written
+    from tokenizer_eval.report import build_report
 
     tokenizers = load_for_evaluation(specs)
     parallel = read_parallel(options.parallel) if options.parallel else None

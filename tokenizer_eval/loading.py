@@ -17,7 +17,12 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from pipeline.tokenization import TOKENIZER_FILE, TRAINING_FILE, TokenizerError, load_tokenizer
+from pipeline.tokenization import (
+    TOKENIZER_FILE,
+    TRAINING_FILE,
+    TokenizerError,
+    load_tokenizer,
+)
 
 TIKTOKEN_PREFIX = "tiktoken:"
 SENTENCEPIECE_BYTE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")

@@ -8,6 +8,7 @@ bytes into a token shows the model more text for the same cost. Everything goes 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from collections.abc import Callable, Sequence
@@ -41,15 +42,12 @@ def split_sample(sample: CorpusSample, directory: Path) -> dict[str, Path]:
     """Write the sample as train.jsonl and heldout.jsonl (a fixed 10% by hash), the same split for every tokenizer."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = {"train": directory / "train.jsonl", "heldout": directory / "heldout.jsonl"}
-    handles = {name: open(path, "w", encoding="utf-8") for name, path in paths.items()}
-    try:
+    with contextlib.ExitStack() as stack:
+        handles = {name: stack.enter_context(open(path, "w", encoding="utf-8")) for name, path in paths.items()}
         for index, text in enumerate(sample.texts):
             key = xxhash.xxh3_64_intdigest(f"{index}\x1f{text}".encode())
             part = "heldout" if key < HELDOUT_SHARE * 2**64 else "train"
             handles[part].write(json.dumps({"id": f"sample-{index}", "text": text}, ensure_ascii=False) + "\n")
-    finally:
-        for handle in handles.values():
-            handle.close()
     return paths
 
 

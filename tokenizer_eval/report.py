@@ -152,7 +152,7 @@ def build_report(results: Sequence[TokenizerResult], sample: CorpusSample, datas
     report.section("Summary").text(
         f"{len(results)} tokenizers on a seeded sample of {dataset}: {len(sample.texts):,} documents, "
         f"{sample.bytes:,} bytes, {data['sample']['words']:,} words (seed {options.seed}).")
-    report.table([{**row, **{"documents/s": info["documents_per_second"]}}
+    report.table([{**row, "documents/s": info["documents_per_second"]}
                   for row, info in zip(data["summary"], data["tokenizers"])])
     in_sample = [info["tokenizer"] for info in data["tokenizers"] if info.get("trained_on_this_dataset")]
     if in_sample:
