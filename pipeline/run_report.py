@@ -609,8 +609,9 @@ def rewrite_summary(node: DatasetNode) -> dict[str, Any]:
     outcome_rows = [{"status": status, "reason": reason, "documents": count}
                     for (status, reason), count in sorted(outcomes.items(), key=lambda item: (-item[1], item[0]))]
     rewritten = sum(count for (status, _), count in outcomes.items() if status == "rewritten")
+    counters = {key: value for key, value in node.stats.items() if key.startswith("rewrite_")}  # GPU time, cost…
     return {"node": node.name, "documents": sum(outcomes.values()), "rewritten": rewritten,
-            "outcomes": outcome_rows, "engines": engine_rows,
+            "outcomes": outcome_rows, "engines": engine_rows, "counters": counters,
             "examples": rewrite_examples(node) if rewritten else []}
 
 
@@ -1036,6 +1037,8 @@ def render_extras(report: Report, data: dict[str, Any]) -> None:
         report.table(rewrite["outcomes"])
         if rewrite["engines"]:
             report.table(rewrite["engines"])
+        if rewrite["counters"]:
+            report.table([{"counter": key, "value": value} for key, value in rewrite["counters"].items()])
         for example in rewrite["examples"]:
             report.text(f"Example {example['id']}, before: {example['before']}")
             report.text(f"After: {example['after']}")

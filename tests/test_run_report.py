@@ -222,7 +222,8 @@ def test_one_dataset_partial_or_without_dedup_work_files(run_dir: Path, tmp_path
     assert data["profiled"] == {"input": "dedup", "outputs": ["dedup"], "score_origins": {"lang_score": "dedup"}}
 
 
-def write_dataset(path: Path, table: pa.Table, rejected: list[tuple[str, str]], stage: str) -> None:
+def write_dataset(path: Path, table: pa.Table, rejected: list[tuple[str, str]], stage: str,
+                  stats: dict[str, float] | None = None) -> None:
     """A one-shard dataset as a stage would leave it: data, ledger, shard record and manifest."""
     dataset = Dataset(path)
     dataset.prepare()
@@ -235,7 +236,7 @@ def write_dataset(path: Path, table: pa.Table, rejected: list[tuple[str, str]], 
     ledger.commit()
     record = ShardRecord(name="part-00000", source="input", rows=table.num_rows, documents_out=table.num_rows,
                          bytes=size, checksum=checksum, rows_in=table.num_rows + len(rejected),
-                         rejected=dict(Counter(reason for _, reason in rejected)), seconds=2.0)
+                         rejected=dict(Counter(reason for _, reason in rejected)), seconds=2.0, stats=stats or {})
     write_json_atomic(dataset.record_path("part-00000"), record.model_dump_json())
     dataset.finalize(stage, {}, "0" * 16, [], [record], table.schema)
 
@@ -256,7 +257,8 @@ def test_rewrite_and_tokenizer_comparison_sections(tmp_path: Path) -> None:
         "rewrite_tokens_in": [100, 100, 100, 100, 50], "rewrite_tokens_out": [80, 0, 60, 60, 0],
         "rewrite_seconds": [1.0, 0.5, 1.0, 1.5, 0.0],
     })
-    write_dataset(run / "rewritten", table, [("r9", "empty_text")], "rewrite")
+    write_dataset(run / "rewritten", table, [("r9", "empty_text")], "rewrite",
+                  {"rewrite_gpu_seconds": 4.0, "rewrite_cost_usd": 0.0025, "kept_original:too_long": 1})
     (run / "tokenizer_eval").mkdir()
     (run / "tokenizer_eval" / "report.json").write_text(json.dumps({"summary": [
         {"tokenizer": "ours-4k", "bytes_per_token": 3.9, "fertility": 1.31},
@@ -270,6 +272,7 @@ def test_rewrite_and_tokenizer_comparison_sections(tmp_path: Path) -> None:
         ("rewritten", "ok"): 3, ("kept_original", "unparseable_code"): 1, ("kept_original", "too_long"): 1}
     engines = {row["prompt_id"]: row for row in rewrite["engines"]}
     assert engines["clean-code-v1"]["tokens_out"] == 200 and engines["clean-code-v1"]["tokens_out_per_second"] == 50
+    assert rewrite["counters"] == {"rewrite_cost_usd": 0.0025, "rewrite_gpu_seconds": 4.0}
     assert [example["id"] for example in rewrite["examples"]] == ["r0", "r2", "r3"]
     assert rewrite["examples"][0]["before"].startswith("before") and rewrite["examples"][0]["after"].startswith("after")
     assert len(rewrite["examples"][0]["before"]) == EXAMPLE_CHARS
@@ -283,7 +286,7 @@ def test_rewrite_and_tokenizer_comparison_sections(tmp_path: Path) -> None:
     assert "Rewrite: rewritten" in headings and "Tokenizer comparison" in headings
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "| ours-4k | 3.9 | 1.31 |" in markdown and "tokenizer_eval/report.html" in markdown
-    assert "| rewritten | ok | 3 |" in markdown
+    assert "| rewritten | ok | 3 |" in markdown and "| rewrite_cost_usd | 0.0025 |" in markdown
 
 
 def test_a_directory_that_is_not_a_run_is_one_clear_error(tmp_path: Path) -> None:
