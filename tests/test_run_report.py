@@ -67,9 +67,11 @@ def write_run_corpus(directory: Path) -> list[str]:
     return [text for part_texts in texts for text in part_texts]
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("report_run")
+def build_small_run(root: Path) -> Path:
+    """A run with a branch, a node of two parents, exact dedup, tokens, buckets and an export; returns its directory.
+
+    About two seconds; other report tests (the browser check) may build theirs with it.
+    """
     texts = write_run_corpus(root / "corpus")
     save_tokenizer(train_byte_level_bpe(texts, vocab_size=300), root / "tokenizer", DEFAULT_EOS, {"corpus": "test"})
     graph = root / "graph.yaml"
@@ -87,6 +89,11 @@ def run_dir(tmp_path_factory) -> Path:
     run_graph(load_graph(graph, root / "run"), make_executor("inprocess"))
     export_buckets(root / "run" / "pieces", root / "run" / "shards")
     return root / "run"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return build_small_run(tmp_path_factory.mktemp("report_run"))
 
 
 @pytest.fixture(scope="module")
