@@ -156,3 +156,54 @@ def proxy_command() -> click.Command:
 
 
 commands = [train_command(), proxy_command()]
+
+
+def build_sweep_command() -> click.Command:
+    @click.command("sweep", short_help="Sample mixtures, train a proxy run on each, predict the best mixture.")
+    @click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+    @click.option("--output", type=click.Path(file_okay=False), required=True,
+                  help="Sweep directory: one run per mixture, sweep.json and report/.")
+    @click.option("--executor", type=click.Choice(["inprocess", "local", "dask"]), default="inprocess",
+                  show_default=True, help="Where runs train: one after another here, a local process pool, or Dask.")
+    @click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes for local or Dask.")
+    @click.option("--scheduler", metavar="ADDRESS", default=None,
+                  help="An existing Dask scheduler (implies --executor dask); GPU workers: --resources GPU=1.")
+    def sweep(config_path: str, output: str, executor: str, workers: int | None, scheduler: str | None) -> None:
+        """Sample mixtures around the natural token prior (RegMix), train a proxy run on each, fit predictors of
+        bits per byte, and write a report with the predicted optimum.
+
+        Rerun the same command to resume: finished runs are reused.
+        """
+        from pipeline.executors import make_executor
+        from pipeline.mixture import MixtureError
+        from trainer.sweep import SweepError, load_sweep, predict_sweep, run_sweep
+        from trainer.sweep_report import write_sweep_report
+
+        def on_run(result: dict) -> None:
+            scores = ", ".join(f"{name}: {value:.4f}" for name, value in result["bits_per_byte"].items())
+            status = "reused" if result["reused"] else f"{result['seconds']:.1f} s"
+            click.echo(f"{result['name']}  {status:>8}  bits/byte {scores}")
+
+        try:
+            config = load_sweep(config_path)
+            with make_executor(executor, workers, scheduler) as pool:
+                summary = run_sweep(config, output, pool, on_run)
+            analysis = predict_sweep(config, summary)
+            paths = write_sweep_report(summary, analysis, f"{output}/report")
+        except (SweepError, MixtureError, ValueError, OSError) as error:
+            fail(str(error))
+        click.echo(f"{len(summary['runs'])} runs ({summary['reused_runs']} reused); target: {summary['target']}")
+        for kind, result in analysis["predictors"].items():
+            weights = ", ".join(f"{name} {value:.3f}" for name, value in result["optimum"].items())
+            click.echo(f"{kind:<10} held-out ρ {result['spearman']:+.3f}  optimum {weights}  "
+                       f"predicted {result['optimum_loss']:.4f}")
+        click.echo(f"chosen: {analysis['chosen']}")
+        if "cmr" in analysis and analysis["cmr"]["critical_ratio"] is not None:
+            click.echo(f"critical mixture ratio: {analysis['cmr']['critical_ratio']:.3f}")
+        click.echo(f"report      {paths['html']}")
+
+    return sweep
+
+
+sweep_command = build_sweep_command()
+commands.append(sweep_command)
