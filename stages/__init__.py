@@ -20,6 +20,7 @@ from stages import (  # noqa: F401,E402  (registration side effects)
     quality_filter,
     quality_score,
     read_text,
+    rewrite,
     tokenize,
     url_filter,
 )

