@@ -99,7 +99,9 @@ def cmr_figure(summary: dict, cmr: dict) -> plt.Figure:
     from trainer.predict import share_law
 
     ratio = np.array(cmr["ratios"])
-    grid = np.linspace(0, 0.99, 200)
+    grid = np.linspace(ratio.min(), min(ratio.max(), 0.99), 200)  # the fits only where the runs are
+    observed = [run["bits_per_byte"][name] for run in summary["runs"]
+                for name in (cmr["general_heldout"], cmr["domain_heldout"])]
     figure, axis = plt.subplots(figsize=(6.5, 4))
     for heldout, fit, share, color in ((cmr["general_heldout"], cmr["general_fit"], 1 - grid, "tab:blue"),
                                        (cmr["domain_heldout"], cmr["domain_fit"], grid, "tab:red")):
@@ -113,8 +115,9 @@ def cmr_figure(summary: dict, cmr: dict) -> plt.Figure:
                      label=f"critical ratio {cmr['critical_ratio']:.2f}")
         axis.axhline(cmr["general_loss_limit"], color="tab:blue", linestyle=":", linewidth=1,
                      label=f"general loss limit (+{cmr['tolerance']:.0%})")
+    pad = 0.1 * max(np.ptp(observed), 1e-3)
     axis.set(xlabel=f"domain ratio ({' + '.join(cmr['domain'])})", ylabel="bits per byte",
-             title="loss against domain ratio")
+             title="loss against domain ratio", ylim=(min(observed) - pad, max(observed) + pad))
     axis.legend(fontsize=8)
     figure.tight_layout()
     return figure
