@@ -279,6 +279,10 @@ def test_config_errors_name_the_field(tmp_path):
     path.write_text(yaml.safe_dump(SWEEP | {"training": {"steps": 5}}))
     with pytest.raises(SweepError, match="the sweep sets steps itself"):
         load_sweep(path)
+    path.write_text(yaml.safe_dump(SWEEP | {"gpus_per_run": 1}))
+    result = CliRunner().invoke(sweep_command, [str(path), "--output", str(tmp_path / "out"), "--executor", "dask"])
+    assert result.exit_code == 2 and result.output.startswith("error: gpus_per_run needs --scheduler")
+    assert not (tmp_path / "out").exists()
 
 
 def synthetic_runs(count: int, seed: int, noise: float = 0.01) -> tuple[np.ndarray, np.ndarray]:

@@ -186,6 +186,9 @@ def build_sweep_command() -> click.Command:
 
         try:
             config = load_sweep(config_path)
+            if config.gpus_per_run and executor == "dask" and not scheduler:
+                fail("gpus_per_run needs --scheduler: a local Dask cluster declares no GPU resources, so no worker "
+                     "would take a run")
             with make_executor(executor, workers, scheduler) as pool:
                 summary = run_sweep(config, output, pool, on_run)
             analysis = predict_sweep(config, summary)
