@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -65,9 +66,12 @@ def coloured_fraction(screenshot: Path, top: int, bottom: int) -> float:
     return float((spread > 0.25).mean())
 
 
-def assert_plots_visible(html_path: Path, work: Path, minimum_images: int = 1) -> dict:
+def assert_plots_visible(html_path: Path, work: Path | None = None, minimum_images: int = 1) -> dict:
     """Opens a report in headless Chromium; every image must decode, have a real size on the page and be shown,
-    and the first plot must be painted in colour in a screenshot. Returns what the browser saw."""
+    and the first plot must be painted in colour in a screenshot. Returns what the browser saw.
+
+    `work` holds the probed copy of the page and the screenshot (default: a new temporary directory)."""
+    work = Path(work or tempfile.mkdtemp(prefix="report-browser-"))
     expected = check_html(html_path)
     seen = render(html_path, work)
     assert seen["headings"] == expected["headings"]
