@@ -19,9 +19,10 @@ def runs_table(summary: dict) -> list[dict]:
     rows = []
     for run in summary["runs"]:
         row = {"run": run["name"]}
-        row |= {f"w {name}": run["weights"][name] for name in summary["components"]}
-        row |= {f"bpb {name}": run["bits_per_byte"][name] for name in summary["heldout"]}
-        row |= {f"target ({summary['target']})": run["target_bits_per_byte"], "seconds": run["seconds"]}
+        row |= {f"w {name}": round(run["weights"][name], 3) for name in summary["components"]}
+        row |= {f"bpb {name}": round(run["bits_per_byte"][name], 4) for name in summary["heldout"]}
+        row |= {f"target ({summary['target']})": round(run["target_bits_per_byte"], 4),
+                "seconds": round(run["seconds"], 1)}
         rows.append(row)
     return rows
 
@@ -48,12 +49,12 @@ def optimum_rows(summary: dict, analysis: dict) -> list[dict]:
     chosen = analysis["predictors"][analysis["chosen"]]
     rows = []
     for name in summary["components"]:
-        row = {"component": name, "natural prior": summary["natural_prior"][name],
-               "optimum": chosen["optimum"][name]}
+        row = {"component": name, "natural prior": round(summary["natural_prior"][name], 3),
+               "optimum": round(chosen["optimum"][name], 3)}
         if "optimum_interval" in chosen:
-            row |= {"interval low": chosen["optimum_interval"][name][0],
-                    "interval high": chosen["optimum_interval"][name][1]}
-        row["repetition cap"] = summary["weight_caps"][name]
+            row |= {"interval low": round(chosen["optimum_interval"][name][0], 3),
+                    "interval high": round(chosen["optimum_interval"][name][1], 3)}
+        row["repetition cap"] = round(summary["weight_caps"][name], 3)
         rows.append(row)
     return rows
 
@@ -141,8 +142,9 @@ def build_report(summary: dict, analysis: dict) -> Report:
            f"{analysis['bootstrap']} refits)." if interval else "."))
     report.section("Runs").table(runs_table(summary))
     report.section("Predicted against actual").table(
-        [{"predictor": kind, "held-out Spearman ρ": result["spearman"], "predicted optimum loss": result["optimum_loss"],
-          **{f"optimum {name}": result["optimum"][name] for name in summary["components"]}}
+        [{"predictor": kind, "held-out Spearman ρ": round(result["spearman"], 3),
+          "predicted optimum loss": round(result["optimum_loss"], 4),
+          **{f"optimum {name}": round(result["optimum"][name], 3) for name in summary["components"]}}
          for kind, result in analysis["predictors"].items()])
     report.figure(predicted_figure(summary, analysis),
                   "Predicted against actual target bits per byte: k-fold held-out and fitted on every run")
