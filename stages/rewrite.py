@@ -125,7 +125,7 @@ class RewriteConfig(StageConfig):
     enforce_eager: bool = Field(False, description="vllm: no CUDA graphs (needed on CPU).")
     concurrency: int = Field(16, ge=1, description="openai: requests in flight at once.")
     timeout_seconds: float = Field(120.0, gt=0, description="openai: time limit of one request.")
-    retries: int = Field(4, ge=0, description="openai: extra attempts after a timeout, connection error, 429 or 5xx.")
+    request_retries: int = Field(4, ge=0, description="openai: extra attempts after a timeout, connection error, 429 or 5xx.")
     backoff_seconds: float = Field(1.0, ge=0, description="openai: first retry delay, doubled each time.")
     api_key_env: str | None = Field(None, description="openai: environment variable holding the API key, if any.")
     server_gpus: float = Field(0.0, ge=0, description="openai: GPUs behind the server, for GPU-seconds and cost.")
@@ -632,6 +632,6 @@ def build_backend(config: RewriteConfig) -> Backend:
     if config.backend == "vllm":
         return VllmBackend(config.model, config.tensor_parallel_size, config.max_model_len, config.dtype,
                            config.gpu_memory_utilization, config.enforce_eager, config.seed)
-    return OpenAIBackend(config.base_url, config.model, config.concurrency, config.timeout_seconds, config.retries,
+    return OpenAIBackend(config.base_url, config.model, config.concurrency, config.timeout_seconds, config.request_retries,
                          config.backoff_seconds, config.max_model_len, config.tokenizer, config.api_key_env,
                          config.server_gpus)

@@ -468,11 +468,11 @@ def test_the_openai_backend_retries_server_errors_and_respects_its_concurrency_l
 
 def test_the_openai_backend_gives_up_after_retries_and_on_timeouts(chat_server, tiny_llama) -> None:
     failing = chat_server(failures=100)
-    result = openai_stage(failing, tiny_llama, retries=2).process(batch_of(ENGLISH[:1]))
+    result = openai_stage(failing, tiny_llama, request_retries=2).process(batch_of(ENGLISH[:1]))
     assert result.kept.to_pylist()[0]["rewrite_reason"] == "generation_error" and failing.requests == 3
     slow = chat_server(delay=1.0)
     started = time.perf_counter()
-    result = openai_stage(slow, tiny_llama, retries=1, timeout_seconds=0.2).process(batch_of(ENGLISH[:1]))
+    result = openai_stage(slow, tiny_llama, request_retries=1, timeout_seconds=0.2).process(batch_of(ENGLISH[:1]))
     assert result.kept.to_pylist()[0]["rewrite_reason"] == "generation_error"
     assert time.perf_counter() - started < 1.5 and result.stats["kept_original:generation_error"] == 1
 
@@ -544,3 +544,11 @@ def test_smollm2_from_its_gguf_rewrites_a_paragraph() -> None:
     assert row["rewrite_model"].endswith(SMOLLM2_GGUF) and 0 < row["rewrite_tokens_out"] <= 64
     assert row["rewrite_status"] == "rewritten", row
     assert row["text"] != ENGLISH[0] and "mill" in row["text"].lower()
+
+
+def test_the_rewrite_command_line_has_one_option_per_name() -> None:
+    from pipeline.cli import cli
+
+    command = cli.commands["rewrite"]
+    flags = [flag for parameter in command.params for flag in parameter.opts]
+    assert len(flags) == len(set(flags)) and "--request-retries" in flags and "--price-per-gpu-hour" in flags
