@@ -26,14 +26,18 @@ demo: $(VENV)/.installed
 	$(BIN)/gristmill sample --output $(DEMO_DIR)/sample
 	$(BIN)/gristmill classifier train --positive $(DEMO_DIR)/sample/pages.jsonl --positive-where 'kind == "prose"' \
 		--negative $(DEMO_DIR)/sample/pages.jsonl --negative-where 'kind in ["spam", "low_quality"]' \
-		--output $(DEMO_DIR)/quality_model
+		--epoch 25 --lr 0.5 --output $(DEMO_DIR)/quality_model
 	$(BIN)/gristmill run configs/quickstart.yaml --output $(DEMO_DIR)
 	$(BIN)/gristmill tokenizer train $(DEMO_DIR)/clean --vocab-size 4096 --output $(DEMO_DIR)/tokenizer
+	$(BIN)/gristmill tokenizer eval --tokenizer demo-4k=$(DEMO_DIR)/tokenizer --tokenizer tiktoken:cl100k_base \
+		--dataset $(DEMO_DIR)/clean --output $(DEMO_DIR)/tokenizer_eval
 	$(BIN)/gristmill run configs/quickstart-tokens.yaml --output $(DEMO_DIR)
 	$(BIN)/gristmill export $(DEMO_DIR)/buckets --output $(DEMO_DIR)/shards
 	$(BIN)/gristmill mix configs/quickstart-mixture.yaml --data $(DEMO_DIR)/shards --output $(DEMO_DIR)/plan
+	$(BIN)/gristmill report $(DEMO_DIR) --output $(DEMO_DIR)/report
 	@echo "demo outputs: $(DEMO_DIR)/ (one dataset per stage; run summary $(DEMO_DIR)/_summary.json," \
 		"token buckets $(DEMO_DIR)/shards, mixture plan $(DEMO_DIR)/plan)"
+	@echo "run report: $(DEMO_DIR)/report/report.html"
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q

@@ -97,13 +97,6 @@ def extractor_timeouts(stats_path: Path) -> int:
     return walk(json.loads(stats_path.read_text())) if stats_path.exists() else 0
 
 
-def cpu_seconds() -> float:
-    """User + system CPU of this process and every finished descendant (pool workers, extractor sandboxes):
-    unlike wall time, it does not grow when other programs share the machine."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
 def run_rounds(inputs: Path, files: int, workdir: Path, workers: int, rounds: int, filters: bool) -> list[dict]:
     """Each round runs every contender once; the order rotates so no one always goes first (or last)."""
     results = []
@@ -112,7 +105,6 @@ def run_rounds(inputs: Path, files: int, workdir: Path, workers: int, rounds: in
         seconds: dict[str, float] = {}
         for name in order:
             output = workdir / f"round-{number}-{name}"
-            cpu_started = cpu_seconds()
             started = time.perf_counter()
             if name == "datatrove_trafilatura":
                 seconds["datatrove_timeouts"] = run_datatrove(inputs, output, workers, files, filters)
@@ -120,7 +112,6 @@ def run_rounds(inputs: Path, files: int, workdir: Path, workers: int, rounds: in
                 run_gristmill(inputs, output, workers, "trafilatura" if name.endswith("trafilatura") else "resiliparse",
                               filters)
             seconds[name] = time.perf_counter() - started
-            seconds[f"{name}_cpu"] = cpu_seconds() - cpu_started
             shutil.rmtree(output)
         results.append(seconds)
         print(f"round {number + 1}/{rounds}: " + ", ".join(f"{name} {s:.1f}s" for name, s in seconds.items()
@@ -132,16 +123,12 @@ def run_rounds(inputs: Path, files: int, workdir: Path, workers: int, rounds: in
 
 def summarise(results: list[dict], documents: int) -> dict:
     rates = {name: [documents / r[name] for r in results] for name in CONTENDERS}
-    cpu_rates = {name: [documents / r[f"{name}_cpu"] for r in results] for name in CONTENDERS}
     ratios = {
         "gristmill_defaults_vs_datatrove": [r["datatrove_trafilatura"] / r["gristmill"] for r in results],
         "trafilatura_both_sides": [r["datatrove_trafilatura"] / r["gristmill_trafilatura"] for r in results],
-        "gristmill_defaults_vs_datatrove_cpu": [r["datatrove_trafilatura_cpu"] / r["gristmill_cpu"] for r in results],
-        "trafilatura_both_sides_cpu": [r["datatrove_trafilatura_cpu"] / r["gristmill_trafilatura_cpu"] for r in results],
     }
     return {
         "docs_per_s": {name: statistics.median(values) for name, values in rates.items()},
-        "docs_per_cpu_s": {name: statistics.median(values) for name, values in cpu_rates.items()},
         "speedup": {name: statistics.median(values) for name, values in ratios.items()},
         "speedup_range": {name: (min(values), max(values)) for name, values in ratios.items()},
     }
@@ -236,9 +223,9 @@ def main() -> None:
             print(f"{documents} captures in {args.files} WARC files, {args.workers} workers, "
                   f"{'ingest + extract + Gopher filters' if args.filters else 'ingest + extract'}; "
                   f"docs/s = WARC responses / wall seconds, median of {args.rounds} rounds\n")
-            print("| pipeline | docs/s (wall) | docs per CPU-second |\n|---|---:|---:|")
+            print("| pipeline | docs/s |\n|---|---:|")
             for name, rate in summary["docs_per_s"].items():
-                print(f"| {name} | {rate:,.0f} | {summary['docs_per_cpu_s'][name]:,.0f} |")
+                print(f"| {name} | {rate:,.0f} |")
             print()
             for name, value in summary["speedup"].items():
                 low, high = summary["speedup_range"][name]

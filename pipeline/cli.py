@@ -20,6 +20,7 @@ from pipeline.cli_tokens import commands as token_commands
 from pipeline.dataset import Dataset, DatasetError
 from pipeline.executors import make_executor
 from pipeline.graph import Graph, GraphError, GraphSpec, NodeSpec, build_graph, load_graph
+from pipeline.run_report import report as run_report_command
 from pipeline.runner import RunFailed, default_console, plan_graph, run_graph
 from pipeline.stage import SourceStage, Stage, registered_stages
 from trainer.cli import commands as trainer_commands
@@ -265,7 +266,7 @@ def stage_command(stage: type[Stage]) -> click.Command:
 
 for _stage in registered_stages().values():
     cli.add_command(stage_command(_stage))
-for _command in [*token_commands, *trainer_commands, *classifier_commands]:
+for _command in [*token_commands, *trainer_commands, *classifier_commands, run_report_command]:
     cli.add_command(_command)
 
 

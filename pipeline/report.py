@@ -12,16 +12,29 @@ import io
 import json
 import math
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+class _Pyplot:
+    """matplotlib.pyplot with the Agg backend, imported on first use: it costs a second or more, and every
+    command line start (`gristmill --help` included) would otherwise pay it."""
+
+    def __getattr__(self, name: str) -> Any:
+        import matplotlib
+
+        if "matplotlib.pyplot" not in sys.modules:
+            matplotlib.use("Agg")  # headless: reports are written to files, never shown
+        import matplotlib.pyplot
+
+        return getattr(matplotlib.pyplot, name)
+
+
+plt = _Pyplot()
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 STYLE = """
