@@ -114,3 +114,12 @@ def synthetic_sweep_report(directory: Path) -> Path:
 def test_sweep_report_plots_render_in_chromium(tmp_path):
     seen = assert_plots_visible(synthetic_sweep_report(tmp_path / "report"), tmp_path, minimum_images=4)
     assert seen["headings"][:3] == ["Mixture sweep", "Summary", "Runs"]
+
+
+def test_run_report_plots_render_in_chromium(tmp_path):
+    from pipeline.run_report import write_run_report
+    from tests.test_run_report import build_small_run
+
+    paths = write_run_report(build_small_run(tmp_path / "run"), tmp_path / "report")
+    seen = assert_plots_visible(paths["html"], tmp_path, minimum_images=4)
+    assert {"Funnel", "Distributions", "Sources", "Timings"} <= set(seen["headings"])
