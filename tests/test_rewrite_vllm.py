@@ -6,8 +6,14 @@ Skipped where vLLM is not installed; the main test environment does not have it.
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on CPU
@@ -53,3 +59,56 @@ def test_vllm_outputs_follow_their_own_seed_whatever_the_batch(stage: Rewrite) -
     reseeded = backend.generate([Request(chat(ENGLISH[0]), seed=9)], sampling)[0]
     assert together[1].text == alone.text and together[1].tokens_out == alone.tokens_out
     assert reseeded.text != alone.text
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tmp_path_factory):
+    """`vllm serve` on loopback over the tiny model, stopped after the test."""
+    model = build_tiny_llama(tmp_path_factory.mktemp("served") / "tiny-llama")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # The API server module rather than the `vllm` script, which looks for a distribution named vllm (not vllm-cpu).
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--host", "127.0.0.1", "--port",
+               str(port), "--served-model-name", "tiny", "--max-model-len", "1024", "--seed", "0"]
+    command += ["--enforce-eager", "--dtype", "float32"] if ON_CPU else []
+    log = open(tmp_path_factory.mktemp("logs") / "vllm-serve.log", "w")
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 300
+    try:
+        while True:
+            assert server.poll() is None, f"vllm serve exited; see {log.name}"
+            assert time.monotonic() < deadline, f"vllm serve did not start in 300 s; see {log.name}"
+            try:
+                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(1)
+        yield url, model
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+        log.close()
+
+
+def test_the_openai_backend_rewrites_through_vllm_serve(vllm_server, tmp_path: Path) -> None:
+    url, model = vllm_server
+    stage = Rewrite(RewriteConfig(backend="openai", base_url=url, model="tiny", tokenizer=str(model), max_new_tokens=8,
+                                  chunk_tokens=200, concurrency=4, checks=["refusal"]))
+    stage.setup()
+    stage.bind(str(tmp_path), "part-00000")
+    result = stage.process(batch_of(ENGLISH))
+    rows = result.kept.to_pylist()
+    assert [row["rewrite_status"] for row in rows] == ["rewritten", "rewritten"], rows
+    assert all(row["rewrite_tokens_in"] > 0 and 0 < row["rewrite_tokens_out"] <= 8 for row in rows)
+    # Seeds travel with the requests, so the server answers the same again.
+    fresh = Rewrite(stage.config)
+    fresh.setup()
+    assert fresh.process(batch_of(ENGLISH)).kept.column("text").equals(result.kept.column("text"))
