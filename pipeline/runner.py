@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from pipeline.dataset import Dataset, ShardRecord, config_digest, write_json_atomic
+from pipeline.dataset import Dataset, ShardRecord, config_digest, file_checksum, write_json_atomic
 from pipeline.executors import Executor
 from pipeline.graph import Graph, GraphError, Node
 from pipeline.stage import MapStage, ReduceContext
@@ -89,6 +89,28 @@ def default_dataset_paths(graph: Graph) -> dict[str, Path]:
     return {node.name: node_dataset_path(graph, node) for node in graph.nodes}
 
 
+def named_files(config: Any) -> list[str]:
+    """Content checksums of the files and directories a stage's params name (models, tokenizers, block-lists,
+    benchmarks), so a model retrained at the same path makes a new config hash instead of being mixed into old
+    output. Source stages are left out: their inputs are data, already fingerprinted by path."""
+    if isinstance(config, dict):
+        return [digest for value in config.values() for digest in named_files(value)]
+    if isinstance(config, list):
+        return [digest for value in config for digest in named_files(value)]
+    if not isinstance(config, str) or not config.strip() or "\n" in config or len(config) > 4096:
+        return []
+    path = Path(config)
+    try:
+        if path.is_file():
+            return [f"{config}={file_checksum(path)}"]
+        if path.is_dir():
+            files = sorted(item for item in path.rglob("*") if item.is_file())
+            return [f"{config}/{item.relative_to(path)}={file_checksum(item)}" for item in files]
+    except OSError:  # unreadable: the stage itself reports it with the path when it loads the file
+        return []
+    return []
+
+
 def plan_node(graph: Graph, node: Node, paths: dict[str, Path], hashes: dict[str, str]) -> NodePlan:
     config = node.config.model_dump(mode="json")
     dataset = Dataset(paths[node.name])
@@ -112,7 +134,7 @@ def plan_node(graph: Graph, node: Node, paths: dict[str, Path], hashes: dict[str
             if upstream not in hashes:
                 parent_hashes.append(manifest.config_hash)
             sources.extend(str(upstream_dataset.shard_path(record.name)) for record in manifest.shards)
-    config_hash = config_digest(node.stage.name, config, parent_hashes)
+    config_hash = config_digest(node.stage.name, config, parent_hashes + ([] if node.is_source else named_files(config)))
     tasks = [] if waiting_for else [
         ShardTask(node.name, node.stage.name, config, source, str(dataset.path), f"part-{index:05d}", graph.plugins)
         for index, source in enumerate(sources)

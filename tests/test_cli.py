@@ -67,6 +67,23 @@ def test_changed_config_is_not_mixed_into_an_old_output(tmp_path: Path, corpus: 
     assert f"{tmp_path / 'run' / 'long'}: made with a different config" in result.stderr
 
 
+
+def test_a_changed_file_named_in_params_is_not_mixed_into_an_old_output(tmp_path: Path, corpus: Path) -> None:
+    """A block-list (like a model or tokenizer) edited in place changes what the stage does, so it changes the
+    config hash even though the YAML is the same; unrelated input data is not read for this."""
+    blocklist = tmp_path / "domains.txt"
+    blocklist.write_text("spam.example\n")
+    graph = write_graph(tmp_path / "g.yaml", corpus, extra_stages=f"  urls:\n    stage: url_filter\n    input: long\n"
+                                                               f"    params: {{domains_file: '{blocklist}'}}\n")
+    run_cli("run", str(graph), "--output", str(tmp_path / "run"), "--executor", "inprocess")
+    again = run_cli("run", str(graph), "--output", str(tmp_path / "run"), "--executor", "inprocess")
+    assert "already complete" in again.stderr
+    blocklist.write_text("spam.example\nads.example\n")
+    result = run_cli("run", str(graph), "--output", str(tmp_path / "run"), "--executor", "inprocess", check=False)
+    assert result.returncode == 2
+    assert f"{tmp_path / 'run' / 'urls'}: made with a different config" in result.stderr
+
+
 @pytest.mark.parametrize("command", [[], ["run"], ["plan"], ["inspect"], ["sample"], ["read-text"], ["length-filter"]])
 def test_help_is_informative_at_every_level(command: list[str]) -> None:
     text = run_cli(*command, "--help").stdout
