@@ -23,6 +23,7 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 demo: $(VENV)/.installed
+	rm -rf $(DEMO_DIR)  # from scratch: a retrained model must not meet outputs scored by the previous one
 	$(BIN)/gristmill sample --output $(DEMO_DIR)/sample
 	$(BIN)/gristmill classifier train --positive $(DEMO_DIR)/sample/pages.jsonl --positive-where 'kind == "prose"' \
 		--negative $(DEMO_DIR)/sample/pages.jsonl --negative-where 'kind in ["spam", "low_quality"]' \
