@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from pipeline.dataset import Dataset, ShardRecord, config_digest, file_checksum, write_json_atomic
+from pipeline.dataset import Dataset, ShardRecord, config_digest, write_json_atomic
 from pipeline.executors import Executor
 from pipeline.graph import Graph, GraphError, Node
 from pipeline.stage import MapStage, ReduceContext
@@ -90,25 +90,29 @@ def default_dataset_paths(graph: Graph) -> dict[str, Path]:
 
 
 def named_files(config: Any) -> list[str]:
-    """Content checksums of the files and directories a stage's params name (models, tokenizers, block-lists,
-    benchmarks), so a model retrained at the same path makes a new config hash instead of being mixed into old
-    output. Source stages are left out: their inputs are data, already fingerprinted by path."""
+    """Size and modification time of every file a stage's params name, directly or inside a named directory
+    (models, tokenizers, block-lists, benchmarks), so a model retrained at the same path makes a new config hash
+    instead of being mixed into old output. Stat, not contents: a multi-GB model folder costs nothing to plan.
+    Hidden files and folders (.git, caches) are left out; source stages too, their inputs being data already
+    fingerprinted by path."""
     if isinstance(config, dict):
-        return [digest for value in config.values() for digest in named_files(value)]
+        return [stamp for value in config.values() for stamp in named_files(value)]
     if isinstance(config, list):
-        return [digest for value in config for digest in named_files(value)]
+        return [stamp for value in config for stamp in named_files(value)]
     if not isinstance(config, str) or not config.strip() or "\n" in config or len(config) > 4096:
         return []
     path = Path(config)
     try:
         if path.is_file():
-            return [f"{config}={file_checksum(path)}"]
-        if path.is_dir():
-            files = sorted(item for item in path.rglob("*") if item.is_file())
-            return [f"{config}/{item.relative_to(path)}={file_checksum(item)}" for item in files]
+            files = [path]
+        elif path.is_dir():
+            files = sorted(item for item in path.rglob("*") if item.is_file()
+                           and not any(part.startswith(".") for part in item.relative_to(path).parts))
+        else:
+            return []
+        return [f"{item}:{(stat := item.stat()).st_size}:{stat.st_mtime_ns}" for item in files]
     except OSError:  # unreadable: the stage itself reports it with the path when it loads the file
         return []
-    return []
 
 
 def plan_node(graph: Graph, node: Node, paths: dict[str, Path], hashes: dict[str, str]) -> NodePlan:

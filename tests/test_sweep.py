@@ -34,6 +34,7 @@ from trainer.sweep import (
     SamplingConfig,
     SweepConfig,
     SweepError,
+    claim_output,
     draw_mixtures,
     load_sweep,
     run_sweep,
@@ -190,6 +191,10 @@ def test_a_changed_config_is_refused(sweep):
     changed.write_text(yaml.safe_dump(SWEEP | {"tokens": 40 * 512}))
     with pytest.raises(SweepError, match="made with a different tokens; use another --output"):
         run_sweep(load_sweep(changed), sweep["output"])
+
+    # More mixtures or GPUs per run on the same output extend or move the sweep; they are not refused.
+    claim_output(load_sweep(sweep["config_path"]).model_copy(update={"mixtures": 40, "gpus_per_run": 1}),
+                 sweep["output"])
 
 
 def test_predictors_recover_the_domain_that_matters(sweep):

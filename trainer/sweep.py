@@ -26,8 +26,9 @@ from trainer.predict import PredictConfig
 STATE = "_sweep.json"
 RESULTS = "sweep.json"
 RUN_RESULT = "result.json"
-# Settings that change how the results are read, not the runs: a resumed sweep may change them.
-READING_SETTINGS = {"predict", "cmr"}
+# Settings that change how the results are read, how many runs there are (mixture i depends only on the seed and
+# i, so a longer sweep extends a shorter one) or where runs go, not what a run computes: a resumed sweep may change them.
+READING_SETTINGS = {"predict", "cmr", "mixtures", "gpus_per_run"}
 
 
 class SweepError(Exception):
