@@ -335,9 +335,11 @@ class RewriteCache:
     def __init__(self, path: Path):
         self.path = path
         self.entries: dict[str, dict[str, Any]] = {}
+        self.torn = False  # the file ends in a line a kill cut short: the next append starts a new line first
         if path.exists():
-            with open(path, encoding="utf-8") as handle:
+            with open(path, encoding="utf-8", errors="replace") as handle:  # a kill may cut a character in two
                 for line in handle:
+                    self.torn = not line.endswith("\n")
                     try:
                         entry = json.loads(line)
                         self.entries[entry["key"]] = entry
@@ -352,9 +354,10 @@ class RewriteCache:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write("".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in entries))
+            handle.write("\n" * self.torn + "".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in entries))
             handle.flush()
             os.fsync(handle.fileno())
+        self.torn = False
         for entry in entries:
             self.entries[entry["key"]] = entry
 

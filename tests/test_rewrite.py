@@ -294,6 +294,17 @@ def test_the_cache_serves_repeats_and_its_key_covers_prompt_model_and_sampling(t
     assert len(keys) == 8
 
 
+def test_entries_appended_after_a_torn_last_line_are_all_read_back(tmp_path: Path) -> None:
+    path = tmp_path / "part-00000.jsonl"
+    RewriteCache(path).add([{"key": "whole", "text": "mill"}])
+    with open(path, "ab") as handle:
+        handle.write('{"key": "torn", "text": "Mü'.encode()[:-1])  # cut inside the two bytes of ü
+    cache = RewriteCache(path)
+    cache.add([{"key": "first", "text": "grain"}])
+    RewriteCache(path).add([{"key": "second", "text": "flour"}])
+    assert set(RewriteCache(path).entries) == {"whole", "first", "second"}
+
+
 # ---------------------------------------------------------------- a real model: a tiny random Llama
 
 
