@@ -265,17 +265,29 @@ class OpenAIBackend(Backend):
             except (self.httpx.TransportError, self.httpx.TimeoutException) as error:
                 problem = f"{type(error).__name__}: {error}"
                 continue
+            except self.httpx.DecodingError as error:
+                return Generation("", 0, 0, error=f"undecodable response: {error}")
             if response.status_code in RETRY_STATUS:
                 problem = f"HTTP {response.status_code}"
                 continue
             if response.status_code != 200:
                 return Generation("", 0, 0, error=f"HTTP {response.status_code}: {response.text[:200]}")
-            answer = response.json()
-            choice, usage = answer["choices"][0], answer.get("usage") or {}
-            text = choice["message"].get("content") or ""
-            return Generation(text, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)),
-                              choice.get("finish_reason"))
+            return parse_completion(response)
         return Generation("", 0, 0, error=f"{problem} after {self.retries + 1} attempts")
+
+
+def parse_completion(response: Any) -> Generation:
+    """The generation in a 200 answer; one that is not a chat completion (not JSON, an `error` object) comes back with `error` set."""
+    try:
+        answer = response.json()
+        choice, usage = answer["choices"][0], answer.get("usage") or {}
+        text = choice["message"].get("content") or ""
+        if not isinstance(text, str):
+            raise TypeError(f"content is {type(text).__name__}")
+        return Generation(text, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
+                          choice.get("finish_reason"))
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
+        return Generation("", 0, 0, error=f"not a chat completion ({type(error).__name__}: {error}): {response.text[:200]}")
 
 
 def timed_generate(backend: Backend, requests: list[Request], sampling: SamplingSettings) -> tuple[list[Generation], float]:

@@ -390,9 +390,11 @@ class ChatServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, backend: TransformersBackend, failures: int = 0, delay: float = 0.0):
+    def __init__(self, backend: TransformersBackend, failures: int = 0, delay: float = 0.0,
+                 bad_answers: list[tuple[dict[str, str], bytes]] | None = None):
         super().__init__(("127.0.0.1", 0), ChatHandler)
         self.backend, self.failures, self.delay = backend, failures, delay
+        self.bad_answers = list(bad_answers or [])  # (headers, body) answered with a 200, one per request
         self.lock = threading.Lock()
         self.requests = self.in_flight = self.most_in_flight = 0
         self.bodies: list[dict] = []
@@ -414,8 +416,16 @@ class ChatHandler(BaseHTTPRequestHandler):
             server.in_flight += 1
             server.most_in_flight = max(server.most_in_flight, server.in_flight)
             fail = server.requests <= server.failures
+            bad = server.bad_answers.pop() if server.bad_answers else None
         try:
             time.sleep(server.delay)
+            if bad is not None:
+                self.send_response(200)
+                for name, value in (bad[0] | {"Content-Length": str(len(bad[1]))}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(bad[1])
+                return
             if fail or self.path != "/v1/chat/completions":
                 self.send_response(503 if fail else 404)
                 self.end_headers()
@@ -486,6 +496,18 @@ def test_the_openai_backend_gives_up_after_retries_and_on_timeouts(chat_server, 
     result = openai_stage(slow, tiny_llama, request_retries=1, timeout_seconds=0.2).process(batch_of(ENGLISH[:1]))
     assert result.kept.to_pylist()[0]["rewrite_reason"] == "generation_error"
     assert time.perf_counter() - started < 1.5 and result.stats["kept_original:generation_error"] == 1
+
+
+def test_a_200_answer_that_is_no_chat_completion_fails_only_its_document(chat_server, tiny_llama, tmp_path) -> None:
+    json_type = {"Content-Type": "application/json"}
+    bad = chat_server(bad_answers=[({}, b"<html>busy</html>"), (json_type, b'{"error": {"message": "overloaded"}}'),
+                                   (json_type, b'{"choices": []}'), (json_type | {"Content-Encoding": "gzip"}, b"not gzip")])
+    stage = openai_stage(bad, tiny_llama)
+    stage.bind(str(tmp_path), "part-00000")
+    result = stage.process(batch_of([f"{ENGLISH[0]} Copy {index}." for index in range(5)]))
+    reasons = [row["rewrite_reason"] for row in result.kept.to_pylist()]
+    assert sorted(reasons, key=str) == [None] + ["generation_error"] * 4 and bad.requests == 5
+    assert len(RewriteCache(tmp_path / "part-00000.jsonl").entries) == 1  # errors are not cached
 
 
 # ---------------------------------------------------------------- resume after SIGKILL
