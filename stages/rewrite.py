@@ -228,20 +228,42 @@ REFUSAL = re.compile(
     re.IGNORECASE,
 )
 PREAMBLE = re.compile(
-    r"^\s*(?:(?:sure|certainly|of course|okay|ok|absolutely)\b[^\n]*|(?:here(?:'s| is| are)|below is)\b[^\n]*:)\s*\n", re.IGNORECASE
+    r"^\s*((?:sure|certainly|of course|okay|ok|absolutely)\b[^\n]*|(?:here(?:'s| is| are)|below is)\b[^\n]*:)\s*\n", re.IGNORECASE
 )
 CLOSING = re.compile(
-    r"\n\s*(?:I hope (?:this|that)|Let me know|Feel free to|Is there anything else|This (?:is a |)(?:paraphrase|rewrit))"
-    r"[^\n]*\s*$", re.IGNORECASE
+    r"\n\s*((?:I hope (?:this|that)|Let me know|Feel free to|Is there anything else|This (?:is a |)(?:paraphrase|rewrit))"
+    r"[^\n]*)\s*$", re.IGNORECASE
+)
+# What makes such a line talk about the task rather than belong to the text ("Of course, the river floods" does not).
+CHATTY = re.compile(
+    r":\s*$|^\W*\w+(?: \w+)?\W*$|\b(?:rewr|rephras|paraphras|reword|restat|summar|version|here(?:'s| is| are)|below"
+    r"|happy to|glad to|I(?:'ll| will| can| have|'ve)|hope (?:this|that)|anything else|questions?|help|adjust|changes?"
+    r"|modif|tweak|clarif|further)", re.IGNORECASE,
 )
 CODE_BLOCK = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)(?:\n```|$)", re.DOTALL | re.IGNORECASE)
 WORD = re.compile(r"\w+")
 ECHO_WORDS = 8
 
 
-def strip_boilerplate(output: str) -> tuple[str, bool]:
-    """Drop a chatty first line ("Sure! Here is the paraphrase:") and closing offer; say whether anything went."""
-    stripped = CLOSING.sub("", PREAMBLE.sub("", output, count=1), count=1)
+def strip_boilerplate(output: str, source: str = "") -> tuple[str, bool]:
+    """Drop a chatty first line ("Sure! Here is the paraphrase:") and closing offer; say whether anything went.
+
+    Such a line goes only when it talks about the task, and never when the source's own first (last)
+    line opens with the same words, so a genuine "Of course, the river floods..." stays.
+    """
+    source_lines = source.strip().lower().splitlines() or [""]
+
+    def chatty(line: str, source_line: str) -> bool:
+        opener = " ".join(WORD.findall(line.lower())[:2])
+        return bool(CHATTY.search(line)) and not (opener and " ".join(WORD.findall(source_line)[:2]) == opener)
+
+    stripped = output
+    preamble = PREAMBLE.search(stripped)
+    if preamble and chatty(preamble[1], source_lines[0]):
+        stripped = stripped[preamble.end():]
+    closing = CLOSING.search(stripped)
+    if closing and chatty(closing[1], source_lines[-1]):
+        stripped = stripped[:closing.start()]
     return stripped.strip(), stripped.strip() != output.strip()
 
 
@@ -537,7 +559,7 @@ class Rewrite(MapStage):
                 if "refusal" in checks and is_refusal(output["text"], core):
                     doc.reason = doc.reason or "refusal"
                 text = extract_code(output["text"]) if code else output["text"]
-                text, stripped = strip_boilerplate(text) if not code else (text, False)
+                text, stripped = strip_boilerplate(text, core) if not code else (text, False)
                 stats["rewrite_boilerplate_stripped"] = stats.get("rewrite_boilerplate_stripped", 0) + stripped
                 pieces.append(lead + (text if code else text.strip()) + trail)
             doc.text = "".join(pieces)

@@ -222,6 +222,25 @@ def test_a_faithful_paraphrase_passes_every_check_and_carries_its_provenance() -
 def test_a_chatty_preamble_and_closing_are_stripped_rather_than_kept() -> None:
     assert strip_boilerplate("Sure! Here is the paraphrase:\nThe mill.\n\nI hope this helps!") == ("The mill.", True)
     assert strip_boilerplate("The mill.") == ("The mill.", False)
+    assert strip_boilerplate("Sure! Here is the rewritten text:\nIt is big.") == ("It is big.", True)
+    assert strip_boilerplate("Of course!\nIt is big.\nFeel free to ask for changes.") == ("It is big.", True)
+
+
+@pytest.mark.parametrize("text", [
+    "Of course, the river floods every spring.\nIt is big.",
+    "Sure enough, the river flooded.\nIt is big.",
+    "It is big.\nFeel free to walk along the river at dusk.",
+    "It is big.\nLet me know, said the miller, when the grain arrives.",
+])
+def test_a_genuine_first_or_last_line_that_opens_like_chatter_is_kept(text: str) -> None:
+    assert strip_boilerplate(text) == (text, False)
+    assert strip_boilerplate(text, source=text) == (text, False)
+
+
+def test_a_chatty_looking_line_is_kept_when_the_source_opens_or_ends_with_the_same_words() -> None:
+    source = "Certainly, here is the mill.\nIt grinds grain.\nFeel free to visit; questions are welcome."
+    assert strip_boilerplate(source, source) == (source, False)
+    assert strip_boilerplate(source)[1] is True  # without the source, both lines look like chatter
     stage, _ = scripted_stage(lambda chunk: "Certainly! Here's a paraphrase:\n" + paraphrase(chunk))
     row = stage.process(batch_of([ENGLISH[0]])).kept.to_pylist()[0]
     assert row["rewrite_status"] == "rewritten" and row["text"] == paraphrase(ENGLISH[0])
