@@ -168,7 +168,7 @@ def split_into_chunks(text: str, budget: int, count_tokens, code: bool = False) 
     """Cut text into consecutive pieces of at most `budget` tokens that concatenate back to it exactly.
 
     Cuts fall between paragraphs where possible, then lines, sentences, words and, for a single
-    giant word, characters; code is cut between top-level statements first.
+    giant word, characters; Python `code` is cut between top-level statements first.
     """
     units = top_level_statements(text) if code else [text]
     pieces = [(unit, count) for unit, count in zip(units, count_tokens(units))]
@@ -240,7 +240,7 @@ CHATTY = re.compile(
     r"|happy to|glad to|I(?:'ll| will| can| have|'ve)|hope (?:this|that)|anything else|questions?|help|adjust|changes?"
     r"|modif|tweak|clarif|further)", re.IGNORECASE,
 )
-CODE_BLOCK = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)(?:\n```|$)", re.DOTALL | re.IGNORECASE)
+CODE_BLOCK = re.compile(r"```[ \t]*[\w+#.-]*[ \t]*\n(.*?)(?:\n```|$)", re.DOTALL)  # any language tag, or none
 WORD = re.compile(r"\w+")
 ECHO_WORDS = 8
 
@@ -436,6 +436,11 @@ class Rewrite(MapStage):
     def reduce(self, context: ReduceContext) -> str:
         return str(context.work_dir / CACHE_DIR)
 
+    @property
+    def python(self) -> bool:
+        """Whether the prompt rewrites Python: only Python is parsed, cut between statements and linted."""
+        return self.prompt.kind == "code" and (self.prompt.language or "python").lower() == "python"
+
     def bind(self, global_view: str, shard_name: str) -> None:
         super().bind(global_view, shard_name)
         self.documents_seen = 0
@@ -472,7 +477,7 @@ class Rewrite(MapStage):
                 doc.reason = "not_selected"
             elif not doc.source.strip():
                 doc.reason = "empty"
-            elif code and "code_parse" in self.config.checks and not parses(doc.source):
+            elif self.python and "code_parse" in self.config.checks and not parses(doc.source):
                 doc.reason = "code_parse"  # as SwallowCode: a source that does not parse is not worth a generation
         self.documents_seen += len(documents)
         pending = [doc for doc in documents if doc.reason is None]
@@ -484,7 +489,7 @@ class Rewrite(MapStage):
         if pending:
             budget = self.chunk_budget()
             for doc in pending:
-                doc.chunks = split_into_chunks(doc.source, budget, self.backend.count_tokens, code)
+                doc.chunks = split_into_chunks(doc.source, budget, self.backend.count_tokens, self.python)
             self._generate(pending, stats)
         self._check(pending, stats)
         result = BatchResult.keep_all(self._annotate(batch, documents, stats))
@@ -566,13 +571,13 @@ class Rewrite(MapStage):
         self._language_check(documents, checks, code)
         for doc in documents:
             doc.reason = doc.reason or self._fidelity_reason(doc, checks, code)
-        self._lint_check(documents, code, stats)
+        self._lint_check(documents, stats)
 
     def _fidelity_reason(self, doc: Document, checks: set[str], code: bool) -> str | None:
         config = self.config
         if "boilerplate" in checks and echoes_instructions(doc.text, doc.source, self.prompt.instructions):
             return "boilerplate"
-        if code and "code_parse" in checks and not parses(doc.text):
+        if self.python and "code_parse" in checks and not parses(doc.text):
             return "code_parse"
         if "length_ratio" in checks:
             ratio = len(doc.text) / max(len(doc.source), 1)
@@ -593,8 +598,8 @@ class Rewrite(MapStage):
             if base_language(language) != base_language(doc.language):
                 doc.reason = "language_mismatch"
 
-    def _lint_check(self, documents: list[Document], code: bool, stats: dict[str, float]) -> None:
-        if not (code and self.config.lint):
+    def _lint_check(self, documents: list[Document], stats: dict[str, float]) -> None:
+        if not (self.python and self.config.lint):
             return
         candidates = [doc for doc in documents if doc.reason is None]
         failures = ruff_failures([doc.text for doc in candidates])

@@ -268,6 +268,18 @@ def test_code_must_parse_before_and_after_and_an_unparseable_source_costs_no_gen
     assert stage.process(batch_of([GOOD_CODE])).kept.to_pylist()[0]["rewrite_reason"] == "code_parse"
 
 
+def test_a_code_prompt_for_another_language_is_neither_parsed_nor_linted_as_python(tmp_path: Path) -> None:
+    prompt = tmp_path / "js.yaml"
+    prompt.write_text("id: js\nversion: 1\nkind: code\nlanguage: javascript\nuser: \"Rewrite this JavaScript.\\n\\n${text}\"\n")
+    source = "function area(w, h) {\n  var result = w * h;\n  return result;\n}\n"
+    answer = "Here it is:\n```js\n" + source.replace("var", "const") + "```\n"
+    stage, backend = scripted_stage(lambda chunk: answer, prompt=str(prompt), lint=True)
+    result = stage.process(batch_of([source]))
+    row = result.kept.to_pylist()[0]
+    assert row["rewrite_status"] == "rewritten" and row["text"] == source.replace("var", "const")
+    assert backend.calls == [1] and "rewrite_lint_skipped" not in result.stats
+
+
 @pytest.mark.skipif(ruff_failures(["x = 1\n"]) is None, reason="ruff is not installed")
 def test_the_lint_gate_rejects_code_that_parses_but_names_undefined_things() -> None:
     undefined = "```python\ndef area(width, height):\n    return width * heigth\n```"
