@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import io
 import itertools
 import json
 import os
@@ -206,7 +207,7 @@ def top_level_statements(code: str) -> list[str]:
     except (SyntaxError, ValueError):
         return [code]
     starts = sorted({min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])]) for node in tree.body})
-    lines = code.splitlines(keepends=True)
+    lines = io.StringIO(code, newline="").readlines()  # the line ends ast counts; not \u2028, \x0c and the like
     bounds = [0] + [start - 1 for start in starts if start > 1] + [len(lines)]
     return [piece for piece in ("".join(lines[a:b]) for a, b in itertools.pairwise(bounds)) if piece]
 

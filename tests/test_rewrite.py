@@ -34,6 +34,7 @@ from stages.rewrite import (
     ruff_failures,
     split_into_chunks,
     strip_boilerplate,
+    top_level_statements,
 )
 from stages.rewrite_backends import Backend, Generation, Request, SamplingSettings, TransformersBackend
 from tests.conftest import REPO, gristmill_env, run_cli
@@ -156,6 +157,11 @@ def test_code_is_cut_between_top_level_statements() -> None:
     chunks = split_into_chunks(code, 5, word_count, code=True)
     assert "".join(chunks) == code
     assert [chunk.lstrip("\n").split("\n")[0] for chunk in chunks] == ["import os", "@decorator", "class Second:"]
+
+
+def test_statements_are_cut_at_the_line_ends_python_counts_not_at_other_unicode_breaks() -> None:
+    code = 'x = "a\u2028b\x0cc"\ry = 1\r\nz = 2\n'
+    assert top_level_statements(code) == ['x = "a\u2028b\x0cc"\r', "y = 1\r\n", "z = 2\n"]
 
 
 def test_a_long_document_is_rewritten_chunk_by_chunk_and_put_back_in_order() -> None:
