@@ -215,7 +215,7 @@ def top_level_statements(code: str) -> list[str]:
 def split_whitespace(chunk: str, code: bool = False) -> tuple[str, str, str]:
     """(leading whitespace, text, trailing whitespace); code keeps its indentation and loses only blank lines."""
     core = chunk.strip("\n") if code else chunk.strip()
-    if not core:
+    if not core.strip():  # whitespace alone is kept as it is, never sent
         return chunk, "", ""
     start = chunk.index(core)
     return chunk[:start], core, chunk[start + len(core):]

@@ -286,6 +286,15 @@ def test_a_code_prompt_for_another_language_is_neither_parsed_nor_linted_as_pyth
     assert backend.calls == [1] and "rewrite_lint_skipped" not in result.stats
 
 
+def test_a_code_chunk_of_whitespace_alone_is_kept_as_it_is_without_a_generation() -> None:
+    source = "x = 1\n" + " " * 40 + "\n" + "y = 2\n"
+    stage, backend = scripted_stage(lambda chunk: chunk, prompt="code_rewrite", chunk_tokens=16, checks=["code_parse"])
+    backend.count_tokens = lambda texts: [len(text) for text in texts]
+    row = stage.process(batch_of([source])).kept.to_pylist()[0]
+    assert row["rewrite_status"] == "rewritten" and row["text"] == source
+    assert sum(backend.calls) == 2  # x = 1 and y = 2; the blank stretch between them is never sent
+
+
 @pytest.mark.skipif(ruff_failures(["x = 1\n"]) is None, reason="ruff is not installed")
 def test_the_lint_gate_rejects_code_that_parses_but_names_undefined_things() -> None:
     undefined = "```python\ndef area(width, height):\n    return width * heigth\n```"
