@@ -25,7 +25,7 @@ from typing import Any, Literal
 import pyarrow as pa
 import xxhash
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.stage import BatchResult, MapStage, ReduceContext, Resources, StageConfig, register
 from stages.rewrite_backends import (
@@ -74,7 +74,11 @@ class Prompt(BaseModel):
 
     @model_validator(mode="after")
     def has_text_variable(self) -> Prompt:
-        names = {match[1] or match[2] for match in string.Template.pattern.findall(self.user) if match[1] or match[2]}
+        template = string.Template(self.user)
+        if not template.is_valid():
+            raise ValueError(f"prompt {self.id}: the user template has a $ that starts no ${{name}}; write $$ for a "
+                             "literal dollar sign")
+        names = set(template.get_identifiers())
         if "text" not in names or not names <= {"text", "language"}:
             raise ValueError(f"prompt {self.id}: the user template must use ${{text}} and may use ${{language}}, got {sorted(names)}")
         return self
@@ -95,7 +99,11 @@ def load_prompt(name: str) -> Prompt:
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PROMPTS_DIR.glob("*.yaml")))
         raise ValueError(f"prompt {name!r}: no file {path} (prompts in the library: {known})")
-    return Prompt.model_validate(yaml.safe_load(path.read_text()))
+    try:
+        return Prompt.model_validate(yaml.safe_load(path.read_text()))
+    except ValidationError as error:
+        problems = "; ".join(problem["msg"].removeprefix("Value error, ") for problem in error.errors())
+        raise ValueError(f"prompt file {path}: {problems}") from None
 
 
 class RewriteConfig(StageConfig):

@@ -125,6 +125,18 @@ def test_a_prompt_without_the_text_variable_or_with_unknown_variables_is_refused
     assert RewriteConfig(model="m", prompt=str(custom)) and load_prompt(str(custom)).version == 3
 
 
+def test_a_dollar_that_is_no_placeholder_is_refused_when_the_prompt_loads(tmp_path: Path) -> None:
+    priced = tmp_path / "priced.yaml"
+    priced.write_text("id: priced\nversion: 1\nuser: 'It costs $5. Rewrite: ${text}'\n")
+    with pytest.raises(ValueError, match="write \\$\\$ for a literal") as caught:
+        load_prompt(str(priced))
+    assert str(caught.value).startswith(f"prompt file {priced}: ") and "\n" not in str(caught.value)
+    with pytest.raises(ValidationError, match="write \\$\\$ for a literal"):
+        RewriteConfig(model="m", prompt=str(priced))
+    priced.write_text("id: priced\nversion: 1\nuser: 'It costs $$5. Rewrite: ${text}'\n")
+    assert "costs $5. Rewrite: mill" in load_prompt(str(priced)).messages("mill", "English")[-1]["content"]
+
+
 # ---------------------------------------------------------------- chunking
 
 
