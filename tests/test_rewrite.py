@@ -36,7 +36,7 @@ from stages.rewrite import (
     strip_boilerplate,
     top_level_statements,
 )
-from stages.rewrite_backends import Backend, Generation, Request, SamplingSettings, TransformersBackend
+from stages.rewrite_backends import Backend, Generation, OpenAIBackend, Request, SamplingSettings, TransformersBackend
 from tests.conftest import REPO, gristmill_env, run_cli
 
 ENGLISH = [
@@ -566,6 +566,13 @@ def test_a_200_answer_that_is_no_chat_completion_fails_only_its_document(chat_se
     reasons = [row["rewrite_reason"] for row in result.kept.to_pylist()]
     assert sorted(reasons, key=str) == [None] + ["generation_error"] * 4 and bad.requests == 5
     assert len(RewriteCache(tmp_path / "part-00000.jsonl").entries) == 1  # errors are not cached
+
+
+def test_without_a_tokenizer_the_openai_backend_does_not_undercount_chinese() -> None:
+    backend = OpenAIBackend("http://127.0.0.1:9/v1", "tiny")
+    chinese, english = "老磨坊在河边矗立了两百年。" * 10, "The old mill stood by the river. " * 10
+    assert backend.count_tokens([chinese])[0] >= len(chinese)  # about a token a character, never a quarter of that
+    assert len(english) // 4 <= backend.count_tokens([english])[0] <= len(english) // 2
 
 
 # ---------------------------------------------------------------- resume after SIGKILL
