@@ -42,7 +42,8 @@ from stages.rewrite_backends import (
 
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "configs" / "prompts"
 CACHE_DIR = "rewrite_cache"
-Check = Literal["language", "length_ratio", "refusal", "boilerplate", "ngram_overlap", "code_parse", "truncated"]
+Check = Literal["language", "length_ratio", "refusal", "boilerplate", "ngram_overlap", "repetition", "code_parse",
+                "truncated"]
 ALL_CHECKS: list[Check] = list(typing.get_args(Check))
 
 OUTPUT_FIELDS = [
@@ -144,6 +145,10 @@ class RewriteConfig(StageConfig):
     ngram_size: int = Field(1, ge=1, description="Word n-gram size of the overlap check.")
     min_ngram_overlap: float = Field(
         0.3, ge=0, le=1, description="Least share of the output's distinct word n-grams that also occur in the source."
+    )
+    max_added_repetition: float = Field(
+        0.1, ge=0, le=1, description="Most share of repeated lines the output may have beyond the source's own "
+        "(small models loop: they repeat a paragraph and drop another).",
     )
     min_language_chars: int = Field(50, ge=0, description="Sources shorter than this skip the language check.")
     max_documents: int | None = Field(
@@ -290,6 +295,12 @@ def ngram_overlap(output: str, source: str, size: int) -> float:
     """Share of the output's distinct word n-grams that occur in the source (0 for an empty output)."""
     produced = word_ngrams(output, size)
     return len(produced & word_ngrams(source, size)) / len(produced) if produced else 0.0
+
+
+def repeated_line_share(text: str) -> float:
+    """Share of a text's non-blank lines that repeat an earlier line (0 for a text without lines)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return 1 - len(set(lines)) / len(lines) if lines else 0.0
 
 
 def is_refusal(output: str, source: str) -> bool:
@@ -594,6 +605,9 @@ class Rewrite(MapStage):
                 return "length_ratio"
         if "ngram_overlap" in checks and ngram_overlap(doc.text, doc.source, config.ngram_size) < config.min_ngram_overlap:
             return "ngram_overlap"
+        if "repetition" in checks and (repeated_line_share(doc.text) - repeated_line_share(doc.source)
+                                       > config.max_added_repetition):
+            return "repetition"
         return None
 
     def _language_check(self, documents: list[Document], checks: set[str], code: bool) -> None:

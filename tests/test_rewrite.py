@@ -198,12 +198,13 @@ def test_a_long_document_is_rewritten_chunk_by_chunk_and_put_back_in_order() -> 
         (lambda chunk: chunk * 5, ENGLISH[0], "length_ratio"),
         (lambda chunk: "I'm sorry, but I cannot rewrite this text. " + chunk, ENGLISH[0], "refusal"),
         (lambda chunk: ENGLISH[1], ENGLISH[0], "ngram_overlap"),
+        (lambda chunk: chunk + "\n\n" + chunk, ENGLISH[0], "repetition"),
         (lambda chunk: "Give me a diverse paraphrase of the same in high quality English language as in sentences on "
                        "Wikipedia. " + chunk, ENGLISH[0], "boilerplate"),
         (lambda chunk: Generation("", 0, 0, error="HTTP 500 after 5 attempts"), ENGLISH[0], "generation_error"),
         (lambda chunk: Generation(chunk, 60, 512, "length"), ENGLISH[0], "truncated"),
     ],
-    ids=["language", "too_short", "too_long", "refusal", "unrelated", "prompt_echo", "error", "truncated"],
+    ids=["language", "too_short", "too_long", "refusal", "unrelated", "looped", "prompt_echo", "error", "truncated"],
 )
 def test_a_failed_check_keeps_the_original_with_its_reason(answer, source: str, reason: str) -> None:
     stage, _ = scripted_stage(answer)
