@@ -254,7 +254,7 @@ def _record_failures(result: NodeResult, failures: dict[str, str], events: Event
 
 def task_resources(node: Node) -> dict[str, float]:
     """Dask worker resources a task of this node needs; only GPUs are scarce enough to ask for."""
-    gpus = node.stage.resources.gpus
+    gpus = node.stage.resources_for(node.config).gpus
     return {"GPU": gpus} if gpus else {}
 
 

@@ -103,6 +103,12 @@ class Stage(ABC):
     def __init__(self, config: StageConfig):
         self.config = config
 
+    @classmethod
+    def resources_for(cls, config: StageConfig) -> Resources:
+        """What one task needs with this config; a stage whose needs depend on its config (a GPU backend or a CPU
+        one) overrides it."""
+        return cls.resources
+
     def setup(self) -> None:
         """Load models or other expensive state; called once per worker, not per batch."""
 

@@ -439,6 +439,16 @@ class Rewrite(MapStage):
     name = "rewrite"
     Config = RewriteConfig
     resources = Resources(cpus=1, memory_gb=4)
+
+    @classmethod
+    def resources_for(cls, config: RewriteConfig) -> Resources:
+        """vLLM needs its GPUs on the worker (Dask routes the task to a worker started with `--resources GPU=N`);
+        transformers on an explicit CUDA device needs one; the server backend and CPU need none."""
+        if config.backend == "vllm":
+            return cls.resources.model_copy(update={"gpus": float(config.tensor_parallel_size)})
+        if config.backend == "transformers" and config.device.startswith("cuda"):
+            return cls.resources.model_copy(update={"gpus": 1.0})
+        return cls.resources
     needs_global_view = True  # only to learn the dataset's work folder, where the cache lives
 
     def setup(self) -> None:

@@ -651,3 +651,19 @@ def test_the_rewrite_command_line_has_one_option_per_name() -> None:
     command = cli.commands["rewrite"]
     flags = [flag for parameter in command.params for flag in parameter.opts]
     assert len(flags) == len(set(flags)) and "--request-retries" in flags and "--price-per-gpu-hour" in flags
+
+
+@pytest.mark.parametrize(("options", "gpus"), [
+    ({"backend": "vllm", "tensor_parallel_size": 2}, {"GPU": 2.0}),
+    ({"backend": "transformers", "device": "cuda:1"}, {"GPU": 1.0}),
+    ({"backend": "transformers", "device": "cpu"}, {}),
+    ({"backend": "openai", "base_url": "http://127.0.0.1:8000/v1"}, {}),
+])
+def test_gpu_backends_ask_dask_for_gpu_workers(tmp_path: Path, options: dict, gpus: dict) -> None:
+    from pipeline.graph import GraphSpec, NodeSpec, build_graph
+    from pipeline.runner import task_resources
+
+    spec = GraphSpec(name="g", stages={
+        "read": NodeSpec(stage="read_text", params={"paths": [str(tmp_path / "documents.jsonl")]}),
+        "rewrite": NodeSpec(stage="rewrite", input="read", params={"model": "m", **options})})
+    assert task_resources(build_graph(spec, "g.yaml", tmp_path / "run").node("rewrite")) == gpus
