@@ -321,6 +321,7 @@ def run_sweep(config: SweepConfig, output: str | Path, executor: Any = None,
     prior = natural_prior(config, available)
     caps = weight_caps(config, available)
     mixtures = sample_mixtures(config, prior, caps)
+    simulated_mixtures(config, prior, caps)  # caps too tight for the predictors' search fail now, not after training
     runs = prepare_runs(config, output, mixtures)
     executor = executor or InProcessExecutor()
     resources = {"GPU": config.gpus_per_run} if config.gpus_per_run else None
