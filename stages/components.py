@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import polars as pl
@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.dataset import TEMP_MARK, write_json_atomic
-from pipeline.stage import BatchResult
+from pipeline.stage import BatchResult, MapStage
 
 ROW_BITS = 32
 MAX_PARTITIONS = 32
@@ -335,19 +335,25 @@ def removal_path(directory: Path, shard_name: str) -> Path:
     return directory / "removals" / f"{shard_name}.parquet"
 
 
-def load_removals(directory: Path, shard_name: str) -> pa.Table:
-    path = removal_path(directory, shard_name)
-    return pq.read_table(path) if path.exists() else REMOVAL_SCHEMA.empty_table()
+class RemovesClusterMembers(MapStage):
+    """A dedup stage whose reduce wrote, per shard, the rows that lose to their cluster's survivor (see
+    `remove_non_survivors`); each shard rejects those rows with `removal_reason` and the survivor's id."""
 
+    removal_reason: ClassVar[str]
 
-def split_removed(batch: pa.RecordBatch, removals: pa.Table, first_row: int, reason: str) -> BatchResult:
-    """Reject this batch's rows found in the shard's removal list, with the survivor's id as detail."""
-    rows = removals.column("row").to_numpy().astype(np.int64) - first_row
-    inside = (rows >= 0) & (rows < batch.num_rows)
-    positions = rows[inside]
-    reasons = np.full(batch.num_rows, None, object)
-    details = np.full(batch.num_rows, None, object)
-    reasons[positions] = reason
-    details[positions] = np.asarray(removals.column("survivor_id").to_pylist(), object)[inside]
-    return BatchResult.split(batch, pa.array(reasons, pa.string()), pa.array(details, pa.string()))
+    def bind(self, global_view: str, shard_name: str) -> None:
+        super().bind(global_view, shard_name)
+        path = removal_path(Path(global_view), shard_name)
+        self.removals = pq.read_table(path) if path.exists() else REMOVAL_SCHEMA.empty_table()
+        self.next_row = 0
+
+    def process(self, batch: pa.RecordBatch) -> BatchResult:
+        rows = self.removals.column("row").to_numpy().astype(np.int64) - self.next_row
+        self.next_row += batch.num_rows
+        inside = (rows >= 0) & (rows < batch.num_rows)
+        reasons = np.full(batch.num_rows, None, object)
+        details = np.full(batch.num_rows, None, object)
+        reasons[rows[inside]] = self.removal_reason
+        details[rows[inside]] = np.asarray(self.removals.column("survivor_id").to_pylist(), object)[inside]
+        return BatchResult.split(batch, pa.array(reasons, pa.string()), pa.array(details, pa.string()))
 

@@ -16,14 +16,13 @@ import pyarrow.compute as pc
 import xxhash
 from pydantic import Field
 
-from pipeline.stage import BatchResult, MapStage, ReduceContext, StageConfig, register
+from pipeline.stage import ReduceContext, StageConfig, register
 from stages.components import (
+    RemovesClusterMembers,
     SURVIVOR_PATTERN,
-    load_removals,
     outputs_exist,
     partition_count,
     remove_non_survivors,
-    split_removed,
     summary_documents,
     survivor_priority,
     write_partitioned,
@@ -52,10 +51,11 @@ def text_hashes(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 
 @register
-class ExactDedup(MapStage):
+class ExactDedup(RemovesClusterMembers):
     """Remove documents whose normalised text equals an earlier-chosen survivor's."""
 
     name = "exact_dedup"
+    removal_reason = "exact_duplicate"
     Config = ExactDedupConfig
     needs_global_view = True
 
@@ -83,15 +83,6 @@ class ExactDedup(MapStage):
                              context.run)
         return str(directory)
 
-    def bind(self, global_view: str, shard_name: str) -> None:
-        super().bind(global_view, shard_name)
-        self.removals = load_removals(Path(global_view), shard_name)
-        self.next_row = 0
-
-    def process(self, batch: pa.RecordBatch) -> BatchResult:
-        result = split_removed(batch, self.removals, self.next_row, "exact_duplicate")
-        self.next_row += batch.num_rows
-        return result
 
 
 @dataclass(frozen=True)

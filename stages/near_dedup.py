@@ -22,13 +22,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from pipeline.stage import BatchResult, MapStage, ReduceContext, Resources, StageConfig, register
+from pipeline.stage import ReduceContext, Resources, StageConfig, register
 from stages.components import (
+    RemovesClusterMembers,
     SURVIVOR_PATTERN,
     MembersTask,
     connected_components,
     gather_members,
-    load_removals,
     node_keys,
     outputs_exist,
     partition_count,
@@ -37,7 +37,6 @@ from stages.components import (
     read_frames,
     remove_non_survivors,
     shards_of_partition,
-    split_removed,
     survivor_priority,
     write_parquet_atomic,
     write_partitioned,
@@ -75,10 +74,11 @@ def band_column(band: int) -> str:
 
 
 @register
-class NearDedup(MapStage):
+class NearDedup(RemovesClusterMembers):
     """Remove near-duplicate documents (MinHash LSH), keeping one survivor per cluster."""
 
     name = "near_dedup"
+    removal_reason = "near_duplicate"
     Config = NearDedupConfig
     needs_global_view = True
     resources = Resources(cpus=1, memory_gb=2)
@@ -140,15 +140,6 @@ class NearDedup(MapStage):
                              context.run)
         return str(directory)
 
-    def bind(self, global_view: str, shard_name: str) -> None:
-        super().bind(global_view, shard_name)
-        self.removals = load_removals(Path(global_view), shard_name)
-        self.next_row = 0
-
-    def process(self, batch: pa.RecordBatch) -> BatchResult:
-        result = split_removed(batch, self.removals, self.next_row, "near_duplicate")
-        self.next_row += batch.num_rows
-        return result
 
 
 @dataclass(frozen=True)
