@@ -16,7 +16,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow.compute as pc
@@ -24,6 +24,8 @@ import pyarrow.parquet as pq
 import xxhash
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 PLAN_FORMAT = "gristmill.mixture_plan"
 PLAN_HEADER = "plan.json"
@@ -81,21 +83,25 @@ class Mixture(BaseModel):
         return values
 
 
+def validated_yaml(path: Path, model: type[ModelT], error: type[Exception]) -> ModelT:
+    """A YAML file validated into `model`; any problem is `error` with one line naming the file and field."""
+    try:
+        return model.model_validate(yaml.safe_load(path.read_text()))
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except yaml.YAMLError as problem:
+        raise error(f"{path}: not valid YAML ({getattr(problem, 'problem', problem)})") from None
+    except ValidationError as problem:
+        first = problem.errors()[0]
+        location = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+        raise error(f"{path}: {location}: {message}") from None
+
+
 def load_mixture(path: str | Path) -> tuple[Mixture, Path]:
     """Read and validate a mixture YAML; returns it and the directory its relative paths start from."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-        return Mixture.model_validate(raw), path.parent
-    except FileNotFoundError:
-        raise MixtureError(f"{path}: no such file") from None
-    except yaml.YAMLError as error:
-        raise MixtureError(f"{path}: not valid YAML ({getattr(error, 'problem', error)})") from None
-    except ValidationError as error:
-        first = error.errors()[0]
-        location = ".".join(str(part) for part in first["loc"]) or "(top level)"
-        message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
-        raise MixtureError(f"{path}: {location}: {message}") from None
+    return validated_yaml(path, Mixture, MixtureError), path.parent
 
 
 @dataclass

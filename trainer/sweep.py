@@ -16,10 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pipeline.mixture import Component, Mixture, compile_plan, load_pool, selection_mask, write_plan
+from pipeline.mixture import (
+    Component,
+    Mixture,
+    compile_plan,
+    load_pool,
+    selection_mask,
+    validated_yaml,
+    write_plan,
+)
 from trainer.config import PER_RUN, TrainConfig
 from trainer.predict import PredictConfig
 
@@ -123,17 +130,7 @@ class SweepConfig(BaseModel):
 def load_sweep(path: str | Path) -> SweepConfig:
     """Read and validate a sweep YAML; data and held-out paths are made absolute (relative to the file)."""
     path = Path(path)
-    try:
-        config = SweepConfig.model_validate(yaml.safe_load(path.read_text()))
-    except FileNotFoundError:
-        raise SweepError(f"{path}: no such file") from None
-    except yaml.YAMLError as error:
-        raise SweepError(f"{path}: not valid YAML ({getattr(error, 'problem', error)})") from None
-    except ValidationError as error:
-        first = error.errors()[0]
-        location = ".".join(str(part) for part in first["loc"]) or "(top level)"
-        message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
-        raise SweepError(f"{path}: {location}: {message}") from None
+    config = validated_yaml(path, SweepConfig, SweepError)
     base = path.parent.resolve()
     return config.model_copy(update={"data": [str(base / item) for item in config.data],
                                      "heldout": {name: str(base / item) for name, item in config.heldout.items()}})
