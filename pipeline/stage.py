@@ -117,8 +117,17 @@ class Stage(ABC):
         return input_schema
 
 
+# A source stage counts the documents an input holds by a check independent of its parser (WARC
+# headers found by a byte scan, newline-separated lines) and reports it under this stats key; the
+# runner then uses it as the shard's rows_in, so a record the parser swallowed breaks the ledger
+# invariant instead of vanishing.
+INPUT_DOCUMENTS_STAT = "input_documents"
+
+
 class SourceStage(Stage):
-    """Reads external files into documents; each input file becomes one output shard."""
+    """Reads external files into documents; each input file becomes one output shard.
+
+    `read` should report `INPUT_DOCUMENTS_STAT` in its batch stats (summed over the file)."""
 
     Config: ClassVar[type[SourceConfig]] = SourceConfig
 

@@ -31,7 +31,7 @@ from pipeline.dataset import (
     iter_parquet_batches,
     write_json_atomic,
 )
-from pipeline.stage import BatchResult, MapStage, SourceStage, Stage, stage_class
+from pipeline.stage import INPUT_DOCUMENTS_STAT, BatchResult, MapStage, SourceStage, Stage, stage_class
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,9 @@ def _execute(task: ShardTask) -> ShardRecord:
         raise
 
     if isinstance(stage, SourceStage):
-        rows_in, text_in = documents_out + sum(rejected.values()), text_out
+        # The independent count when the source gives one; otherwise the invariant holds by construction.
+        rows_in = int(stats.get(INPUT_DOCUMENTS_STAT, documents_out + sum(rejected.values())))
+        text_in = text_out
     else:
         rows_in, text_in = counted_input
     if rows_in != documents_out + sum(rejected.values()):
