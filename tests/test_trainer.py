@@ -391,3 +391,30 @@ def test_train_command_reports_bad_settings_in_one_line(corpus, tmp_path):
                                                "--tokens-per-step", "100"])
     assert uneven.exit_code == 2
     assert "tokens_per_step 100 is not a multiple of the longest bucket, 128 tokens" in uneven.output
+
+
+def test_train_command_trains_every_model_size_by_name(corpus, tmp_path):
+    """`--model` is a config field; the command once passed it twice and crashed with a TypeError for any size."""
+    cli = {command.name: command for command in commands}
+    result = CliRunner().invoke(cli["train"], [
+        "--model", "20M", "--data", str(corpus["clean"]), "--output", str(tmp_path / "run"), "--steps", "1",
+        "--tokens-per-step", "512", "--warmup-steps", "0", "--eval-tokens", "256",
+    ])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["config"]["model"] == "20M" and len(metrics["history"]) == 1
+    unknown = CliRunner().invoke(cli["train"], ["--model", "7B", "--data", str(corpus["clean"]),
+                                                "--output", str(tmp_path / "other")])
+    assert unknown.exit_code == 2 and "unknown model '7B'" in unknown.output
+
+
+def test_train_command_refuses_a_vocabulary_smaller_than_the_data_in_one_line(corpus, tmp_path):
+    cli = {command.name: command for command in commands}
+    largest = max(int(np.fromfile(path, np.uint16).max()) for path in corpus["clean"].glob("*.bin"))
+    assert largest >= 100
+    result = CliRunner().invoke(cli["train"], ["--vocab-size", "100", "--data", str(corpus["clean"]),
+                                               "--output", str(tmp_path / "run"), "--tokens-per-step", "512"])
+    assert result.exit_code == 2
+    assert result.output.strip() == (f"error: --vocab-size 100 is too small for the data: its largest token id is "
+                                     f"{largest}; give at least {largest + 1} or leave it out")
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()

@@ -63,9 +63,11 @@ def given(options: dict[str, Any]) -> dict[str, Any]:
             for name, value in options.items() if value is not None and value != ()}
 
 
-def build(model: type[BaseModel], **values: Any) -> Any:
+def build(config_type: type[BaseModel], /, **values: Any) -> Any:
+    """The config from command-line values, or one line naming the option; positional-only, so a field may be
+    called anything (`--model` once collided with this parameter)."""
     try:
-        return model(**values)
+        return config_type(**values)
     except ValidationError as error:
         first = error.errors()[0]
         location = "--" + "-".join(str(part) for part in first["loc"]).replace("_", "-") if first["loc"] else "options"

@@ -82,11 +82,17 @@ class Plan:
 
     def vocabulary_size(self) -> int:
         """The tokenizer's vocabulary when recorded, else the largest token id + 1; rounded up to 64 for speed."""
-        if self.tokenizer:
-            size = int(self.tokenizer["vocab_size"])
-        else:
-            size = 1 + max(int(dataset.tokens.max()) for dataset in self.files if len(dataset.tokens))
+        size = int(self.tokenizer["vocab_size"]) if self.tokenizer else 1 + largest_token_id(self.files)
         return 64 * math.ceil(size / 64)
+
+
+def largest_token_id(datasets: list[IndexedDataset]) -> int:
+    """The largest token id in the datasets (-1 when they are empty), read in chunks so any size fits in memory."""
+    largest = -1
+    for dataset in datasets:
+        for start in range(0, len(dataset.tokens), 1 << 24):
+            largest = max(largest, int(dataset.tokens[start:start + (1 << 24)].max()))
+    return largest
 
 
 def shuffled_plan(paths: list[str], seed: int) -> Plan:

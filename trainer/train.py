@@ -28,6 +28,7 @@ from trainer.data import (
     DecomposedBatcher,
     Plan,
     held_out_windows,
+    largest_token_id,
     load_mixture_plan,
     shuffled_plan,
 )
@@ -76,6 +77,13 @@ def peak_memory_bytes(device: torch.device) -> tuple[int, str]:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device), "cuda max_memory_allocated"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
+
+
+def check_vocabulary(vocab_size: int, largest: int, what: str) -> None:
+    """A token id past the embedding table would end in an IndexError deep inside torch; name the option instead."""
+    if largest >= vocab_size:
+        raise ValueError(f"--vocab-size {vocab_size} is too small for {what}: its largest token id is {largest}; "
+                         f"give at least {largest + 1} or leave it out")
 
 
 class HeldOut:
@@ -174,6 +182,9 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     if np.any(rows_per_step % world):
         raise ValueError(f"rows per step {rows_per_step.tolist()} must divide evenly over {world} processes")
     vocab_size = config.vocab_size or plan.vocabulary_size()
+    recorded_vocabulary = int(plan.tokenizer["vocab_size"]) if plan.tokenizer else None
+    if config.vocab_size and (recorded_vocabulary is None or config.vocab_size < recorded_vocabulary):
+        check_vocabulary(config.vocab_size, largest_token_id(plan.files), "the data")  # a full scan, only when in doubt
     model_config = GPTConfig.named(config.model, vocab_size, max_seq_len=longest)
 
     torch.manual_seed(config.seed)
@@ -210,6 +221,8 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16)
 
     held_out = [HeldOut(name, prefix, longest, config.eval_tokens) for name, prefix in config.heldout.items()] if rank == 0 else []
+    for held in held_out:
+        check_vocabulary(vocab_size, int(held.inputs.max()) if held.inputs.numel() else -1, f"held-out set {held.name}")
     # Held-out rows are document-masked: a pass holds rows × T² mask booleans, kept under 256 MiB.
     eval_rows = max(1, min((config.micro_batch_tokens or config.tokens_per_step) // longest, (1 << 28) // longest**2))
 
