@@ -34,6 +34,14 @@ from classifiers.fasttext_model import (
     model_card,
     train_fasttext,
 )
+from classifiers.holdout import (
+    AUTOMATIC_GROUP_COLUMNS,
+    VALIDATION_SEED,
+    HoldoutGroups,
+    holdout_groups,
+    holdout_mask,
+    key_columns,
+)
 from classifiers.preprocess import PREPROCESSING, tokenize
 from classifiers.seed_selection import SeedCandidate, TrainerProxyRunner, select_seed_set
 from pipeline.dataset import file_checksum
@@ -44,7 +52,6 @@ EVALUATION_DIR = "evaluation"
 COMPARISONS = {"==": pc.equal, "!=": pc.not_equal, "<": pc.less, "<=": pc.less_equal, ">": pc.greater,
                ">=": pc.greater_equal}
 SYMBOLS = {ast.Eq: "==", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.In: "in"}
-HOLDOUT_SEED, VALIDATION_SEED = 0, 1
 
 
 @dataclass(frozen=True)
@@ -170,12 +177,6 @@ def read_documents(path: str, where: str | None, columns: list[str], role: str) 
     return table.select(columns), record
 
 
-def holdout_mask(texts: pa.Array, fraction: float, seed: int = HOLDOUT_SEED) -> np.ndarray:
-    """Deterministic split by a hash of the text, so copies of one text never straddle train and test."""
-    cut = int(fraction * 2**32)
-    return np.fromiter((xxhash.xxh32_intdigest(text.encode(), seed=seed) < cut for text in texts.to_pylist()), bool, len(texts))
-
-
 def cap_per_label(labels: np.ndarray, texts: pa.Array, limit: int | None) -> np.ndarray:
     """Rows to keep so that no label has more than `limit` documents: those with the smallest text hashes."""
     keep = np.ones(len(labels), bool)
@@ -201,10 +202,13 @@ def evaluate_classifier(classifier: FastTextClassifier, tokens: pa.ListArray, tr
 
 
 def train_classifier(texts: pa.Array, labels: np.ndarray, parameters: TrainingParameters, output: Path,
-                     inputs: list[dict[str, Any]], holdout_fraction: float, binary: bool) -> dict[str, Any]:
-    """Split, train (with NaN retries), evaluate on the held-out split and write model, card and report."""
-    held_out = holdout_mask(texts, holdout_fraction)
-    validation = holdout_mask(texts, 0.1, VALIDATION_SEED) & ~held_out if parameters.autotune_seconds else None
+                     inputs: list[dict[str, Any]], holdout_fraction: float, binary: bool,
+                     groups: HoldoutGroups | None = None) -> dict[str, Any]:
+    """Split by group (default: by text), train (with NaN retries), evaluate on the held-out split and write
+    model, card and report."""
+    groups = groups or holdout_groups(texts, pa.table({}))
+    held_out = holdout_mask(groups.keys, holdout_fraction)
+    validation = holdout_mask(groups.keys, 0.1, VALIDATION_SEED) & ~held_out if parameters.autotune_seconds else None
     training = ~held_out if validation is None else ~held_out & ~validation
     tokens = tokenize(texts)
     train_tokens, train_labels = tokens.filter(pa.array(training)), labels[training].tolist()
@@ -218,7 +222,7 @@ def train_classifier(texts: pa.Array, labels: np.ndarray, parameters: TrainingPa
     metrics = None
     if held_out.any():
         metrics = evaluate_classifier(classifier, tokens.filter(pa.array(held_out)), labels[held_out],
-                                      POSITIVE if binary else None)
+                                      POSITIVE if binary else None) | {"holdout": groups.describe()}
         write_evaluation(metrics, output / EVALUATION_DIR, f"Held-out evaluation of {output.name}")
 
     def counts(mask: np.ndarray) -> dict[str, int]:
@@ -239,6 +243,7 @@ def train_classifier(texts: pa.Array, labels: np.ndarray, parameters: TrainingPa
         "training_data": {
             "inputs": inputs,
             "holdout_fraction": holdout_fraction,
+            "holdout": groups.describe(),
             "documents": {"train": counts(training), "held_out": counts(held_out)}
             | ({"validation": counts(validation)} if validation is not None else {}),
             "text_bytes": int(pc.sum(pc.binary_length(texts)).as_py() or 0),
@@ -263,26 +268,29 @@ def _version(distribution: str) -> str | None:
 
 def labelled_examples(positive: tuple[str, ...], positive_where: str | None, negative: tuple[str, ...],
                       negative_where: str | None, data: tuple[str, ...], data_where: str | None,
-                      label_column: str | None, rules: str | None, text_column: str) -> tuple[pa.Array, np.ndarray, list, bool]:
-    """Texts, labels and provenance from either positive/negative inputs (binary) or labelled data (multi-class)."""
+                      label_column: str | None, rules: str | None, text_column: str,
+                      group_columns: tuple[str, ...] = ()) -> tuple[pa.Array, np.ndarray, list, bool, pa.Table]:
+    """Texts, labels, provenance and the `group_columns` (for the held-out split) from either positive/negative
+    inputs (binary) or labelled data (multi-class)."""
     binary = bool(positive or negative)
     if binary == bool(data):
         raise click.UsageError("give either --positive and --negative (binary) or --data (multi-class)")
-    texts, labels, inputs = [], [], []
+    texts, labels, inputs, groups = [], [], [], []
     if binary:
         if not (positive and negative):
             raise click.UsageError("a binary classifier needs both --positive and --negative inputs")
         for role, paths, where in ((POSITIVE, positive, positive_where), (NEGATIVE, negative, negative_where)):
             for path in paths:
-                table, record = read_documents(path, where, [text_column], role)
+                table, record = read_documents(path, where, list(dict.fromkeys([text_column, *group_columns])), role)
                 texts.append(table.column(text_column))
+                groups.append(key_columns(table, group_columns))
                 labels.append(np.full(table.num_rows, role, object))
                 inputs.append(record)
     else:
         if (label_column is None) == (rules is None):
             raise click.UsageError("--data needs exactly one of --label-column and --rules")
         domain_rules = load_rules(rules) if rules else None
-        columns = [text_column, label_column] if label_column else [text_column, "url"]
+        columns = list(dict.fromkeys([text_column, label_column or "url", *group_columns]))
         for path in data:
             table, record = read_documents(path, data_where, columns, "data")
             if domain_rules:
@@ -296,11 +304,13 @@ def labelled_examples(positive: tuple[str, ...], positive_where: str | None, neg
             names, numbers = np.unique(found, return_counts=True)
             record["labels"] = {str(name): int(number) for name, number in zip(names, numbers)}
             texts.append(table.column(text_column))
+            groups.append(key_columns(table, group_columns))
             labels.append(found)
             inputs.append(record)
     chunks = [chunk.cast(pa.string()) for column in texts for chunk in column.chunks]
     all_texts = pa.chunked_array(chunks, pa.string()).combine_chunks()
-    return all_texts, np.concatenate(labels), inputs, binary
+    group_table = pa.concat_tables(groups, promote_options="permissive") if group_columns else pa.table({})
+    return all_texts, np.concatenate(labels), inputs, binary, group_table
 
 
 def data_options(command):
@@ -340,7 +350,10 @@ def classifier_group() -> None:
 @data_options
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="Classifier directory to write.")
 @click.option("--holdout", type=click.FloatRange(0, 0.9), default=0.1, show_default=True,
-              help="Share of documents held out for evaluation (by text hash).")
+              help="Share of documents held out for evaluation.")
+@click.option("--holdout-group", metavar="COLUMN", default=None,
+              help="Documents sharing a value of this column stay on one side of the split "
+                   "[default: url, else id, else the text].")
 @click.option("--max-per-label", type=click.IntRange(min=1), default=None,
               help="Use at most this many documents per label (those with the smallest text hashes).")
 @click.option("--epoch", type=click.IntRange(min=1), default=5, show_default=True, help="fastText epochs.")
@@ -354,17 +367,19 @@ def classifier_group() -> None:
 @click.option("--seed", type=click.IntRange(min=1), default=1, show_default=True, help="Seed of the first attempt.")
 @click.option("--autotune", "autotune_seconds", type=click.IntRange(min=1), default=None, metavar="SECONDS",
               help="Let fastText search hyperparameters for this long on a validation split.")
-def train(output: str, holdout: float, max_per_label: int | None, text_column: str, positive: tuple[str, ...],
-          positive_where: str | None, negative: tuple[str, ...], negative_where: str | None, data: tuple[str, ...],
-          data_where: str | None, label_column: str | None, rules: str | None, **hyperparameters: Any) -> None:
+def train(output: str, holdout: float, holdout_group: str | None, max_per_label: int | None, text_column: str,
+          positive: tuple[str, ...], positive_where: str | None, negative: tuple[str, ...], negative_where: str | None,
+          data: tuple[str, ...], data_where: str | None, label_column: str | None, rules: str | None, **hyperparameters: Any) -> None:
     """Train a classifier and write OUTPUT/model.bin, OUTPUT/model_card.json and OUTPUT/evaluation/."""
     try:
         parameters = TrainingParameters(**{k: v for k, v in hyperparameters.items() if v is not None})
-        texts, labels, inputs, binary = labelled_examples(positive, positive_where, negative, negative_where, data,
-                                                          data_where, label_column, rules, text_column)
+        texts, labels, inputs, binary, candidates = labelled_examples(
+            positive, positive_where, negative, negative_where, data, data_where, label_column, rules, text_column,
+            (holdout_group,) if holdout_group else AUTOMATIC_GROUP_COLUMNS)
         keep = cap_per_label(labels, texts, max_per_label)
-        card = train_classifier(texts.filter(pa.array(keep)), labels[keep], parameters, Path(output), inputs,
-                                holdout, binary)
+        texts, labels, candidates = texts.filter(pa.array(keep)), labels[keep], candidates.filter(pa.array(keep))
+        card = train_classifier(texts, labels, parameters, Path(output), inputs, holdout, binary,
+                                holdout_groups(texts, candidates, holdout_group))
     except (ValueError, ValidationError, OSError) as error:
         fail(str(error))
     documents = card["training_data"]["documents"]
@@ -374,7 +389,8 @@ def train(output: str, holdout: float, max_per_label: int | None, text_column: s
     metrics = card["metrics"]
     if metrics:
         headline = ("roc_auc", "f1", "precision", "recall") if binary else ("accuracy", "macro_f1")
-        click.echo("held-out " + ", ".join(f"{key} {metrics[key]:.4f}" for key in headline if metrics[key] is not None)
+        click.echo(f"held-out (split by {metrics['holdout']['group']}) "
+                   + ", ".join(f"{key} {metrics[key]:.4f}" for key in headline if metrics[key] is not None)
                    + f": {output}/{EVALUATION_DIR}/metrics.md")
 
 
@@ -392,8 +408,8 @@ def evaluate(model: str, output: str, positive_label: str | None, threshold: flo
     """Evaluate a classifier on held-out documents: precision, recall, F1, ROC-AUC, calibration, confusion."""
     try:
         classifier = FastTextClassifier.load(model)
-        texts, labels, _, binary = labelled_examples(positive, positive_where, negative, negative_where, data,
-                                                     data_where, label_column, rules, text_column)
+        texts, labels, _, binary, _ = labelled_examples(positive, positive_where, negative, negative_where, data,
+                                                        data_where, label_column, rules, text_column)
         if binary:
             card = model_card(model) or {}
             positive_label = positive_label or card.get("positive_label")

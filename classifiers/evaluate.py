@@ -187,6 +187,11 @@ def metrics_markdown(metrics: dict[str, Any], title: str) -> str:
                   "| label | support | precision | recall | F1 | ROC-AUC |", "|---|---:|---:|---:|---:|---:|"]
         lines += [f"| {label} | " + " | ".join(_number(row[key]) for key in ("support", "precision", "recall", "f1", "roc_auc"))
                   + " |" for label, row in metrics["per_class"].items()]
+    if "holdout" in metrics:
+        holdout = metrics["holdout"]
+        lines += ["", f"Held out by {holdout['group']}: documents sharing one stay on the same side of the split"
+                  + (f"; {holdout['documents_split_by_text_hash']} without one were split by their text hash."
+                     if holdout["group"] != "text hash" and holdout["documents_split_by_text_hash"] else ".")]
     confusion = metrics["confusion_matrix"]
     lines += ["", "## Confusion matrix (rows: truth, columns: prediction)", "",
               "| | " + " | ".join(confusion["labels"]) + " |", "|---|" + "---:|" * len(confusion["labels"])]

@@ -23,6 +23,7 @@ from classifiers.cli import classifier_group, parse_where, read_documents, train
 from classifiers.domain import DomainRules, load_rules, seed_labels
 from classifiers.evaluate import binary_metrics, multiclass_metrics, roc_auc, score_distribution, write_evaluation
 from classifiers.fasttext_model import FastTextClassifier, TrainingParameters, fnv1a_hashes, train_fasttext
+from classifiers.holdout import holdout_groups, holdout_mask
 from classifiers.preprocess import fasttext_lines, tokenize
 from classifiers.seed_selection import SeedCandidate, select_seed_set
 from pipeline.sample import write_sample
@@ -91,9 +92,7 @@ def quality_corpus(paragraphs: list[str], seed: int = 0) -> tuple[list[str], np.
 
 def held_out_auc_by_kind(card_dir: Path, texts: list[str], kinds: np.ndarray) -> dict[str, float]:
     """ROC-AUC of prose against each negative kind, on the documents the trainer held out."""
-    from classifiers.cli import holdout_mask
-
-    held = holdout_mask(pa.array(texts), 0.2)
+    held = holdout_mask(holdout_groups(pa.array(texts), pa.table({})).keys, 0.2)
     classifier = FastTextClassifier.load(card_dir)
     scores = classifier.predict(tokenize([text for text, keep in zip(texts, held) if keep]))
     scores = scores[:, classifier.labels.index("positive")]
@@ -573,6 +572,68 @@ def test_cli_reports_a_bad_filter_without_a_traceback(tmp_path: Path, sample_pag
         "train", "--positive", str(sample_pages), "--positive-where", "kind = 'prose'", "--negative", str(sample_pages),
         "--output", str(tmp_path / "m")])
     assert result.exit_code == 2 and "error: cannot read filter" in result.output
+
+
+def paired_pages(paragraphs: list[str], directory: Path) -> tuple[Path, Path]:
+    """Pages and their shuffled copies, one JSONL file each; a page and its copy share url and id."""
+    rng = random.Random(3)
+    pages = [{"id": f"page-{index}", "url": f"https://example.org/{index}", "text": "\n\n".join(paragraphs[index:index + 2])}
+             for index in range(0, 400, 2)]
+    copies = [page | {"text": shuffled_page(rng, page["text"])} for page in pages]
+    for name, rows in (("pages.jsonl", pages), ("shuffled.jsonl", copies)):
+        (directory / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return directory / "pages.jsonl", directory / "shuffled.jsonl"
+
+
+def test_holdout_keeps_a_page_and_its_paired_negative_on_one_side(tmp_path: Path, paragraphs: list[str]) -> None:
+    positives, negatives = paired_pages(paragraphs, tmp_path)
+    result = CliRunner().invoke(classifier_group, [
+        "train", "--positive", str(positives), "--negative", str(negatives), "--output", str(tmp_path / "m"),
+        "--holdout", "0.3", "--epoch", "5", "--dim", "8", "--bucket", "10000", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert "held-out (split by url)" in result.output
+    card = json.loads((tmp_path / "m" / "model_card.json").read_text())
+    assert card["training_data"]["holdout"] == {"group": "url", "documents_split_by_text_hash": 0}
+    held_out = card["training_data"]["documents"]["held_out"]
+    assert 30 < held_out["positive"] == held_out["negative"] < 100
+    metrics = json.loads((tmp_path / "m" / "evaluation" / "metrics.json").read_text())
+    assert metrics["holdout"]["group"] == "url"
+    assert "Held out by url" in (tmp_path / "m" / "evaluation" / "metrics.md").read_text()
+
+    texts = [json.loads(line)["text"] for path in (positives, negatives) for line in path.read_text().splitlines()]
+    urls = [json.loads(line)["url"] for path in (positives, negatives) for line in path.read_text().splitlines()]
+    by_url = holdout_mask(holdout_groups(pa.array(texts), pa.table({"url": urls})).keys, 0.3)
+    sides = {}
+    for url, held in zip(urls, by_url):
+        assert sides.setdefault(url, held) == held
+    by_text = holdout_mask(holdout_groups(pa.array(texts), pa.table({})).keys, 0.3)
+    assert any(by_text[index] != by_text[index + 200] for index in range(200))
+
+
+def test_holdout_group_column_falls_back_to_text_and_names_a_missing_column(tmp_path: Path) -> None:
+    texts = pa.array(["one page", "its copy", "a page without a url"])
+    groups = holdout_groups(texts, pa.table({"url": ["https://a.org/", "https://a.org/", None],
+                                             "id": ["1", "2", "3"]}))
+    assert groups.column == "url" and groups.text_fallbacks == 1
+    assert groups.keys.to_pylist() == ["https://a.org/", "https://a.org/", "a page without a url"]
+    assert holdout_groups(texts, pa.table({"url": pa.nulls(3, pa.string()), "id": ["1", "1", "2"]})).column == "id"
+    assert holdout_groups(texts, pa.table({"url": pa.nulls(3, pa.string())})).column == "text hash"
+    with pytest.raises(ValueError, match="--holdout-group site: no document has a value in column 'site'"):
+        holdout_groups(texts, pa.table({"site": pa.nulls(3, pa.string())}), "site")
+
+
+def test_cli_splits_by_a_chosen_column_and_names_one_no_input_has(tmp_path: Path, paragraphs: list[str]) -> None:
+    positives, negatives = paired_pages(paragraphs, tmp_path)
+    common = ["train", "--positive", str(positives), "--negative", str(negatives), "--epoch", "2", "--dim", "8",
+              "--bucket", "1000", "--threads", "1"]
+    result = CliRunner().invoke(classifier_group, [*common, "--output", str(tmp_path / "m"), "--holdout-group", "id"])
+    assert result.exit_code == 0, result.output
+    card = json.loads((tmp_path / "m" / "model_card.json").read_text())
+    held_out = card["training_data"]["documents"]["held_out"]
+    assert card["training_data"]["holdout"]["group"] == "id" and held_out["positive"] == held_out["negative"]
+    result = CliRunner().invoke(classifier_group, [*common, "--output", str(tmp_path / "n"), "--holdout-group", "site"])
+    assert result.exit_code == 2 and "error: --holdout-group site: no document has a value in column 'site'" in result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 def test_model_card_paths_stay_loadable(small_model, tmp_path: Path) -> None:
