@@ -29,19 +29,19 @@ demo: $(VENV)/.installed
 		--negative $(DEMO_DIR)/sample/pages.jsonl --negative-where 'kind in ["spam", "low_quality"]' \
 		--epoch 25 --lr 0.5 --output $(DEMO_DIR)/quality_model
 	$(BIN)/gristmill run configs/quickstart.yaml --output $(DEMO_DIR)
-	$(BIN)/gristmill tokenizer train $(DEMO_DIR)/clean --vocab-size 4096 --output $(DEMO_DIR)/tokenizer
+	$(BIN)/gristmill tokenizer train --input $(DEMO_DIR)/clean --vocab-size 4096 --output $(DEMO_DIR)/tokenizer
 	$(BIN)/gristmill tokenizer eval --tokenizer demo-4k=$(DEMO_DIR)/tokenizer --tokenizer tiktoken:cl100k_base \
-		--dataset $(DEMO_DIR)/clean --output $(DEMO_DIR)/tokenizer_eval
+		--input $(DEMO_DIR)/clean --output $(DEMO_DIR)/tokenizer_eval
 	$(BIN)/gristmill run configs/quickstart-tokens.yaml --output $(DEMO_DIR)
-	$(BIN)/gristmill export $(DEMO_DIR)/buckets --output $(DEMO_DIR)/shards
-	$(BIN)/gristmill mix configs/quickstart-mixture.yaml --data $(DEMO_DIR)/shards --output $(DEMO_DIR)/plan
+	$(BIN)/gristmill export --input $(DEMO_DIR)/buckets --output $(DEMO_DIR)/shards
+	$(BIN)/gristmill mix --input configs/quickstart-mixture.yaml --data $(DEMO_DIR)/shards --output $(DEMO_DIR)/plan
 	@if $(BIN)/python -c 'import sys; from stages.rewrite_backends import main; sys.exit(main(sys.argv[1:]))' \
 			export-smollm2 $(DEMO_DIR)/smollm2; then \
 		$(BIN)/gristmill rewrite --input $(DEMO_DIR)/clean --output $(DEMO_DIR)/rewrite --model $(DEMO_DIR)/smollm2 \
 			--max-documents 4 --max-new-tokens 256 --temperature 0 --executor inprocess \
-		&& $(BIN)/gristmill inspect $(DEMO_DIR)/rewrite --sample 4; \
+		&& $(BIN)/gristmill inspect --input $(DEMO_DIR)/rewrite --sample 4; \
 	fi
-	$(BIN)/gristmill report $(DEMO_DIR) --output $(DEMO_DIR)/report
+	$(BIN)/gristmill report --input $(DEMO_DIR) --output $(DEMO_DIR)/report
 	@echo "demo outputs: $(DEMO_DIR)/ (one dataset per stage; run summary $(DEMO_DIR)/_summary.json," \
 		"token buckets $(DEMO_DIR)/shards, mixture plan $(DEMO_DIR)/plan)"
 	@echo "run report: $(DEMO_DIR)/report/report.html"

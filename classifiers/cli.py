@@ -44,6 +44,7 @@ from classifiers.holdout import (
 )
 from classifiers.preprocess import PREPROCESSING, tokenize
 from classifiers.seed_selection import SeedCandidate, TrainerProxyRunner, select_seed_set
+from pipeline.cli_options import PathsOption
 from pipeline.dataset import file_checksum
 from stages.read_text import open_text
 
@@ -316,12 +317,12 @@ def labelled_examples(positive: tuple[str, ...], positive_where: str | None, neg
 def data_options(command):
     """Options that select labelled documents, shared by train and eval."""
     options = [
-        click.option("--positive", multiple=True, metavar="PATH",
-                     help="Positive documents: dataset directory, Parquet or JSONL file, or glob (repeatable)."),
+        click.option("--positive", cls=PathsOption,
+                     help="Positive documents: dataset directories, Parquet or JSONL files, or globs."),
         click.option("--positive-where", metavar="EXPR", help="Keep positives matching `column op literal`, e.g. 'source == \"wiki\"'."),
-        click.option("--negative", multiple=True, metavar="PATH", help="Negative documents (repeatable), e.g. a random crawl sample."),
+        click.option("--negative", cls=PathsOption, help="Negative documents, e.g. a random crawl sample."),
         click.option("--negative-where", metavar="EXPR", help="Keep negatives matching `column op literal`."),
-        click.option("--data", multiple=True, metavar="PATH", help="Documents for a multi-class classifier (repeatable)."),
+        click.option("--data", cls=PathsOption, help="Documents for a multi-class classifier."),
         click.option("--data-where", metavar="EXPR", help="Keep --data documents matching `column op literal`."),
         click.option("--label-column", help="Column of --data holding each document's label."),
         click.option("--rules", type=click.Path(dir_okay=False), help="Seed-rule YAML labelling --data (see classifiers/domain_rules.yaml)."),

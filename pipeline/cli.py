@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from classifiers.cli import commands as classifier_commands
+from pipeline.cli_options import PathsOption, fields_as_flags, input_option, option_flag, option_location
 from pipeline.cli_tokens import commands as token_commands
 from pipeline.dataset import Dataset, DatasetError
 from pipeline.executors import make_executor
@@ -118,7 +119,7 @@ def plan(config: str, output: str | None) -> None:
 
 
 @cli.command()
-@click.argument("dataset", type=click.Path(file_okay=False))
+@input_option("dataset", "The dataset to describe.", metavar="DATASET", single=True, file_okay=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output; keys rows, shards, stage and rejected are stable.")
 @click.option("--sample", "sample_rows", type=click.IntRange(min=0), default=3, show_default=True, help="Rows to show.")
 def inspect(dataset: str, as_json: bool, sample_rows: int) -> None:
@@ -175,7 +176,7 @@ def describe_dataset(dataset: Dataset, sample_rows: int) -> dict[str, Any]:
 
 
 @cli.command("dedup-plan")
-@click.argument("dataset", type=click.Path(file_okay=False))
+@input_option("dataset", "The dataset to be deduplicated.", metavar="DATASET", single=True, file_okay=False)
 @click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=0.8, show_default=True,
               help="Target Jaccard similarity of near duplicates.")
 @click.option("--num-perm", type=click.IntRange(min=2), default=128, show_default=True, help="MinHash permutations.")
@@ -218,6 +219,21 @@ def _unwrap_optional(annotation: Any) -> Any:
     return annotation
 
 
+def in_command_line_terms(message: str, stage: type[Stage]) -> str:
+    """A graph error as the user of `gristmill STAGE` typed it: `stages.S.params.min_words` is `--min-words`,
+    `stages.S.params.benchmarks.0.fields` is `--benchmarks (value 1, fields)`, field names in the text are flags."""
+    where, found, rest = message.partition(f"stages.{stage.name}.")
+    if not found:
+        return message
+    location, _, explanation = rest.partition(": ")
+    section, *path = location.split(".")
+    if section == "input" or (path[:1] == ["paths"] and issubclass(stage, SourceStage)):
+        where += "--input: "
+    elif section == "params" and path:
+        where += option_location(path) + ": "
+    return where + fields_as_flags(explanation, list(stage.Config.model_fields))
+
+
 def stage_command(stage: type[Stage]) -> click.Command:
     """A subcommand for one stage, with an option per config field."""
     is_source = issubclass(stage, SourceStage)
@@ -233,19 +249,18 @@ def stage_command(stage: type[Stage]) -> click.Command:
         try:
             graph = build_graph(spec, f"gristmill {command_name}", Path(output))
         except GraphError as error:
-            message = str(error).replace(f"stages.{stage.name}.params.paths", "--input")
-            fail(message.replace(f"stages.{stage.name}.params.", "--").replace(f"stages.{stage.name}.input", "--input"))
+            fail(in_command_line_terms(str(error), stage))
         execute(graph, executor, workers, scheduler, retries, dataset_paths={stage.name: Path(output)})
 
     command_name = stage.name.replace("_", "-")
     params: list[click.Parameter] = [
-        click.Option(["--input", "inputs"], multiple=True, required=not is_source,
-                     help="Input files or globs (the config's `paths`)." if is_source else "Input dataset directories."),
+        PathsOption(["--input", "inputs"], required=not is_source,
+                    help="Input files or globs (the config's `paths`)." if is_source else "Input dataset directories."),
         click.Option(["--output"], required=True, type=click.Path(file_okay=False), help="Output dataset directory."),
     ]
     for name, info in fields.items():
         annotation = _unwrap_optional(info.annotation)
-        flag = "--" + name.replace("_", "-")
+        flag = option_flag(name)
         help_text = (info.description or "") + ("" if info.is_required() else f" [default: {info.default}]")
         if annotation is bool:
             params.append(click.Option([f"{flag}/--no-{flag[2:]}", name], default=None, help=help_text))

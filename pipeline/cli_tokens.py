@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
+from pipeline.cli_options import PathsOption, input_option
 from pipeline.dataset import Dataset, DatasetError, file_checksum, write_json_atomic
 from pipeline.indexed_dataset import (
     IndexedDataset,
@@ -446,7 +447,7 @@ def tokenizer() -> None:
 
 
 @tokenizer.command("train")
-@click.argument("dataset", type=click.Path(file_okay=False))
+@input_option("dataset", "The dataset whose texts are sampled.", metavar="DATASET", single=True, file_okay=False)
 @click.option("--vocab-size", type=click.IntRange(min=260), required=True, help="Vocabulary size, special tokens included.")
 @click.option("--output", type=click.Path(file_okay=False), required=True,
               help="Directory for tokenizer.json, tokenizer_config.json and training.json.")
@@ -470,7 +471,7 @@ def train(dataset: str, vocab_size: int, output: str, sample_bytes: int, seed: i
 
 
 @click.command()
-@click.argument("dataset", type=click.Path(file_okay=False))
+@input_option("dataset", "The decomposed dataset to export.", metavar="DATASET", single=True, file_okay=False)
 @click.option("--output", type=click.Path(file_okay=False), required=True, help="Directory for the bucket files.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the shuffle.")
 @click.option("--memory-mb", type=click.IntRange(min=16), default=1024, show_default=True,
@@ -497,7 +498,8 @@ def export(dataset: str, output: str, seed: int, memory_mb: int) -> None:
 
 
 @click.command()
-@click.argument("directory", type=click.Path(file_okay=False, exists=True))
+@input_option("directory", "The export directory to check.", metavar="DIRECTORY", single=True, file_okay=False,
+              exists=True)
 @click.option("--samples", type=click.IntRange(min=0), default=3, show_default=True, help="Sequences to decode per bucket.")
 def verify(directory: str, samples: int) -> None:
     """Check an export: index ↔ data, counts, checksums, token range, lengths; decode a few sequences."""
@@ -515,10 +517,10 @@ def verify(directory: str, samples: int) -> None:
 
 
 @click.command()
-@click.argument("mixture_file", metavar="MIXTURE.yaml", type=click.Path(dir_okay=False))
+@input_option("mixture_file", "The mixture to compile.", metavar="MIXTURE.yaml", single=True, dir_okay=False)
 @click.option("--output", type=click.Path(file_okay=False), required=True, help="Directory for plan.json and plan.npy.")
-@click.option("--data", "data", multiple=True, type=click.Path(file_okay=False),
-              help="Export directories to use instead of the mixture's `data` (repeatable).")
+@click.option("--data", "data", cls=PathsOption, type=click.Path(file_okay=False),
+              help="Export directories to use instead of the mixture's `data`.")
 def mix(mixture_file: str, output: str, data: tuple[str, ...]) -> None:
     """Compile a mixture into a seeded sampling plan with exact token counts per component."""
     from pipeline.mixture import MixtureError, compile_plan, load_mixture, write_plan

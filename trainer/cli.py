@@ -14,6 +14,7 @@ from typing import Any
 import click
 from pydantic import BaseModel, ValidationError
 
+from pipeline.cli_options import PathsOption, fields_as_flags, input_option, option_flag, option_location
 from trainer.config import PER_RUN, ProxyConfig, TrainConfig
 
 
@@ -27,7 +28,7 @@ def field_option(name: str, info: Any, flag: str | None = None) -> click.Option:
     annotation = info.annotation
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         annotation = next(arg for arg in typing.get_args(annotation) if arg is not type(None))
-    flag = flag or "--" + name.replace("_", "-")
+    flag = flag or option_flag(name)
     required = info.is_required()
     default = None if required else info.get_default(call_default_factory=True)
     help_text = (info.description or "") + ("" if default in (None, [], {}) else f" [default: {default}]")
@@ -39,8 +40,10 @@ def field_option(name: str, info: Any, flag: str | None = None) -> click.Option:
                             help=help_text + " (repeatable)")
     if origin is list:
         item = typing.get_args(annotation)[0]
+        if item is str:
+            return PathsOption([flag, name], required=required, help=help_text)
         return click.Option([flag, name], type=item, multiple=True, required=required,
-                            metavar="PATH" if item is str else item.__name__.upper(), help=help_text + " (repeatable)")
+                            metavar=item.__name__.upper(), help=help_text + " (repeatable)")
     if origin is typing.Literal:
         return click.Option([flag, name], type=click.Choice(typing.get_args(annotation)), default=None,
                             required=required, help=help_text)
@@ -70,8 +73,8 @@ def build(config_type: type[BaseModel], /, **values: Any) -> Any:
         return config_type(**values)
     except ValidationError as error:
         first = error.errors()[0]
-        location = "--" + "-".join(str(part) for part in first["loc"]).replace("_", "-") if first["loc"] else "options"
-        fail(f"{location}: {first['msg']}")
+        location = option_location(first["loc"]) if first["loc"] else "options"
+        fail(f"{location}: {fields_as_flags(first['msg'], list(config_type.model_fields))}")
 
 
 def report_step(steps: int, every: int):
@@ -162,7 +165,7 @@ commands = [train_command(), proxy_command()]
 
 def build_sweep_command() -> click.Command:
     @click.command("sweep", short_help="Sample mixtures, train a proxy run on each, predict the best mixture.")
-    @click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+    @input_option("config_path", "The sweep config (YAML).", metavar="CONFIG", single=True, dir_okay=False)
     @click.option("--output", type=click.Path(file_okay=False), required=True,
                   help="Sweep directory: one run per mixture, sweep.json and report/.")
     @click.option("--executor", type=click.Choice(["inprocess", "local", "dask"]), default="inprocess",
