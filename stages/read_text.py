@@ -1,18 +1,23 @@
 """`read_text`: turn JSONL or Parquet files of text into Gristmill documents, one shard per file.
 
-Malformed lines, missing text and unparseable fields are rejected with a reason and their
-line number, so a corpus with a few broken records still loads and nothing vanishes.
+Every non-blank line (or Parquet row) becomes a document or a ledger row with a reason, and a
+compressed file that breaks off keeps every line before the damage, so one bad record never costs a file.
 """
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import io
 import json
+import lzma
+import zlib
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -21,9 +26,23 @@ import zstandard
 from pydantic import Field
 
 from pipeline.documents import DOCUMENT_SCHEMA
-from pipeline.stage import BatchResult, SourceConfig, SourceStage, empty_rejects, register, reject_rows
+from pipeline.stage import (
+    INPUT_DOCUMENTS_STAT,
+    BatchResult,
+    SourceConfig,
+    SourceStage,
+    empty_rejects,
+    register,
+    reject_rows,
+)
 
 BATCH_ROWS = 8_192
+CHUNK_BYTES = 1 << 20
+INVALID_UTF8_STAT = "invalid_utf8_lines"
+# What a decompressor raises on input that is cut short or corrupt (gzip: EOFError, BadGzipFile, zlib.error).
+DAMAGED_STREAM_ERRORS = (EOFError, OSError, zlib.error, lzma.LZMAError, zstandard.ZstdError)
+OPTIONAL_STRING_FIELDS = ("url", "domain", "source", "lang")
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class ReadTextConfig(SourceConfig):
@@ -31,16 +50,128 @@ class ReadTextConfig(SourceConfig):
     text_field: str = Field("text", description="Field holding the text.")
     id_field: str = Field("id", description="Field holding a stable id; FILE/LINE is used where it is absent.")
     source: str | None = Field(None, description="Source name; default: each row's `source`, else the file's stem.")
+    on_invalid_utf8: Literal["reject", "replace"] = Field(
+        "reject", description="A JSONL line that is not valid UTF-8: reject it, or keep it with U+FFFD in place of "
+        "the bad bytes; counted either way.")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a line or row did not become a document: the ledger reason and its detail."""
+
+    reason: str
+    detail: str
+
+
+class ZstdFrames(io.RawIOBase):
+    """Decompress a zstd stream of one or more frames; unlike zstandard's `stream_reader`, a frame cut short
+    raises EOFError instead of ending quietly."""
+
+    def __init__(self, compressed: BinaryIO):
+        self._compressed = compressed
+        self._decompressor = zstandard.ZstdDecompressor()
+        self._frame = self._decompressor.decompressobj()
+        self._frame_started = False
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            chunk = self._compressed.read(1 << 16)
+            if not chunk:
+                if self._frame_started:
+                    raise EOFError("zstd input ended inside a frame")
+                return 0
+            self._pending = memoryview(self._decompress(chunk))
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+    def _decompress(self, chunk: bytes) -> bytes:
+        output = []
+        while chunk:
+            output.append(self._frame.decompress(chunk))
+            self._frame_started = not self._frame.eof
+            if not self._frame.eof:
+                break
+            chunk = self._frame.unused_data
+            self._frame = self._decompressor.decompressobj()
+        return b"".join(output)
+
+    def close(self) -> None:
+        self._compressed.close()
+        super().close()
+
+
+def open_bytes(path: str) -> BinaryIO:
+    """Open plain, gzip, bzip2, xz or zstd input as bytes, decided by the file name; damage raises on read."""
+    if path.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if path.endswith(".bz2"):
+        return bz2.open(path, "rb")
+    if path.endswith(".xz"):
+        return lzma.open(path, "rb")
+    if path.endswith(".zst"):
+        return io.BufferedReader(ZstdFrames(open(path, "rb")), CHUNK_BYTES)
+    return open(path, "rb")
 
 
 def open_text(path: str) -> io.TextIOBase:
-    """Open plain, gzip or zstd JSONL as text, decided by the file name."""
-    if path.endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace")
-    if path.endswith(".zst"):
-        raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
-        return io.TextIOWrapper(raw, encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
+    """Open plain or compressed JSONL as text (bad bytes replaced), for readers that need no per-line accounting."""
+    return io.TextIOWrapper(open_bytes(path), encoding="utf-8", errors="replace")
+
+
+def numbered_lines(stream: BinaryIO, counts: Counter) -> Iterator[tuple[int, bytes | Problem]]:
+    """The non-blank lines of a byte stream with their 1-based numbers, counted into `counts` on the raw bytes
+    before any is parsed (the independent count). A stream that breaks off ends with one `truncated_input`
+    problem standing for the cut line and everything after it."""
+    number, bytes_read, partial = 0, 0, []
+    while True:
+        try:
+            chunk = stream.read1(CHUNK_BYTES)
+        except DAMAGED_STREAM_ERRORS as error:
+            counts[INPUT_DOCUMENTS_STAT] += 1
+            offset = bytes_read - sum(map(len, partial))
+            yield number + 1, Problem("truncated_input", f"the rest of the file is unreadable from decompressed byte "
+                                      f"{offset:,}: {type(error).__name__}: {error}")
+            return
+        if not chunk:
+            break
+        bytes_read += len(chunk)
+        if b"\n" not in chunk:
+            partial.append(chunk)
+            continue
+        lines = chunk.split(b"\n")
+        lines[0] = b"".join([*partial, lines[0]])
+        partial = [lines.pop()]
+        non_blank = [(number + index, line) for index, line in enumerate(lines, 1) if line and not line.isspace()]
+        number += len(lines)
+        counts[INPUT_DOCUMENTS_STAT] += len(non_blank)
+        yield from non_blank
+    last = b"".join(partial)
+    if last and not last.isspace():
+        counts[INPUT_DOCUMENTS_STAT] += 1
+        yield number + 1, last
+
+
+def parse_json_line(line: bytes, on_invalid_utf8: str, counts: Counter) -> Any:
+    """One JSONL line as a Python value, or the Problem that stops it (bad UTF-8, bad JSON, nesting too deep)."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as error:
+        counts[INVALID_UTF8_STAT] += 1
+        if on_invalid_utf8 == "reject":
+            return Problem("invalid_utf8", str(error))
+        text = line.decode("utf-8", errors="replace")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        return Problem("too_deep", "nested deeper than the JSON parser allows")
+    except ValueError as error:  # JSONDecodeError, and integers too long to convert
+        return Problem("malformed_json", str(error))
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -59,9 +190,25 @@ def domain_of(url: str | None) -> str | None:
     return host.removeprefix("www.") if host else None
 
 
+def is_text(value: str) -> bool:
+    """False for a string holding a lone surrogate (JSON `"\\ud800"`), which UTF-8 and Arrow cannot store."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def is_identifier(value: Any) -> bool:
+    return (isinstance(value, str) and value != "" and is_text(value)) or (
+        isinstance(value, int) and not isinstance(value, bool))
+
+
 @register
 class ReadText(SourceStage):
-    """Read JSONL (plain, .gz, .zst) or Parquet files with a text column into documents."""
+    """Read JSONL (plain, .gz, .bz2, .xz, .zst) or Parquet files with a text column into documents."""
 
     name = "read_text"
     Config = ReadTextConfig
@@ -73,80 +220,117 @@ class ReadText(SourceStage):
         kind = self.config.format
         if kind == "auto":
             kind = "parquet" if path.endswith(".parquet") else "jsonl"
-        records = self._parquet_records(path) if kind == "parquet" else self._jsonl_records(path)
+        counts: Counter = Counter()
+        records = self._parquet_records(path, counts) if kind == "parquet" else self._jsonl_records(path, counts)
+        unit = "row" if kind == "parquet" else "line"
         stem = Path(path).name.split(".")[0]
         rows: list[dict[str, Any]] = []
-        rejects: dict[str, list] = {}
+        rejects: dict[str, list[tuple[str, str]]] = {}
+        pending = 0
         for position, record in records:
             fallback_id = f"{stem}/{position}"
-            if isinstance(record, Exception):
-                rejects.setdefault("malformed_json", []).append((fallback_id, f"line {position}: {record}"))
-                continue
-            document, problem = self._document(record, fallback_id, stem)
-            if problem:
-                reason, detail = problem
-                rejects.setdefault(reason, []).append((document_id_or(record, self.config.id_field, fallback_id), detail))
+            document = record if isinstance(record, Problem) else self._document(record, fallback_id, stem)
+            if isinstance(document, Problem):
+                rejects.setdefault(document.reason, []).append(
+                    (self._ledger_id(record, fallback_id), f"{unit} {position}: {document.detail}"))
             else:
                 rows.append(document)
-            if len(rows) >= BATCH_ROWS:
-                yield self._batch(rows, rejects)
-                rows, rejects = [], {}
-        if rows or rejects:
-            yield self._batch(rows, rejects)
+            pending += 1
+            if pending >= BATCH_ROWS:
+                yield self._batch(rows, rejects, counts)
+                rows, rejects, pending = [], {}, 0
+        if rows or rejects or counts:
+            yield self._batch(rows, rejects, counts)
 
-    def _batch(self, rows: list[dict[str, Any]], rejects: dict[str, list]) -> BatchResult:
+    def _batch(self, rows: list[dict[str, Any]], rejects: dict[str, list[tuple[str, str]]], counts: Counter) -> BatchResult:
+        """The batch's documents and ledger, with the input counts gathered since the last batch."""
         kept = pa.Table.from_pylist(rows, schema=DOCUMENT_SCHEMA)
         ledgers = [
             reject_rows([item[0] for item in items], reason, [item[1] for item in items])
             for reason, items in sorted(rejects.items())
         ]
-        return BatchResult(kept, pa.concat_tables(ledgers) if ledgers else empty_rejects())
+        stats = dict(counts)
+        counts.clear()
+        return BatchResult(kept, pa.concat_tables(ledgers) if ledgers else empty_rejects(), stats)
 
-    def _document(
-        self, record: dict[str, Any], fallback_id: str, stem: str
-    ) -> tuple[dict[str, Any], tuple[str, str] | None]:
+    def _ledger_id(self, record: Any, fallback_id: str) -> str:
+        """The record's own id when it is one Arrow can store, else FILE/LINE."""
+        value = record.get(self.config.id_field) if isinstance(record, dict) else None
+        return str(value) if is_identifier(value) else fallback_id
+
+    def _document(self, record: Any, fallback_id: str, stem: str) -> dict[str, Any] | Problem:
+        """The document a record makes, or the Problem with its first bad field."""
         if not isinstance(record, dict):
-            return {}, ("malformed_record", f"expected an object, got {type(record).__name__}")
-        text = record.get(self.config.text_field)
+            return Problem("malformed_record", f"expected an object, got {type(record).__name__}")
+        text_field, id_field = self.config.text_field, self.config.id_field
+        text = record.get(text_field)
         if not isinstance(text, str) or not text:
-            return {}, ("missing_text", f"field {self.config.text_field!r} is missing, empty or not a string")
+            return Problem("missing_text", f"field {text_field!r} is missing, empty or not a string")
+        identifier = record.get(id_field)
+        if identifier is None or identifier == "":
+            identifier = fallback_id
+        elif not isinstance(identifier, (str, int)) or isinstance(identifier, bool):
+            return Problem("bad_field", f"field {id_field!r} is {type(identifier).__name__}, expected a string or integer")
+        strings = {name: record.get(name) for name in OPTIONAL_STRING_FIELDS}
+        for name, value in strings.items():
+            if value is not None and not isinstance(value, str):
+                return Problem("bad_field", f"field {name!r} is {type(value).__name__}, expected a string")
+        for name, value in ((text_field, text), (id_field, identifier), *strings.items()):
+            if isinstance(value, str) and not is_text(value):
+                return Problem("bad_escape", f"field {name!r} holds a lone surrogate escape, which is not text")
         try:
             fetch_time = parse_time(record.get("fetch_time"))
+        except (TypeError, ValueError, OverflowError, OSError) as error:
+            return Problem("bad_field", f"field 'fetch_time': {error}")
+        try:
             lang_score = record.get("lang_score")
             lang_score = None if lang_score is None else float(lang_score)
         except (TypeError, ValueError, OverflowError) as error:
-            return {}, ("bad_field", str(error))
-        url = record.get("url")
+            return Problem("bad_field", f"field 'lang_score': {error}")
+        url = strings["url"]
         return {
-            "id": str(document_id_or(record, self.config.id_field, fallback_id)),
+            "id": str(identifier),
             "text": text,
-            "url": url if isinstance(url, str) else None,
-            "domain": record.get("domain") or domain_of(url if isinstance(url, str) else None),
-            "source": self.config.source or record.get("source") or stem,
+            "url": url,
+            "domain": strings["domain"] or domain_of(url),
+            "source": self.config.source or strings["source"] or stem,
             "fetch_time": fetch_time,
-            "lang": record.get("lang"),
+            "lang": strings["lang"],
             "lang_score": lang_score,
-        }, None
+        }
 
-    def _jsonl_records(self, path: str) -> Iterator[tuple[int, Any]]:
-        with open_text(path) as lines:
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
+    def _jsonl_records(self, path: str, counts: Counter) -> Iterator[tuple[int, Any]]:
+        with open_bytes(path) as stream:
+            for number, line in numbered_lines(stream, counts):
+                if isinstance(line, Problem):
+                    yield number, line
                     continue
+                if number == 1:
+                    line = line.removeprefix(UTF8_BOM)
+                yield number, parse_json_line(line, self.config.on_invalid_utf8, counts)
+
+    def _parquet_records(self, path: str, counts: Counter) -> Iterator[tuple[int, Any]]:
+        """Rows as dicts, counted from the file's metadata; a row group that cannot be decoded rejects its rows."""
+        try:
+            parquet = pq.ParquetFile(path)
+        except pa.ArrowInvalid as error:
+            counts[INPUT_DOCUMENTS_STAT] += 1
+            yield 1, Problem("truncated_input", f"unreadable Parquet file: {error}")
+            return
+        with parquet:
+            counts[INPUT_DOCUMENTS_STAT] += parquet.metadata.num_rows
+            used = {self.config.text_field, self.config.id_field, "fetch_time", "lang_score", *OPTIONAL_STRING_FIELDS}
+            columns = [name for name in parquet.schema_arrow.names if name in used]
+            position = 0
+            for group in range(parquet.num_row_groups):
+                group_end = position + parquet.metadata.row_group(group).num_rows
                 try:
-                    yield number, json.loads(line)
-                except json.JSONDecodeError as error:
-                    yield number, error
-
-    def _parquet_records(self, path: str) -> Iterator[tuple[int, Any]]:
-        position = 0
-        with pq.ParquetFile(path) as parquet:
-            for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
-                for record in batch.to_pylist():
-                    position += 1
-                    yield position, record
-
-
-def document_id_or(record: Any, field: str, fallback: str) -> str:
-    value = record.get(field) if isinstance(record, dict) else None
-    return str(value) if value not in (None, "") else fallback
+                    for batch in parquet.iter_batches(BATCH_ROWS, row_groups=[group], columns=columns):
+                        for record in batch.to_pylist():
+                            position += 1
+                            yield position, record
+                except (OSError, pa.ArrowException) as error:
+                    problem = Problem("unreadable_row_group", f"row group {group}: {error}")
+                    while position < group_end:
+                        position += 1
+                        yield position, problem
