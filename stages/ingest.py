@@ -26,16 +26,14 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from pipeline.documents import DOCUMENT_SCHEMA, document_id
-from pipeline.stage import BatchResult, Resources, SourceConfig, SourceStage, register
+from pipeline.stage import INPUT_DOCUMENTS_STAT, BatchResult, Resources, SourceConfig, SourceStage, register
 from stages.html_extract import Extractor, HtmlExtractor, charset_from_content_type, decode_html
 from stages.read_text import domain_of
+from stages.warc_framing import DOCUMENT_TYPES, Frame, ReadProblem, WarcFrames
 
 logger = logging.getLogger(__name__)
 
 BATCH_ROWS = 2_000
-# Records that can become documents; every other type (request, metadata, warcinfo, revisit,
-# resource) describes a capture rather than being one, and is only counted (shard stats `records:TYPE`).
-DOCUMENT_TYPES = frozenset({"response", "conversion"})
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 BINARY_SIGNATURES = (
     b"%PDF-", b"\x89PNG", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"PK\x03\x04", b"\x1f\x8b", b"RIFF",
@@ -88,10 +86,6 @@ class IngestConfig(SourceConfig):
 
 class RemoteReadError(OSError):
     """A remote file still failed after every retry."""
-
-
-class DamagedGzip(OSError):
-    """A gzip member is cut off or corrupt (not an EOFError, which warcio takes for a clean end of file)."""
 
 
 def storage_options(url: str, timeout_s: float) -> dict:
@@ -197,29 +191,14 @@ def expand_paths(patterns: list[str]) -> list[str]:
 class RecordView:
     """What ingest needs from one WARC record, the same whichever library parsed it."""
 
-    offset: int
-    record_type: str
-    record_id: str | None
     target_uri: str | None
     date: str | None
-    declared_length: int | None  # the WARC Content-Length (HTTP headers plus payload)
     payload_type: str | None  # WARC-Identified-Payload-Type
     content_type: str | None  # HTTP Content-Type, or the WARC one for records without HTTP
     http_status: int | None
     transfer_encoding: str | None
     content_encoding: str | None
-    body: bytes | None  # None when not read: too large
-    complete: bool  # False when the file ends inside the body
-
-
-@dataclass(slots=True)
-class ReadProblem:
-    """Where a file stops making sense: the rest of it cannot be read."""
-
-    reason: str
-    offset: int
-    detail: str
-    record_id: str | None = None
+    body: bytes
 
 
 def _int_or_none(value: str | None) -> int | None:
@@ -229,199 +208,58 @@ def _int_or_none(value: str | None) -> int | None:
         return None
 
 
-def _is_gzip(stream: BinaryIO) -> bool:
-    magic = stream.read(2)
-    stream.seek(0)
-    return magic == b"\x1f\x8b"
-
-
-def _header_problem(offset: int, record_type: str | None, declared: int | None) -> ReadProblem | None:
-    """A record without Content-Length can only be one cut off at the end; one without WARC-Type is malformed."""
-    if declared is None:
-        return ReadProblem("truncated", offset, f"at byte {offset}: record header cut off (no Content-Length)")
-    if record_type is None:
-        return ReadProblem("malformed_record", offset, f"at byte {offset}: record without WARC-Type")
-    return None
-
-
-def fastwarc_records(stream: BinaryIO, max_bytes: int) -> Iterator[RecordView | ReadProblem | str]:
-    """Records of a WARC/WET stream via fastwarc: a view per document record, the type name of every other.
+def fastwarc_record(data: bytes) -> RecordView:
+    """One framed response or conversion record parsed by fastwarc.
 
     WARC headers are looked up by fastwarc's enum keys and HTTP headers read in one call: a lookup
-    by name costs 20-30 times more, and this loop runs for every record of the crawl.
+    by name costs 20-30 times more, and this runs for every document of the crawl.
     """
-    from fastwarc.stream_io import GzipReader
     from fastwarc.warc import ArchiveIterator, WarcHeader
 
-    gzipped = _is_gzip(stream)
-    source = GzipReader(stream) if gzipped else stream
-    last_offset = -1
-    try:
-        for record in ArchiveIterator(source, parse_http=True, quirks_mode=True, stream_detect=not gzipped):
-            last_offset = offset = record.stream_pos
-            headers = record.headers
-            declared = _int_or_none(headers.get(WarcHeader.CONTENT_LENGTH))
-            problem = _header_problem(offset, headers.get(WarcHeader.WARC_TYPE), declared)
-            if problem is not None:
-                yield problem
-                return
-            record_type = str(record.record_type)
-            expected = record.content_length
-            if record_type not in DOCUMENT_TYPES:
-                if record.consume() < expected:
-                    yield ReadProblem("truncated", offset, f"at byte {offset}: {record_type} record cut off")
-                    return
-                yield record_type
-                continue
-            if record.is_http:
-                http_headers = record.http_headers
-                http = {name.lower(): value for name, value in http_headers.to_tuples()}
-                status = http_headers.status_code
-            else:
-                http, status = {"content-type": headers.get(WarcHeader.CONTENT_TYPE)}, None
-            body = record.reader.read() if declared < max_bytes else None
-            yield RecordView(
-                offset=offset,
-                record_type=record_type,
-                record_id=record.record_id,
-                target_uri=headers.get(WarcHeader.WARC_TARGET_URI),
-                date=headers.get(WarcHeader.WARC_DATE),
-                declared_length=declared,
-                payload_type=headers.get(WarcHeader.WARC_IDENTIFIED_PAYLOAD_TYPE),
-                content_type=http.get("content-type"),
-                http_status=status,
-                transfer_encoding=http.get("transfer-encoding"),
-                content_encoding=http.get("content-encoding"),
-                body=body,
-                complete=body is None or len(body) >= expected,
-            )
-    except RemoteReadError:
-        raise  # Ingest.read records it
-    except Exception as error:  # noqa: BLE001 - whatever the parser raises, the rest of this file is unreadable
-        offset = source.frame_start_position() if gzipped else stream.tell()
-        reason = "truncated" if "compress" in str(error).lower() else "malformed_record"
-        yield ReadProblem(reason, offset, f"at byte {offset}: {type(error).__name__}: {error}"[:300])
-        return
-    if gzipped and source.frame_start_position() > last_offset:
-        offset = source.frame_start_position()
-        yield ReadProblem("truncated", offset, f"at byte {offset}: gzip member without a complete record")
-    elif last_offset < 0 and stream.tell() > 0:
-        yield ReadProblem("malformed_record", 0, "no WARC record found")
+    record = next(iter(ArchiveIterator(io.BytesIO(data), parse_http=True, quirks_mode=True, stream_detect=False)), None)
+    if record is None:
+        raise ValueError("fastwarc found no record in the framed bytes")
+    headers = record.headers
+    if record.is_http:
+        http_headers = record.http_headers
+        http = {name.lower(): value for name, value in http_headers.to_tuples()}
+        status = http_headers.status_code
+    else:
+        http, status = {"content-type": headers.get(WarcHeader.CONTENT_TYPE)}, None
+    return RecordView(
+        target_uri=headers.get(WarcHeader.WARC_TARGET_URI),
+        date=headers.get(WarcHeader.WARC_DATE),
+        payload_type=headers.get(WarcHeader.WARC_IDENTIFIED_PAYLOAD_TYPE),
+        content_type=http.get("content-type"),
+        http_status=status,
+        transfer_encoding=http.get("transfer-encoding"),
+        content_encoding=http.get("content-encoding"),
+        body=record.reader.read(),
+    )
 
 
-class GzipMembers(io.RawIOBase):
-    """Concatenated gzip members as one decompressed stream, for warcio (which refuses whole-file gzip).
-
-    A cut-off or corrupt member raises only after every byte decoded before it was returned, so no
-    record before the damage is lost (Python's gzip module drops its read-ahead buffer when it raises).
-    """
-
-    def __init__(self, raw: BinaryIO):
-        self.raw = raw
-        self.decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        self.member_start = 0  # compressed offset of the member being decoded
-        self.fed = 0  # compressed bytes given to decompressors so far
-        self.pending = memoryview(b"")
-        self.error: Exception | None = None
-        self.finished = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        while not self.pending:
-            if self.error is not None:
-                raise self.error
-            if self.finished:
-                return 0
-            self._decode_next_chunk()
-        size = min(len(buffer), len(self.pending))
-        buffer[:size] = self.pending[:size]
-        self.pending = self.pending[size:]
-        return size
-
-    def _decode_next_chunk(self) -> None:
-        chunk = self.raw.read(1 << 16)
-        if not chunk:
-            if self.fed > self.member_start and not self.decompressor.eof:
-                self.error = DamagedGzip(f"gzip member at byte {self.member_start} cut off")
-            self.finished = True
-            return
-        decoded = []
-        while chunk:
-            try:
-                decoded.append(self.decompressor.decompress(chunk))
-            except zlib.error as error:
-                self.error = DamagedGzip(f"gzip member at byte {self.member_start}: {error}")
-                break
-            if not self.decompressor.eof:
-                self.fed += len(chunk)
-                break
-            rest = self.decompressor.unused_data
-            self.fed += len(chunk) - len(rest)
-            self.member_start = self.fed
-            self.decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            chunk = rest
-        self.pending = memoryview(b"".join(decoded))
-
-
-def warcio_records(stream: BinaryIO, max_bytes: int) -> Iterator[RecordView | ReadProblem | str]:
-    """The same records as fastwarc_records, parsed by warcio (record offsets in gzip files count decompressed bytes)."""
+def warcio_record(data: bytes) -> RecordView:
+    """The same record parsed by warcio, the slower fallback."""
     from warcio.archiveiterator import ArchiveIterator
 
-    gzipped = _is_gzip(stream)
-    source = GzipMembers(stream) if gzipped else stream
-    iterator = ArchiveIterator(source)
-    reading_id = None  # the document whose body is being read, to name it if the read fails
-    try:
-        for record in iterator:
-            offset = iterator.offset  # start of this record (get_record_offset() would consume it)
-            headers = record.rec_headers
-            record_id = headers.get_header("WARC-Record-ID")
-            declared = _int_or_none(headers.get_header("Content-Length"))
-            problem = _header_problem(offset, headers.get_header("WARC-Type"), declared)
-            if problem is not None:
-                yield problem
-                return
-            record_type = record.rec_type
-            if record_type not in DOCUMENT_TYPES:
-                record.raw_stream.read()
-                if getattr(record.raw_stream, "limit", 0) > 0:
-                    yield ReadProblem("truncated", offset, f"at byte {offset}: {record_type} record cut off")
-                    return
-                yield record_type
-                continue
-            http = record.http_headers if record_type == "response" else None
-            reading_id = record_id
-            body = record.raw_stream.read() if declared < max_bytes else None
-            reading_id = None
-            yield RecordView(
-                offset=offset,
-                record_type=record_type,
-                record_id=record_id,
-                target_uri=headers.get_header("WARC-Target-URI"),
-                date=headers.get_header("WARC-Date"),
-                declared_length=declared,
-                payload_type=headers.get_header("WARC-Identified-Payload-Type"),
-                content_type=http.get_header("Content-Type") if http is not None else headers.get_header("Content-Type"),
-                http_status=_int_or_none(http.get_statuscode()) if http is not None else None,
-                transfer_encoding=http.get_header("Transfer-Encoding") if http is not None else None,
-                content_encoding=http.get_header("Content-Encoding") if http is not None else None,
-                body=body,
-                complete=body is None or getattr(record.raw_stream, "limit", 0) == 0,
-            )
-    except RemoteReadError:
-        raise  # Ingest.read records it
-    except Exception as error:  # noqa: BLE001 - whatever the parser raises, the rest of this file is unreadable
-        offset = source.member_start if gzipped else iterator.offset
-        reason = "truncated" if isinstance(error, DamagedGzip) else "malformed_record"
-        yield ReadProblem(reason, offset, f"at byte {offset}: {type(error).__name__}: {str(error).strip()}"[:300], reading_id)
-        return
-    if not gzipped and stream.tell() > iterator.offset:  # warcio ends quietly inside a cut-off record
-        yield ReadProblem("truncated", iterator.offset, f"at byte {iterator.offset}: record cut off")
+    record = next(iter(ArchiveIterator(io.BytesIO(data))), None)
+    if record is None:
+        raise ValueError("warcio found no record in the framed bytes")
+    headers = record.rec_headers
+    http = record.http_headers if record.rec_type == "response" else None
+    return RecordView(
+        target_uri=headers.get_header("WARC-Target-URI"),
+        date=headers.get_header("WARC-Date"),
+        payload_type=headers.get_header("WARC-Identified-Payload-Type"),
+        content_type=http.get_header("Content-Type") if http is not None else headers.get_header("Content-Type"),
+        http_status=_int_or_none(http.get_statuscode()) if http is not None else None,
+        transfer_encoding=http.get_header("Transfer-Encoding") if http is not None else None,
+        content_encoding=http.get_header("Content-Encoding") if http is not None else None,
+        body=record.raw_stream.read(),
+    )
 
 
-READERS = {"fastwarc": fastwarc_records, "warcio": warcio_records}
+READERS = {"fastwarc": fastwarc_record, "warcio": warcio_record}
 
 
 def dechunk(body: bytes) -> bytes:
@@ -571,20 +409,21 @@ class Ingest(SourceStage):
         except (OSError, ValueError) as error:
             batch.add({"id": document_id(warc_file), "warc_file": warc_file, "source": source}, "read_failed",
                       f"cannot open: {error}"[:300])
-            yield batch.result()
+            result = batch.result()
+            result.stats = {INPUT_DOCUMENTS_STAT: 1}
+            yield result
             return
         with stream:
-            items = READERS[config.reader](stream, config.max_page_bytes)
+            frames = WarcFrames(stream, config.max_page_bytes)
+            read_failures = 0
+            items = iter(frames)
             while True:
                 try:
                     item = next(items, None)
                 except RemoteReadError as error:
-                    item = ReadProblem("read_failed", stream.tell(), str(error)[:300])
+                    item, read_failures = ReadProblem("read_failed", stream.tell(), str(error)[:300]), 1
                 if item is None:
                     break
-                if isinstance(item, str):
-                    counts[item] += 1
-                    continue
                 if isinstance(item, ReadProblem):
                     counts[item.reason] += 1
                     row_id = document_id(item.record_id) if item.record_id else document_id(warc_file, str(item.offset))
@@ -592,45 +431,57 @@ class Ingest(SourceStage):
                                "source": source}, item.reason, item.detail)
                 else:
                     counts[item.record_type] += 1
-                    self._add_record(batch, item, warc_file, source)
+                    if item.damage is not None:
+                        counts["bad_content_length"] += 1
+                    if item.record_type in DOCUMENT_TYPES:
+                        self._add_record(batch, item, warc_file, source)
                 if len(batch) >= BATCH_ROWS:
                     yield batch.result()
                     batch = DocumentBatch()
+                if read_failures:
+                    break
         final = batch.result()
-        # Every WARC record by type (and every problem by reason), into the shard record and manifest stats.
+        # Every WARC record by type (and every problem by reason), into the shard record and manifest stats;
+        # and the framing's own document count, which the runner checks the rows against.
         final.stats = {f"records:{kind}": count for kind, count in sorted(counts.items())}
+        final.stats[INPUT_DOCUMENTS_STAT] = frames.documents + read_failures
         yield final
         logger.info("ingest %s", json.dumps({"file": warc_file, "records": dict(sorted(counts.items())),
                                               "seconds": round(time.perf_counter() - started, 3)}))
 
-    def _add_record(self, batch: DocumentBatch, record: RecordView, warc_file: str, source: str) -> None:
+    def _add_record(self, batch: DocumentBatch, frame: Frame, warc_file: str, source: str) -> None:
+        """One row for a framed response or conversion record: the document, or why it is rejected."""
+        row = {"id": document_id(frame.record_id) if frame.record_id else document_id(warc_file, str(frame.offset)),
+               "warc_record_id": frame.record_id, "source": source, "warc_file": warc_file}
+        max_bytes = self.config.max_page_bytes
+        if frame.damage is not None:
+            batch.add(row, "bad_content_length", frame.damage)
+            return
+        if not frame.record_id:
+            batch.add(row, "malformed_record", f"at byte {frame.offset}: no WARC-Record-ID")
+            return
+        if frame.declared_length >= max_bytes:
+            batch.add(row, "too_large", f"{frame.declared_length} bytes >= {max_bytes}")
+            return
+        try:
+            record = READERS[self.config.reader](frame.data)
+        except Exception as error:  # noqa: BLE001 - whatever the parser raises, this record is unreadable
+            batch.add(row, "malformed_record", f"at byte {frame.offset}: {type(error).__name__}: {error}"[:300])
+            return
         url = clean_url(record.target_uri)
-        row = {
-            "id": document_id(record.record_id) if record.record_id else document_id(warc_file, str(record.offset)),
+        row.update({
             "url": url,
             "domain": domain_or_none(url),
-            "source": source,
             "fetch_time": parse_warc_date(record.date),
-            "warc_record_id": record.record_id,
             "http_status": record.http_status if record.http_status is not None and 0 <= record.http_status < 1000 else None,
-            "warc_file": warc_file,
-        }
-        text, reason, detail = self._text(record)
+        })
+        text, reason, detail = self._text(record, frame.record_type == "conversion")
         row["text"] = text
         batch.add(row, reason, detail)
 
-    def _text(self, record: RecordView) -> tuple[str | None, str | None, str | None]:
+    def _text(self, record: RecordView, is_wet: bool) -> tuple[str | None, str | None, str | None]:
         """(text, None, None) for a document, else (None, reason, detail); checks run cheapest first."""
         max_bytes = self.config.max_page_bytes
-        if not record.record_id:
-            return None, "malformed_record", f"at byte {record.offset}: no WARC-Record-ID"
-        if record.declared_length is None:
-            return None, "truncated", f"at byte {record.offset}: record header cut off (no Content-Length)"
-        if record.declared_length >= max_bytes:
-            return None, "too_large", f"{record.declared_length} bytes >= {max_bytes}"
-        if not record.complete:
-            return None, "truncated", f"at byte {record.offset}: body shorter than its Content-Length"
-        is_wet = record.record_type == "conversion"
         if not is_wet:
             if record.http_status != 200:
                 return None, "http_status", str(record.http_status) if record.http_status is not None else "no status line"

@@ -36,6 +36,7 @@ from stages.rewrite_backends import (
     SamplingSettings,
     TransformersBackend,
     VllmBackend,
+    model_fingerprint,
     require,
     timed_generate,
 )
@@ -51,6 +52,7 @@ OUTPUT_FIELDS = [
     pa.field("rewrite_status", pa.string()),
     pa.field("rewrite_reason", pa.string()),
     pa.field("rewrite_model", pa.string()),
+    pa.field("rewrite_model_fingerprint", pa.string()),
     pa.field("rewrite_prompt_id", pa.string()),
     pa.field("rewrite_prompt_version", pa.int64()),
     pa.field("rewrite_params", pa.string()),
@@ -463,6 +465,12 @@ class Rewrite(MapStage):
         self.documents_seen = 0  # in the current shard, for max_documents
         self.model_name = self.config.model + (f"::{self.config.gguf_file}" if self.config.gguf_file else "")
 
+    @functools.cached_property
+    def model_identity(self) -> str:
+        """The model's fingerprint (with the GGUF file loaded from it): the cache key's model, unlike its path,
+        which moves with the folder and is kept only as provenance. Computed on first use, never while planning."""
+        return model_fingerprint(self.config.model) + (f"::{self.config.gguf_file}" if self.config.gguf_file else "")
+
     def reduce(self, context: ReduceContext) -> str:
         return str(context.work_dir / CACHE_DIR)
 
@@ -573,7 +581,7 @@ class Rewrite(MapStage):
 
     def cache_key(self, doc_id: str, chunk_index: int, chunk: str) -> str:
         parts = [doc_id, chunk_index, xxhash.xxh3_64_hexdigest(chunk.encode()), self.prompt.id, self.prompt.version,
-                 self.model_name, self.params_json]
+                 self.model_identity, self.params_json]
         return xxhash.xxh3_128_hexdigest(json.dumps(parts).encode())
 
     def _check(self, documents: list[Document], stats: dict[str, float]) -> None:
@@ -670,6 +678,7 @@ class Rewrite(MapStage):
             "rewrite_status": pa.array(statuses, pa.string()),
             "rewrite_reason": pa.array(reasons, pa.string()),
             "rewrite_model": pa.array([self.model_name] * rows, pa.string()),
+            "rewrite_model_fingerprint": pa.array([self.model_identity] * rows, pa.string()),
             "rewrite_prompt_id": pa.array([self.prompt.id] * rows, pa.string()),
             "rewrite_prompt_version": pa.array([self.prompt.version] * rows, pa.int64()),
             "rewrite_params": pa.array([self.params_json] * rows, pa.string()),

@@ -16,6 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import xxhash
+
+# Files up to this size (configs, tokenizers, small models) are hashed whole; larger ones (weights) are sampled.
+FULL_HASH_BYTES = 16 << 20
+SAMPLE_BLOCKS, SAMPLE_BLOCK_BYTES = 64, 64 << 10
+
 
 @dataclass(frozen=True)
 class SamplingSettings:
@@ -59,6 +65,38 @@ class Backend(ABC):
 
     def close(self) -> None:
         """Release the model or connection pool."""
+
+
+def model_fingerprint(model: str) -> str:
+    """What a model is, wherever its folder sits: xxh3-128 over each file's path inside the folder, its size and
+    its bytes (whole up to 16 MiB; else 64 blocks of 64 KiB spread evenly from the first byte to the last).
+
+    Sampling keeps a 100 GB model to 4 MiB read per weight file: a retrain, fine-tune or requantisation
+    changes every block, an edit of a few bytes between blocks goes unseen. Names, sizes and contents, never
+    paths or modification times, so a moved or copied folder keeps its fingerprint. Hidden files are left out;
+    a name that is no local file or folder (a served model) is its own fingerprint.
+    """
+    root = Path(model)
+    if root.is_file():
+        files = {root.name: root}
+    elif root.is_dir():
+        files = {item.relative_to(root).as_posix(): item for item in sorted(root.rglob("*")) if item.is_file()
+                 and not any(part.startswith(".") for part in item.relative_to(root).parts)}
+    else:
+        return f"name:{model}"
+    digest = xxhash.xxh3_128()
+    for name, path in files.items():
+        size = path.stat().st_size
+        digest.update(f"{name}\0{size}\0".encode())
+        with open(path, "rb") as handle:
+            if size <= FULL_HASH_BYTES:
+                digest.update(handle.read())
+                continue
+            last = size - SAMPLE_BLOCK_BYTES
+            for block in range(SAMPLE_BLOCKS):
+                handle.seek(last * block // (SAMPLE_BLOCKS - 1))
+                digest.update(handle.read(SAMPLE_BLOCK_BYTES))
+    return "xxh3_128:" + digest.hexdigest()
 
 
 def require(module: str, hint: str) -> Any:

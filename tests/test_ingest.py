@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import http.server
@@ -28,6 +29,7 @@ from pipeline.executors import InProcessExecutor
 from pipeline.graph import load_graph
 from pipeline.runner import run_graph
 from pipeline.sample import write_sample
+from pipeline.tasks import ShardTask, run_task
 from stages import ingest
 from stages.html_extract import MAX_DIV_NESTING, HtmlExtractor, decode_html, div_nesting
 from stages.ingest import SCHEMA, Ingest, IngestConfig, dechunk, http_payload
@@ -42,6 +44,7 @@ from tests.warc_fixtures import (
     raw_record,
     record_id,
     response_block,
+    write_misframed_warc,
     write_warc,
     write_wet,
 )
@@ -520,3 +523,69 @@ def test_real_world_quirks(name: str, reader: str) -> None:
     if phrase is not None:
         assert any(phrase in text for text in kept.column("text").to_pylist())
     assert all(url is None or not url.startswith("<") for url in kept.column("url").to_pylist())
+
+
+@pytest.mark.parametrize("reader", READERS)
+@pytest.mark.parametrize("compression", ["none", "record", "file"])
+@pytest.mark.parametrize("length_error", ["long", "short"])
+def test_a_wrong_content_length_rejects_that_record_and_the_next_ones_are_read(
+    tmp_path: Path, reader: str, compression: str, length_error: str
+) -> None:
+    captures = good_captures(4)
+    path = write_misframed_warc(tmp_path / "misframed.warc.gz", captures, 1, length_error, compression)
+    kept, rejected = read_all(path, reader=reader)
+    intact = [capture for index, capture in enumerate(captures) if index != 1]
+    assert kept.column("id").to_pylist() == [document_id(record_id(capture.name)) for capture in intact]
+    originals = read_all(write_warc(tmp_path / "whole.warc.gz", captures))[0]
+    assert kept.column("text").to_pylist() == [text for index, text in enumerate(originals.column("text").to_pylist())
+                                               if index != 1]
+    [(damaged, (reason, detail))] = rejected.items()
+    assert (damaged, reason) == (document_id(record_id(captures[1].name)), "bad_content_length")
+    declared, actual = map(int, re.fullmatch(r"declared (\d+) bytes, actual (\d+) .*", detail).groups())
+    assert (declared > actual) == (length_error == "long") and abs(declared - actual) >= 200
+
+
+@pytest.mark.parametrize("reader", READERS)
+@pytest.mark.parametrize("length_error", ["long", "short"])
+def test_a_run_over_a_misframed_warc_counts_every_response_in(tmp_path: Path, reader: str, length_error: str) -> None:
+    inputs = tmp_path / "inputs"
+    write_misframed_warc(inputs / "a.warc.gz", good_captures(4), 1, length_error, "record")
+    dataset = run_ingest(tmp_path, inputs, reader)
+    [shard] = dataset.manifest().shards
+    assert (shard.rows_in, shard.rows, shard.rejected) == (4, 3, {"bad_content_length": 1})
+    assert shard.stats["input_documents"] == 4
+
+
+def run_ingest(tmp_path: Path, inputs: Path, reader: str = "fastwarc") -> Dataset:
+    graph = tmp_path / "graph.yaml"
+    graph.write_text(f"plugins: [stages.ingest]\nstages:\n  ingest:\n    stage: ingest\n"
+                     f"    params: {{paths: ['{inputs}/*.warc.gz'], reader: {reader}}}\n")
+    run_graph(load_graph(graph, tmp_path / "run"), InProcessExecutor())
+    return Dataset(tmp_path / "run" / "ingest")
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_a_record_lost_after_framing_fails_the_shard_on_the_ledger_invariant(
+    tmp_path: Path, reader: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_warc(tmp_path / "news.warc.gz", good_captures(4) + list(bad_captures().values()))
+    task = ShardTask(node="ingest", stage="ingest", config={"paths": [str(path)], "reader": reader},
+                     source=str(path), output=str(tmp_path / "out"), name="part-00000", plugins=("stages.ingest",))
+    Dataset(tmp_path / "out").prepare()
+    outcome = run_task(task)
+    assert outcome.error is None and outcome.record.rows_in == 4 + len(bad_captures())
+    assert outcome.record.stats["input_documents"] == outcome.record.rows_in
+
+    add_record = Ingest._add_record
+    swallowed = record_id("article-0-2")
+
+    def swallowing(self, batch, frame, warc_file, source):
+        if frame.record_id != swallowed:  # as a parser that merged this record into the one before would
+            add_record(self, batch, frame, warc_file, source)
+
+    monkeypatch.setattr(Ingest, "_add_record", swallowing)
+    Dataset(tmp_path / "again").prepare()
+    outcome = run_task(dataclasses.replace(task, output=str(tmp_path / "again")))
+    assert outcome.record is None
+    expected = f"{4 + len(bad_captures())} in != 3 out + {len(bad_captures())} rejected"
+    assert "broke the ledger invariant" in outcome.error and expected in outcome.error

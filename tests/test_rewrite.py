@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,7 +37,16 @@ from stages.rewrite import (
     strip_boilerplate,
     top_level_statements,
 )
-from stages.rewrite_backends import Backend, Generation, OpenAIBackend, Request, SamplingSettings, TransformersBackend
+from stages import rewrite_backends
+from stages.rewrite_backends import (
+    Backend,
+    Generation,
+    OpenAIBackend,
+    Request,
+    SamplingSettings,
+    TransformersBackend,
+    model_fingerprint,
+)
 from tests.conftest import REPO, gristmill_env, run_cli
 
 ENGLISH = [
@@ -351,6 +361,86 @@ def test_the_cache_serves_repeats_and_its_key_covers_prompt_model_and_sampling(t
     other.setup()
     keys |= {other.cache_key("d0", 0, "text"), stage.cache_key("d1", 0, "text"), stage.cache_key("d0", 0, "edited")}
     assert len(keys) == 8
+
+
+def save_model_folder(folder: Path, seed: int = 0, layers: int = 4) -> Path:
+    """A model folder as Hugging Face writes it: config, tokenizer and safetensors weights (float32, seeded)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": layers}))
+    (folder / "tokenizer.json").write_text(json.dumps({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}}}))
+    weights = {f"model.layers.{index}.mlp.weight": rng.standard_normal((256, 256), dtype=np.float32)
+               for index in range(layers)}
+    save_file(weights, str(folder / "model.safetensors"))
+    return folder
+
+
+def edit_weight(folder: Path) -> None:
+    """Change one weight of the last layer, as a (tiny) fine-tune would, keeping the file's size."""
+    from safetensors.numpy import load_file, save_file
+
+    weights = load_file(str(folder / "model.safetensors"))
+    weights["model.layers.3.mlp.weight"][0, 0] += 1.0
+    save_file(weights, str(folder / "model.safetensors"))
+
+
+def test_a_moved_model_folder_hits_the_cache_and_a_changed_weight_misses_it(tmp_path: Path) -> None:
+    def stage_for(folder: Path) -> tuple[Rewrite, ScriptedBackend]:
+        stage = Rewrite(RewriteConfig(model=str(folder)))
+        stage.setup()
+        stage._backend = backend = ScriptedBackend(paraphrase)
+        stage.bind(str(tmp_path / "cache"), "part-00000")
+        return stage, backend
+
+    folder = save_model_folder(tmp_path / "models" / "mill-1b")
+    first, backend = stage_for(folder)
+    rows = first.process(batch_of(ENGLISH)).kept.to_pylist()
+    assert backend.calls == [2] and rows[0]["rewrite_model"] == str(folder)
+
+    moved = tmp_path / "elsewhere" / "mill-1b-copy"
+    moved.parent.mkdir()
+    folder.rename(moved)
+    again, backend = stage_for(moved)
+    result = again.process(batch_of(ENGLISH))
+    assert backend.calls == [] and result.stats["rewrite_cache_hits"] == 2
+    moved_rows = result.kept.to_pylist()
+    assert moved_rows[0]["rewrite_model"] == str(moved)  # the path is provenance only
+    assert moved_rows[0]["rewrite_model_fingerprint"] == rows[0]["rewrite_model_fingerprint"]
+    assert rows[0]["rewrite_model_fingerprint"].startswith("xxh3_128:")
+
+    edit_weight(moved)
+    changed, backend = stage_for(moved)
+    result = changed.process(batch_of(ENGLISH))
+    assert backend.calls == [2] and result.stats["rewrite_cache_hits"] == 0
+    assert result.kept.to_pylist()[0]["rewrite_model_fingerprint"] != rows[0]["rewrite_model_fingerprint"]
+
+
+def test_large_weights_are_fingerprinted_by_size_and_spread_samples(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(rewrite_backends, "FULL_HASH_BYTES", 64 << 10)  # the 1 MiB weights count as large
+    folder = save_model_folder(tmp_path / "model")
+    original = model_fingerprint(str(folder))
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)  # new path and modification times
+    os.utime(copy / "model.safetensors", (0, 0))
+    (copy / ".cache").mkdir()
+    (copy / ".cache" / "download.lock").write_text("")
+    assert model_fingerprint(str(copy)) == original
+    assert model_fingerprint(str(save_model_folder(tmp_path / "retrained", seed=1))) != original
+    weights = bytearray((copy / "model.safetensors").read_bytes())
+    for offset in (0, len(weights) // 2, len(weights) - 1):
+        edited = bytearray(weights)
+        edited[offset] ^= 1
+        (copy / "model.safetensors").write_bytes(edited)
+        assert model_fingerprint(str(copy)) != original
+    (copy / "model.safetensors").write_bytes(weights + b"\0")
+    assert model_fingerprint(str(copy)) != original
+    (copy / "model.safetensors").write_bytes(weights)
+    (copy / "config.json").write_text((folder / "config.json").read_text().replace("4", "5"))
+    assert model_fingerprint(str(copy)) != original
+    assert model_fingerprint("served-model-name") == "name:served-model-name"
 
 
 def test_entries_appended_after_a_torn_last_line_are_all_read_back(tmp_path: Path) -> None:

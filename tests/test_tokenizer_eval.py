@@ -10,6 +10,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
@@ -101,6 +102,29 @@ def test_groups_split_the_tallies(tmp_path: Path) -> None:
     assert measured.languages["de"].continued_words == 1
     assert measured.overall.counts.tolist() == [0, 0, 0, 4, 3]
     assert measure_corpus(evaluated, sample, max_groups=1).languages.keys() == {"en", "(other)"}
+
+
+def test_groups_kept_are_the_largest_by_bytes_whatever_the_script() -> None:
+    """Chinese (all 3-byte Han) outweighs Japanese in bytes but has fewer characters than Japanese pages full of
+    ASCII; with 11 larger Latin-script languages and 12 groups shown, Chinese is listed and Japanese folded."""
+    texts, languages = [], []
+    for index, language in enumerate(("en", "de", "fr", "es", "it", "pt", "nl", "pl", "sv", "cs", "ro")):
+        texts.append("The mill grinds grain into flour. " * (400 - index))
+        languages.append(language)
+    texts += ["磨坊把小麦磨成面粉。我们喜欢读书。" * 150, "水車小屋 version 2.0 の説明 (page 12) を読む。" * 120]
+    languages += ["zh", "ja"]
+    chinese, japanese = (len(text.encode()) for text in texts[-2:])
+    assert chinese > japanese and len(texts[-2]) < len(texts[-1])
+    sample = CorpusSample(texts, languages, ["example.org"] * len(texts), "domain", len(texts))
+    groups = sample.groups("languages", 12)
+    assert groups[-2:] == ["zh", "(other)"] and "(other)" not in groups[:-1]
+    assert sample.folded("languages", 12) == {"ja": japanese}
+    reordered = CorpusSample(texts[::-1], languages[::-1], ["example.org"] * len(texts), "domain", len(texts))
+    assert reordered.groups("languages", 12) == groups[::-1]
+    tied = CorpusSample(["abc", "xyz", "def"], ["b", "c", "a"], ["x"] * 3, "domain", 3)
+    assert tied.groups("languages", 2) == ["b", "(other)", "a"]
+    assert CorpusSample(["xyz", "abc", "def"], ["c", "b", "a"], ["x"] * 3, "domain", 3).groups("languages", 2) == [
+        "(other)", "b", "a"]
 
 
 def test_word_rule() -> None:
@@ -302,6 +326,17 @@ def test_report_is_written_with_every_section(report_dir: Path) -> None:
     assert data["summary"][1]["vocab_size"] == 100_261
     assert [row["trained_on_this_dataset"] for row in data["tokenizers"]] == [True, False]
     assert "In sample: english-bpe was trained on this dataset" in markdown
+
+
+def test_measured_sample_is_written_and_named(report_dir: Path, multilingual: dict) -> None:
+    data = json.loads((report_dir / "report.json").read_text())
+    assert data["sample"]["file"] == "sample.parquet"
+    assert "sample.parquet" in (report_dir / "report.md").read_text()
+    written = pq.read_table(report_dir / "sample.parquet").to_pylist()
+    assert len(written) == data["sample"]["documents"] > 0
+    assert sum(len(row["text"].encode()) for row in written) == data["sample"]["bytes"]
+    rows = {row["id"]: row for row in multilingual_documents()[0]}
+    assert all(rows[row["id"]]["text"] == row["text"] and rows[row["id"]]["lang"] == row["lang"] for row in written)
 
 
 def test_per_language_tables(report_dir: Path, multilingual: dict) -> None:

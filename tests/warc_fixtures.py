@@ -14,6 +14,7 @@ from email.utils import format_datetime
 from io import BytesIO
 from pathlib import Path
 
+from fastwarc.warc import ArchiveIterator
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
@@ -184,3 +185,38 @@ def raw_record(headers: list[tuple[str, str]], block: bytes, compress: bool = Tr
 
 def response_block(body: bytes, content_type: str = "text/html; charset=utf-8") -> bytes:
     return f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+def write_misframed_warc(path: Path, captures: list[Capture], damaged: int, length_error: str, compression: str) -> Path:
+    """A Common-Crawl-like WARC whose response for captures[damaged] declares a wrong Content-Length.
+
+    length_error "long" runs the record 200 bytes into the next response's header (swallowing the
+    metadata and request between); "short" ends it 500 bytes before its payload does. compression is
+    "none", "record" (one gzip member per record, as Common Crawl writes) or "file" (one member).
+    """
+    plain = write_warc(path.with_name(path.name + ".plain"), captures, compress=False, side_records=False)
+    data = plain.read_bytes()
+    plain.unlink()
+    starts = [(record.stream_pos, str(record.record_type)) for record in ArchiveIterator(BytesIO(data))]
+    bounds = [start for start, _ in starts] + [len(data)]
+    records = [data[start:end] for start, end in zip(bounds, bounds[1:])]
+    responses = [index for index, (_, kind) in enumerate(starts) if kind == "response"]
+    target = responses[damaged]
+    header_end = records[target].index(b"\r\n\r\n") + 2  # after the last header line's CRLF
+    declared = len(records[target]) - header_end - 6  # the block, without the blank line and the closing CRLFs
+    if length_error == "long":
+        wrong = declared + 4 + sum(len(record) for record in records[target + 1:responses[damaged + 1]]) + 200
+    else:
+        wrong = declared - 500
+    head = records[target][:header_end].replace(f"Content-Length: {declared}\r\n".encode(),
+                                                f"Content-Length: {wrong}\r\n".encode())
+    assert head != records[target][:header_end], "no WARC Content-Length to change"
+    records[target] = head + records[target][header_end:]
+    if compression == "record":
+        payload = b"".join(gzip.compress(record, mtime=0) for record in records)
+    elif compression == "file":
+        payload = gzip.compress(b"".join(records), mtime=0)
+    else:
+        payload = b"".join(records)
+    path.write_bytes(payload)
+    return path

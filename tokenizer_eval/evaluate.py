@@ -19,7 +19,7 @@ from tokenizer_eval.corpus import (
 )
 from tokenizer_eval.loading import EvalTokenizer, load_for_evaluation
 from tokenizer_eval.proxy import ProxySettings
-from tokenizer_eval.sample import CorpusSample, sample_dataset
+from tokenizer_eval.sample import SAMPLE_FILE, CorpusSample, sample_dataset
 from tokenizer_eval.vocabulary import analyse_vocabulary, core_coverage, core_words
 
 
@@ -47,7 +47,8 @@ class TokenizerResult:
 def evaluate_tokenizers(specs: Sequence[str], dataset: str | Path, output: str | Path,
                         options: EvaluationOptions = EvaluationOptions(),
                         echo: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
-    """Measure each tokenizer, write report.html, report.md, figures/ and report.json under `output`; return the JSON data."""
+    """Measure each tokenizer, write report.html, report.md, figures/, report.json and the measured sample
+    (sample.parquet) under `output`; return the JSON data."""
     # matplotlib loads only when a report is written
     from tokenizer_eval.report import build_report
 
@@ -73,6 +74,7 @@ def evaluate_tokenizers(specs: Sequence[str], dataset: str | Path, output: str |
         proxy = run_proxies(tokenizers, sample, Path(output) / "proxy", options.proxy, echo)
     report = build_report(results, sample, str(dataset), options, proxy)
     paths = report.write(output)
+    sample.write_parquet(Path(output) / SAMPLE_FILE)
     echo(f"report: {paths['html']}")
     return report.data
 

@@ -15,7 +15,7 @@ import numpy as np
 from pipeline.report import Report, plt
 from tokenizer_eval.corpus import METRICS, RENYI_ALPHA, Tally
 from tokenizer_eval.evaluate import EvaluationOptions, TokenizerResult
-from tokenizer_eval.sample import CorpusSample
+from tokenizer_eval.sample import OTHER, SAMPLE_FILE, CorpusSample
 from tokenizer_eval.vocabulary import CATEGORIES
 from tokenizer_eval.words import UNSPACED_SCRIPTS
 
@@ -76,7 +76,9 @@ def report_data(results: Sequence[TokenizerResult], sample: CorpusSample, datase
         "format": FORMAT, "version": VERSION, "dataset": dataset,
         "sample": {"documents": len(sample.texts), "bytes": sample.bytes, "words": int(sum(map(len, sample.words))),
                    "documents_read": sample.documents_read, "sample_bytes": options.sample_bytes, "seed": options.seed,
-                   "domain_column": sample.domain_column},
+                   "domain_column": sample.domain_column, "file": SAMPLE_FILE,
+                   "folded": {dimension: sample.folded(dimension, options.max_groups)
+                              for dimension in ("languages", "domains")}},
         "renyi_alpha": RENYI_ALPHA, "summary": summary, "tokenizers": tokenizers,
         "languages": group_rows(results, "languages", "language"),
         "domains": group_rows(results, "domains", "domain"),
@@ -151,7 +153,8 @@ def build_report(results: Sequence[TokenizerResult], sample: CorpusSample, datas
     report = Report("Tokenizer comparison", data)
     report.section("Summary").text(
         f"{len(results)} tokenizers on a seeded sample of {dataset}: {len(sample.texts):,} documents, "
-        f"{sample.bytes:,} bytes, {data['sample']['words']:,} words (seed {options.seed}).")
+        f"{sample.bytes:,} bytes, {data['sample']['words']:,} words (seed {options.seed}). The measured documents "
+        f"(id, lang, domain, text) are in {SAMPLE_FILE} beside this report.")
     report.table([{**row, "documents/s": info["documents_per_second"]}
                   for row, info in zip(data["summary"], data["tokenizers"])])
     in_sample = [info["tokenizer"] for info in data["tokenizers"] if info.get("trained_on_this_dataset")]
@@ -166,8 +169,13 @@ def build_report(results: Sequence[TokenizerResult], sample: CorpusSample, datas
         rows = data[dimension]
         report.section(title)
         if dimension == "domains":
-            report.text(f"Domains are the dataset's {sample.domain_column or 'domain'} column; the "
-                        f"{options.max_groups} largest by bytes are shown, the rest are grouped as (other).")
+            report.text(f"Domains are the dataset's {sample.domain_column or 'domain'} column.")
+        folded = list(data["sample"]["folded"][dimension].items())
+        shown = f"The {options.max_groups} largest {dimension} by bytes are shown"
+        if folded:
+            shares = ", ".join(f"{name} ({size / sample.bytes:.1%})" for name, size in folded[:20])
+            shown += f"; {OTHER} holds the {len(folded)} smaller: {shares}{', …' if len(folded) > 20 else ''}"
+        report.text(shown + ".")
         report.table(rows, [column, "tokenizer", *COUNT_COLUMNS, *METRICS])
         report.figure(metric_figure(rows, column, ["fertility", "bytes_per_token"], labels),
                       f"Fertility and bytes per token {title.lower()}")
