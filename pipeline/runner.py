@@ -206,8 +206,8 @@ def run_node(
     for attempt in range(retries + 1):
         failed: list[ShardTask] = []
         for task, outcome in executor.map_unordered(run_task, pending, task_resources(plan.node)):
-            if isinstance(outcome, BaseException):  # the executor itself lost the task
-                outcome = TaskOutcome(task, error=f"{type(outcome).__name__}: {outcome}")
+            if isinstance(outcome, BaseException):  # the executor itself lost the task, e.g. its worker died
+                outcome = TaskOutcome(task, error=f"{type(outcome).__name__}: {plan.node.name}/{task.name}: {outcome}")
             if outcome.error is not None:
                 failed.append(task)
                 last_errors[task.name] = outcome.error

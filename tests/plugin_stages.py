@@ -6,8 +6,10 @@ Loaded through a graph's `plugins:` list, the same way users add their own stage
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -86,6 +88,33 @@ class KillWorkerOnce(MapStage):
         if first_id.startswith(self.config.id_prefix) and not marker.exists():
             marker.touch()
             os._exit(1)
+        return BatchResult.keep_all(batch)
+
+
+CRASH_VARIABLE = "GRISTMILL_TEST_CRASH"
+
+
+class CrashWorkerConfig(StageConfig):
+    id_prefix: str
+    how: Literal["exit_3", "sigkill"]
+    seconds_per_batch: float = 0.0
+
+
+@register
+class CrashWorker(MapStage):
+    """Ends its own process on a chosen shard (os._exit(3) or SIGKILL) while $GRISTMILL_TEST_CRASH is 1, as
+    a segfaulting native library or the OOM killer would; unsetting it is the fix. Other shards copy slowly,
+    so they are in flight when the worker dies."""
+
+    name = "test_crash_worker"
+    Config = CrashWorkerConfig
+
+    def process(self, batch: pa.RecordBatch) -> BatchResult:
+        if os.environ.get(CRASH_VARIABLE) == "1" and batch.column("id")[0].as_py().startswith(self.config.id_prefix):
+            if self.config.how == "sigkill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            os._exit(3)
+        time.sleep(self.config.seconds_per_batch)
         return BatchResult.keep_all(batch)
 
 
