@@ -305,7 +305,7 @@ def report_dir(multilingual: dict) -> Path:
     output = multilingual["root"] / "eval"
     result = CliRunner().invoke(tokenizer_group, [
         "eval", "--tokenizer", f"english-bpe={multilingual['tokenizer']}", "--tokenizer", "tiktoken:cl100k_base",
-        "--dataset", str(multilingual["dataset"]), "--output", str(output), "--parallel", str(multilingual["parallel"]),
+        "--input", str(multilingual["dataset"]), "--output", str(output), "--parallel", str(multilingual["parallel"]),
         "--core-words", "20", "--proxy-steps", "2", "--proxy-tokens-per-step", "128", "--proxy-seq-len", "32"])
     assert result.exit_code == 0, result.output
     assert "english-bpe: vocabulary " in result.output and "cl100k_base: vocabulary 100,261" in result.output
@@ -389,7 +389,7 @@ def test_sample_is_seeded_and_bounded(multilingual: dict) -> None:
 
 
 def test_bad_tokenizer_is_one_line_error(multilingual: dict, tmp_path: Path) -> None:
-    result = CliRunner().invoke(tokenizer_group, ["eval", "--tokenizer", "tiktoken:nope", "--dataset",
+    result = CliRunner().invoke(tokenizer_group, ["eval", "--tokenizer", "tiktoken:nope", "--input",
                                                   str(multilingual["dataset"]), "--output", str(tmp_path / "out")])
     assert result.exit_code == 2
     assert result.output.strip().startswith("error: --tokenizer tiktoken:nope: unknown encoding 'nope'")
