@@ -153,6 +153,7 @@ def inspect(dataset: str, as_json: bool, sample_rows: int) -> None:
 
 def describe_dataset(dataset: Dataset, sample_rows: int) -> dict[str, Any]:
     manifest = dataset.manifest()
+    dataset.check_sizes()  # a stat per file; the shards sampled below are checksummed as they are opened
     sample: list[dict[str, Any]] = []
     for batch in dataset.iter_batches():
         sample.extend(batch.slice(0, sample_rows - len(sample)).to_pylist())

@@ -23,7 +23,14 @@ import pyarrow.parquet as pq
 import xxhash
 
 from pipeline.cli_options import PathsOption, input_option
-from pipeline.dataset import Dataset, DatasetError, file_checksum, write_json_atomic
+from pipeline.dataset import (
+    Dataset,
+    DatasetError,
+    file_checksum,
+    is_dataset_directory,
+    iter_parquet_batches,
+    write_json_atomic,
+)
 from pipeline.indexed_dataset import (
     IndexedDataset,
     IndexedDatasetError,
@@ -36,6 +43,7 @@ from pipeline.tokenization import (
     tokenizer_record,
     train_from_dataset,
 )
+from pipeline.verify import verify_dataset
 from tokenizer_eval.cli import evaluate as evaluate_tokenizers
 
 SIDECAR_FORMAT = "gristmill.tokens"
@@ -79,9 +87,9 @@ class BucketTally:
 
 def complete_sequences(dataset: Dataset) -> Any:
     """Tables of whole training sequences: a packed sequence split across read batches is held back and joined."""
-    for path in dataset.shard_files():
+    for path in dataset.verified_shards():
         pending: pa.Table | None = None
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=16_384):
+        for batch in iter_parquet_batches(path):
             table = pa.Table.from_batches([batch])
             if pending is not None:
                 table = pa.concat_tables([pending, table])
@@ -498,12 +506,38 @@ def export(dataset: str, output: str, seed: int, memory_mb: int) -> None:
 
 
 @click.command()
-@input_option("directory", "The export directory to check.", metavar="DIRECTORY", single=True, file_okay=False,
+@input_option("directory", "The dataset or export directory to check.", metavar="DIRECTORY", single=True, file_okay=False,
               exists=True)
-@click.option("--samples", type=click.IntRange(min=0), default=3, show_default=True, help="Sequences to decode per bucket.")
-def verify(directory: str, samples: int) -> None:
-    """Check an export: index ↔ data, counts, checksums, token range, lengths; decode a few sequences."""
+@click.option("--samples", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Sequences to decode per bucket (exports).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output: kind, ok, problems (and buckets).")
+def verify(directory: str, samples: int, as_json: bool) -> None:
+    """Check a dataset or an export; exit 1 with one line per problem when damaged.
+
+    A dataset: every data and ledger file against its recorded checksum, Parquet rows and ledger reasons against
+    the shard records, record files against the manifest, the manifest's totals, stray shards. An export
+    (`gristmill export`): index ↔ data, counts, checksums, token range, lengths; a few sequences decoded.
+    """
+    if is_dataset_directory(Path(directory)):
+        check = verify_dataset(directory)
+        if as_json:
+            click.echo(json.dumps(check.as_dict(), indent=2))
+        else:
+            for problem in check.problems:
+                click.echo(f"problem: {problem}")
+            for note in check.notes:
+                click.echo(f"note: {note}")
+            state = "FAILED" if check.problems else "ok"
+            click.echo(f"{directory}: {state} ({check.shards} shard(s), {check.rows:,} rows, {len(check.problems)} problem(s))")
+        sys.exit(1 if check.problems else 0)
     checks = verify_export(directory, samples)
+    if as_json:
+        buckets = [{"name": check.name, "ok": not check.problems, "problems": check.problems, "notes": check.notes,
+                    "samples": check.samples} for check in checks]
+        click.echo(json.dumps({"path": directory, "kind": "export", "ok": not any(check.problems for check in checks),
+                               "problems": [f"{check.name}: {problem}" for check in checks for problem in check.problems],
+                               "buckets": buckets}, indent=2))
+        sys.exit(1 if any(check.problems for check in checks) else 0)
     for check in checks:
         click.echo(f"{check.name}: {'ok' if not check.problems else 'FAILED'}")
         for problem in check.problems:

@@ -18,6 +18,7 @@ hidden temporary names, so readers never see a half-written file.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -33,6 +34,7 @@ import xxhash
 from pydantic import BaseModel, Field, ValidationError
 
 SCHEMA_VERSION = 1
+BaseModelType = TypeVar("BaseModelType", bound=BaseModel)
 MANIFEST_NAME = "_manifest.json"
 REJECTS_DIR = "_rejects"
 SHARDS_DIR = "_shards"
@@ -72,6 +74,8 @@ class ShardRecord(BaseModel):
     text_bytes_out: int = 0
     seconds: float = 0.0
     stats: dict[str, int | float] = Field(default_factory=dict, description="stage-specific counters, summed")
+    ledger_bytes: int | None = Field(None, description="size of the reject ledger file; None in older datasets")
+    ledger_checksum: str | None = Field(None, description="xxh3-128 of the reject ledger file; None in older datasets")
 
     @property
     def rows_rejected(self) -> int:
@@ -95,6 +99,7 @@ class Manifest(BaseModel):
     rows_in: int
     rejected: dict[str, int]
     stats: dict[str, int | float] = Field(default_factory=dict)
+    checksum: str | None = Field(None, description="xxh3-128 of this manifest written without this field")
 
     @property
     def schema(self) -> pa.Schema:
@@ -115,6 +120,63 @@ def file_checksum(path: Path) -> str:
         while chunk := handle.read(1 << 22):
             digest.update(chunk)
     return "xxh3_128:" + digest.hexdigest()
+
+
+def manifest_checksum(manifest: Manifest) -> str:
+    """Covers what no other file repeats (config, parents, schema), so a changed value cannot pass as intact."""
+    return "xxh3_128:" + xxhash.xxh3_128_hexdigest(manifest.model_dump_json(indent=2, exclude={"checksum"}).encode())
+
+
+def check_file(path: Path, size: int, checksum: str | None = None) -> None:
+    """Raise a one-line DatasetError unless `path` has the recorded size and (when given) checksum.
+
+    The size is checked first: a truncated or replaced file costs a stat, a flipped bit one xxh3 pass.
+    """
+    try:
+        actual = path.stat().st_size
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: missing (its shard record lists it)") from None
+    if actual != size:
+        raise DatasetError(f"{path}: {actual:,} bytes, its shard record says {size:,} (truncated or replaced)")
+    if checksum is not None and file_checksum(path) != checksum:
+        raise DatasetError(f"{path}: checksum differs from its shard record (damaged)")
+
+
+def read_model(path: Path, model: type[BaseModelType]) -> BaseModelType:
+    """A shard record or manifest, refused unless the file is byte for byte what Gristmill wrote for its values."""
+    try:
+        return parse_model(path, path.read_bytes(), model)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: missing") from None
+
+
+def parse_model(path: Path, content: bytes, model: type[BaseModelType]) -> BaseModelType:
+    """Re-serialising and comparing catches what parsing forgives: a changed space, a renamed key, `1e5` as `1E5`.
+    Gristmill writes indented JSON; compact JSON (what `model_dump_json()` gives) is accepted too."""
+    try:
+        text = content.decode()
+        parsed = model.model_validate_json(text)
+    except (UnicodeDecodeError, ValidationError) as error:
+        detail = ""
+        if isinstance(error, ValidationError):
+            first = error.errors()[0]
+            detail = ": " + ".".join(str(part) for part in first["loc"]) + f": {first['msg']}"
+        raise DatasetError(f"{path}: unreadable (damaged){detail}") from None
+    if text not in (parsed.model_dump_json(indent=2, exclude_unset=True), parsed.model_dump_json(exclude_unset=True)):
+        raise DatasetError(f"{path}: not as Gristmill wrote it (damaged or edited)")
+    return parsed
+
+
+@functools.lru_cache(maxsize=16)
+def _parse_manifest(path: Path, content: bytes) -> Manifest:
+    """One parse per content of a manifest and process: every task of a node reads its input's manifest.
+
+    Keyed by the bytes, not a stat: a flipped bit changes neither size nor modification time.
+    """
+    manifest = parse_model(path, content, Manifest)
+    if manifest.checksum is not None and manifest.checksum != manifest_checksum(manifest):
+        raise DatasetError(f"{path}: checksum differs from its contents (damaged)")
+    return manifest
 
 
 def write_json_atomic(path: Path, payload: str) -> None:
@@ -183,11 +245,23 @@ def iter_parquet_batches(
         yield from parquet.iter_batches(batch_size=batch_rows, columns=columns)
 
 
+def is_dataset_directory(path: Path) -> bool:
+    return (path / MANIFEST_NAME).exists() or (path / SHARDS_DIR).is_dir()
+
+
+def verified_input(path: str | Path) -> Path:
+    """A task's input shard, checked against its dataset's manifest before the task reads it (tasks carry a path)."""
+    path = Path(path)
+    dataset = Dataset(path.parent)
+    return dataset.verify_shard(dataset.record(path.name.removesuffix(".parquet")))
+
+
 class Dataset:
     """A dataset directory, complete (with a manifest) or in progress (shard records only)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._verified: set[str] = set()
 
     @property
     def manifest_path(self) -> Path:
@@ -211,52 +285,86 @@ class Dataset:
         (self.path / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
 
     def manifest(self) -> Manifest:
-        if not self.manifest_path.exists():
-            raise DatasetError(f"{self.path}: not a complete Gristmill dataset (no {MANIFEST_NAME})")
+        """The manifest, checked against its own checksum and layout (parsed once per content and process)."""
         try:
-            return Manifest.model_validate_json(self.manifest_path.read_text())
-        except ValidationError as error:
-            first = error.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
-            raise DatasetError(f"{self.manifest_path}: unreadable manifest: {where}: {first['msg']}") from None
+            content = self.manifest_path.read_bytes()
+        except FileNotFoundError:
+            raise DatasetError(f"{self.path}: not a complete Gristmill dataset (no {MANIFEST_NAME})") from None
+        return _parse_manifest(self.manifest_path, content)
 
     def completed_record(self, name: str) -> ShardRecord | None:
         path = self.record_path(name)
         if not path.exists():
             return None
-        return ShardRecord.model_validate_json(path.read_text())
+        return read_model(path, ShardRecord)
 
     def shard_records(self) -> list[ShardRecord]:
         directory = self.path / SHARDS_DIR
         if not directory.exists():
             return []
-        return [
-            ShardRecord.model_validate_json(path.read_text())
-            for path in sorted(directory.glob("*.json"))
-        ]
+        return [read_model(path, ShardRecord) for path in sorted(directory.glob("*.json"))]
 
-    def shard_files(self) -> list[Path]:
-        """Data shards in order; from the manifest when complete, else whatever is committed."""
+    def records(self) -> list[ShardRecord]:
+        """The shards to read: the manifest's when complete, else those committed so far."""
+        return self.manifest().shards if self.is_complete else self.shard_records()
+
+    def record(self, name: str) -> ShardRecord:
+        found = next((record for record in self.records() if record.name == name), None)
+        if found is None:
+            raise DatasetError(f"{self.shard_path(name)}: not a shard of {self.path} (no shard record)")
+        return found
+
+    def check_record_file(self, record: ShardRecord) -> None:
+        """A complete dataset's `_shards/<name>.json` must say what its manifest says."""
+        path = self.record_path(record.name)
+        if read_model(path, ShardRecord).model_dump() != record.model_dump():
+            raise DatasetError(f"{path}: differs from the manifest's record of {record.name} (damaged)")
+
+    def verify_shard(self, record: ShardRecord) -> Path:
+        """Check a shard's data and ledger files (and, when complete, its record file) against `record` before
+        they are read; a one-line DatasetError names the first damaged file. Returns the data file's path.
+
+        Each shard is hashed once per `Dataset` object, however many passes a reader makes over it.
+        """
+        path = self.shard_path(record.name)
+        if record.name in self._verified:
+            return path
+        check_file(path, record.bytes, record.checksum)
+        if record.ledger_checksum is not None:
+            check_file(self.reject_path(record.name), record.ledger_bytes, record.ledger_checksum)
         if self.is_complete:
-            return [self.shard_path(record.name) for record in self.manifest().shards]
-        return [self.shard_path(record.name) for record in self.shard_records()]
+            self.check_record_file(record)
+        self._verified.add(record.name)
+        return path
+
+    def check_sizes(self) -> None:
+        """Every data and ledger file present at its recorded size: a stat each, for commands that read few shards."""
+        for record in self.records():
+            check_file(self.shard_path(record.name), record.bytes)
+            if record.ledger_bytes is not None:
+                check_file(self.reject_path(record.name), record.ledger_bytes)
+
+    def verified_shards(self) -> Iterator[Path]:
+        """Data shards in order, each verified just before the caller opens it."""
+        for record in self.records():
+            yield self.verify_shard(record)
 
     def schema(self) -> pa.Schema:
         if self.is_complete:
             return self.manifest().schema
-        files = self.shard_files()
-        if not files:
+        records = self.shard_records()
+        if not records:
             raise DatasetError(f"{self.path}: no committed shards")
-        return pq.read_schema(files[0])
+        return pq.read_schema(self.verify_shard(records[0]))
 
-    def iter_batches(self, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
-        for path in self.shard_files():
-            yield from iter_parquet_batches(path, columns=columns)
+    def iter_batches(self, columns: list[str] | None = None, batch_rows: int = ROW_GROUP_ROWS) -> Iterator[pa.RecordBatch]:
+        for path in self.verified_shards():
+            yield from iter_parquet_batches(path, columns=columns, batch_rows=batch_rows)
 
-    def iter_rejects(self) -> Iterator[pa.RecordBatch]:
-        names = [record.name for record in self.manifest().shards]
-        for name in names:
-            yield from iter_parquet_batches(self.reject_path(name))
+    def iter_rejects(self, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+        for record in self.manifest().shards:
+            self.verify_shard(record)
+            yield from iter_parquet_batches(self.reject_path(record.name), columns=columns)
 
     def remove_temporaries(self) -> None:
         """Delete files left by writers that died before committing, work files included."""
@@ -297,6 +405,7 @@ class Dataset:
             rejected=dict(sorted(rejected.items())),
             stats=dict(sorted(stats.items())),
         )
+        manifest.checksum = manifest_checksum(manifest)
         self.remove_temporaries()
         write_json_atomic(self.manifest_path, manifest.model_dump_json(indent=2))
         return manifest

@@ -11,7 +11,7 @@ import itertools
 import json
 import sys
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,11 +24,10 @@ import pyarrow.parquet as pq
 
 from pipeline.cli_options import input_option
 from pipeline.dataset import (
-    MANIFEST_NAME,
-    SHARDS_DIR,
     Dataset,
     DatasetError,
     ShardRecord,
+    is_dataset_directory,
     iter_parquet_batches,
 )
 from pipeline.report import Report, plt
@@ -80,15 +79,13 @@ class DatasetNode:
         """Rows are documents with text (not pieces of documents)."""
         return "text" in self.schema.names and "document_id" not in self.schema.names
 
-    def shard_files(self) -> list[Path]:
-        return [self.dataset.shard_path(record.name) for record in self.records]
+    def shard_files(self) -> Iterator[Path]:
+        """Data shards, each checked against its record (data, ledger, record file) the first time it is read."""
+        for record in self.records:
+            yield self.dataset.verify_shard(record)
 
     def has(self, column: str) -> bool:
         return column in self.schema.names
-
-
-def is_dataset_directory(path: Path) -> bool:
-    return (path / MANIFEST_NAME).exists() or (path / SHARDS_DIR).is_dir()
 
 
 def load_node(path: Path) -> DatasetNode | None:
@@ -106,7 +103,7 @@ def load_node(path: Path) -> DatasetNode | None:
     stats: Counter[str] = Counter()
     for record in records:
         stats.update(record.stats)
-    schema = pq.read_schema(dataset.shard_path(records[0].name))
+    schema = pq.read_schema(dataset.verify_shard(records[0]))
     return DatasetNode(path.name, dataset, stage, False, records, schema, stats=dict(stats))
 
 
@@ -186,8 +183,8 @@ def count_ledger(node: DatasetNode) -> tuple[int, Counter[str]]:
     """Rows in the data files (from Parquet footers) and ledger rows per reason (reading the `reason` column only)."""
     rows = 0
     reasons: Counter[str] = Counter()
-    for record in node.records:
-        rows += read_footer(node.dataset.shard_path(record.name)).num_rows
+    for record, path in zip(node.records, node.shard_files()):
+        rows += read_footer(path).num_rows
         ledger = node.dataset.reject_path(record.name)
         if ledger.exists():
             for batch in iter_parquet_batches(ledger, columns=["reason"]):
@@ -527,7 +524,7 @@ def cluster_sizes(node: DatasetNode) -> dict[str, Any] | None:
     if not any(reason.endswith("_duplicate") for record in node.records for reason in record.rejected):
         return None
     removed_per_survivor: Counter[str] = Counter()
-    for record in node.records:
+    for record, _ in zip(node.records, node.shard_files()):
         ledger = node.dataset.reject_path(record.name)
         if not ledger.exists():
             continue

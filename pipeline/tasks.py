@@ -29,6 +29,7 @@ from pipeline.dataset import (
     ParquetShardWriter,
     ShardRecord,
     iter_parquet_batches,
+    verified_input,
     write_json_atomic,
 )
 from pipeline.stage import INPUT_DOCUMENTS_STAT, BatchResult, MapStage, SourceStage, Stage, stage_class
@@ -110,7 +111,7 @@ def run_summary(task: SummaryTask) -> str | None:
     assert isinstance(stage, MapStage)
     writer = None
     try:
-        for batch in iter_parquet_batches(task.source):
+        for batch in iter_parquet_batches(verified_input(task.source)):
             summary = stage.summarize(batch)
             if writer is None:
                 output.parent.mkdir(parents=True, exist_ok=True)
@@ -150,7 +151,7 @@ def _execute(task: ShardTask) -> ShardRecord:
         assert isinstance(stage, MapStage)
         if stage.needs_global_view:
             stage.bind(task.global_view, task.name)
-        schema = stage.output_schema(pq.read_schema(task.source))
+        schema = stage.output_schema(pq.read_schema(verified_input(task.source)))  # before any byte is used
         results = _map_batches(stage, task.source, counted_input)
 
     data_writer = ParquetShardWriter(dataset.shard_path(task.name), schema)
@@ -187,7 +188,7 @@ def _execute(task: ShardTask) -> ShardRecord:
             f"stage {task.stage!r} broke the ledger invariant on {task.source}: "
             f"{rows_in} in != {documents_out} out + {sum(rejected.values())} rejected"
         )
-    reject_writer.commit()
+    ledger_size, ledger_checksum = reject_writer.commit()
     size, checksum = data_writer.commit()
     record = ShardRecord(
         name=task.name,
@@ -202,6 +203,8 @@ def _execute(task: ShardTask) -> ShardRecord:
         text_bytes_out=text_out,
         seconds=round(time.perf_counter() - started, 6),
         stats=dict(sorted(stats.items())),
+        ledger_bytes=ledger_size,
+        ledger_checksum=ledger_checksum,
     )
     write_json_atomic(dataset.record_path(task.name), record.model_dump_json(indent=2))
     return record
