@@ -32,6 +32,7 @@ from pipeline.dataset import (
     verified_input,
     write_json_atomic,
 )
+from pipeline.native_threads import single_threaded_blas
 from pipeline.stage import INPUT_DOCUMENTS_STAT, BatchResult, MapStage, SourceStage, Stage, stage_class
 
 
@@ -102,6 +103,7 @@ def documents_in(stage: Stage, kept: pa.RecordBatch | pa.Table) -> int:
     return pc.count_distinct(kept.column("document_id")).as_py()
 
 
+@single_threaded_blas()
 def run_summary(task: SummaryTask) -> str | None:
     """Write one shard's summary atomically (skipped if present); None when the shard has no rows."""
     output = Path(task.output)
@@ -127,6 +129,7 @@ def run_summary(task: SummaryTask) -> str | None:
     return task.output
 
 
+@single_threaded_blas()
 def run_task(task: ShardTask) -> TaskOutcome:
     """Run one shard task; never raises, so every executor reports failures the same way."""
     try:
