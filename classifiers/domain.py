@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from pipeline.config_files import validated_yaml
 
 
 class LabelRule(BaseModel):
@@ -55,19 +56,7 @@ class DomainRules(BaseModel):
 
 def load_rules(path: str | Path) -> DomainRules:
     """Read a rules YAML file safely; errors name the file and the field."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such file") from None
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path}: not valid YAML ({error})") from None
-    try:
-        return DomainRules.model_validate(raw)
-    except ValidationError as error:
-        first = error.errors()[0]
-        location = ".".join(str(part) for part in first["loc"]) or "(top level)"
-        raise ValueError(f"{path}: {location}: {first['msg']}") from None
+    return validated_yaml(path, DomainRules, ValueError)
 
 
 def seed_labels(texts: pa.Array | pa.ChunkedArray, urls: pa.Array | pa.ChunkedArray | None, rules: DomainRules) -> pa.Array:

@@ -20,9 +20,10 @@ from pipeline.cli_options import PathsOption, fields_as_flags, input_option, opt
 from pipeline.cli_tokens import commands as token_commands
 from pipeline.dataset import Dataset, DatasetError
 from pipeline.executors import make_executor
+from pipeline.ownership import claim
 from pipeline.graph import Graph, GraphError, GraphSpec, NodeSpec, build_graph, load_graph
 from pipeline.run_report import report as run_report_command
-from pipeline.runner import RunFailed, default_console, plan_graph, run_graph
+from pipeline.runner import RunFailed, check_run_directory, default_console, default_dataset_paths, plan_graph, run_graph
 from pipeline.stage import SourceStage, Stage, registered_stages
 from trainer.cli import commands as trainer_commands
 
@@ -55,20 +56,37 @@ def execute(graph: Graph, executor: str, workers: int | None, scheduler: str | N
             dataset_paths: dict[str, Path] | None = None) -> None:
     console = default_console()
     try:
-        with make_executor(executor, workers, scheduler) as pool:
+        check_run_directory(graph, dataset_paths or default_dataset_paths(graph))  # before a cluster starts
+        pool = open_executor(executor, workers, scheduler)
+        with pool:
             run_graph(graph, pool, retries, console, dataset_paths)
     except (GraphError, DatasetError) as error:
         fail(str(error))
     except RunFailed as error:
         click.echo(f"error: {error}", err=True)
-        click.echo(f"tracebacks: {graph.output}/<stage>/_failures/", err=True)
+        where = f"{graph.output}/_failures/" if dataset_paths else f"{graph.output}/<stage>/_failures/"
+        click.echo(f"tracebacks: {where}", err=True)
         sys.exit(1)
-    except OSError as error:
-        fail(f"{getattr(error, 'filename', '') or ''}: {error.strerror or error}")
+    except OSError as error:  # a full disk, a permission: the file and errno, and the run resumes once fixed
+        where = f"{error.filename}: " if error.filename else ""
+        code = f"[Errno {error.errno}] " if error.errno else ""
+        click.echo(f"error: {where}{code}{error.strerror or error}", err=True)
+        sys.exit(1)
     outputs = dataset_paths or {node.name: graph.output / node.name for node in graph.nodes}
     console.print("outputs:")
     for node in graph.nodes:
         console.print(f"  {node.name:<16} {outputs[node.name]}")
+
+
+def open_executor(executor: str, workers: int | None, scheduler: str | None):
+    """The executor, or one line saying why a scheduler could not be reached."""
+    try:
+        return make_executor(executor, workers, scheduler)
+    except (OSError, TimeoutError, ValueError) as error:
+        if scheduler:
+            fail(f"--scheduler {scheduler}: cannot reach the Dask scheduler ({type(error).__name__}: "
+                 f"{str(error).splitlines()[0] if str(error) else 'no answer'})")
+        raise
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -206,6 +224,10 @@ def sample(output: str, pages: int, seed: int) -> None:
     """Write the bundled Common-Crawl-like sample: HTML pages in WARC plus their text as JSONL."""
     from pipeline.sample import write_sample
 
+    try:
+        claim(Path(output))
+    except DatasetError as error:
+        fail(str(error))
     summary = write_sample(Path(output), pages=pages, seed=seed)
     click.echo(f"sample: {summary.warc_path} ({summary.records} WARC records), {summary.jsonl_path} ({summary.pages} pages)")
 

@@ -22,6 +22,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -39,6 +40,8 @@ MANIFEST_NAME = "_manifest.json"
 REJECTS_DIR = "_rejects"
 SHARDS_DIR = "_shards"
 TEMP_MARK = ".tmp-"
+TEMPORARY_NAME = re.compile(r"\..+" + re.escape(TEMP_MARK) + r"[0-9a-f]{32}")
+WORK_DIR = "_work"
 
 # Row groups of this many rows keep reads parallel and memory bounded.
 ROW_GROUP_ROWS = 16_384
@@ -179,10 +182,19 @@ def _parse_manifest(path: Path, content: bytes) -> Manifest:
     return manifest
 
 
+def temporary_name(path: Path) -> Path:
+    """The hidden name a writer uses until it commits; `remove_temporaries` knows exactly this shape."""
+    return path.with_name(f".{path.name}{TEMP_MARK}{uuid.uuid4().hex}")
+
+
 def write_json_atomic(path: Path, payload: str) -> None:
-    temporary = path.with_name(f".{path.name}{TEMP_MARK}{uuid.uuid4().hex}")
-    temporary.write_text(payload)
-    os.replace(temporary, path)
+    temporary = temporary_name(path)
+    try:
+        temporary.write_text(payload)
+        os.replace(temporary, path)
+    except OSError as error:  # a full disk: leave no half-written temporary, and name the file
+        temporary.unlink(missing_ok=True)
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from None
 
 
 class ParquetShardWriter:
@@ -197,7 +209,7 @@ class ParquetShardWriter:
         self.schema = schema
         self.row_group_rows = row_group_rows
         self.rows = 0
-        self._temporary = path.with_name(f".{path.name}{TEMP_MARK}{uuid.uuid4().hex}")
+        self._temporary = temporary_name(path)
         self._buffer: list[pa.RecordBatch] = []
         self._buffered_rows = 0
         self._writer = pq.ParquetWriter(
@@ -207,7 +219,20 @@ class ParquetShardWriter:
             compression_level=COMPRESSION_LEVEL,
         )
 
+    def _named(self, error: OSError) -> OSError:
+        """pyarrow's I/O errors carry no file name; give the shard's, with the errno when one is known."""
+        self.abort()
+        errno = error.errno if error.errno is not None else _errno_in(str(error))
+        strerror = os.strerror(errno) if errno else (error.strerror or str(error))
+        return OSError(errno, strerror, str(self.path))
+
     def write(self, data: pa.RecordBatch | pa.Table) -> None:
+        try:
+            self._write(data)
+        except OSError as error:
+            raise self._named(error) from None
+
+    def _write(self, data: pa.RecordBatch | pa.Table) -> None:
         if data.num_rows == 0:
             return
         if data.schema != self.schema:
@@ -227,14 +252,26 @@ class ParquetShardWriter:
 
     def commit(self) -> tuple[int, str]:
         """Close, rename into place and return (file bytes, checksum)."""
-        self._flush()
-        self._writer.close()
-        os.replace(self._temporary, self.path)
+        try:
+            self._flush()
+            self._writer.close()
+            os.replace(self._temporary, self.path)
+        except OSError as error:
+            raise self._named(error) from None
         return self.path.stat().st_size, file_checksum(self.path)
 
     def abort(self) -> None:
-        self._writer.close()
+        try:
+            self._writer.close()
+        except OSError:  # closing flushes; on a full disk that fails too, and the file goes anyway
+            pass
         self._temporary.unlink(missing_ok=True)
+
+
+def _errno_in(message: str) -> int | None:
+    """The errno pyarrow writes into its messages ('[errno 28] No space left on device')."""
+    match = re.search(r"\[errno (\d+)\]", message, re.IGNORECASE)
+    return int(match.group(1)) if match else None
 
 
 def iter_parquet_batches(
@@ -367,10 +404,15 @@ class Dataset:
             yield from iter_parquet_batches(self.reject_path(record.name), columns=columns)
 
     def remove_temporaries(self) -> None:
-        """Delete files left by writers that died before committing, work files included."""
-        for leftover in self.path.rglob(f".*{TEMP_MARK}*"):
-            if leftover.is_file():
-                leftover.unlink(missing_ok=True)
+        """Delete files left by writers that died before committing: only names of `temporary_name`'s shape,
+        only where Gristmill's writers put them (the dataset, its ledger, shard records and work folder)."""
+        places = [self.path, self.path / REJECTS_DIR, self.path / SHARDS_DIR]
+        work = self.path / WORK_DIR
+        places += [work, *(folder for folder in work.rglob("*") if folder.is_dir())] if work.is_dir() else []
+        for place in places:
+            for leftover in place.glob(f".*{TEMP_MARK}*"):
+                if TEMPORARY_NAME.fullmatch(leftover.name) and leftover.is_file() and not leftover.is_symlink():
+                    leftover.unlink(missing_ok=True)
 
     def finalize(
         self,

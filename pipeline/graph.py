@@ -27,14 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pipeline.config_files import describe_validation_error, load_yaml
 from pipeline.dataset import MANIFEST_NAME
 from pipeline.stage import MapStage, SourceStage, Stage, StageConfig, registered_stages
 from pipeline.tasks import import_plugins
 
-NODE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class GraphError(Exception):
@@ -80,28 +80,14 @@ class Graph:
 
 
 def format_validation_error(where: str, error: ValidationError, prefix: tuple = ()) -> GraphError:
-    first = error.errors()[0]
-    location = ".".join(str(part) for part in (*prefix, *first["loc"])) or "(top level)"
-    message = first["msg"]
-    if first["type"] == "extra_forbidden":
-        message = "unknown field"
-    elif "input" in first and first["type"] not in ("missing",):
-        message = f"{message}, got {first['input']!r}"
-    return GraphError(f"{where}: {location}: {message}")
+    return GraphError(f"{where}: {describe_validation_error(error, prefix)}")
 
 
 def load_graph(path: str | Path, output: str | Path | None = None) -> Graph:
     """Read and validate a YAML graph; raises GraphError naming the file and field."""
     path = Path(path)
     where = str(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise GraphError(f"{where}: no such file") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        line = f"line {mark.line + 1}: " if mark else ""
-        raise GraphError(f"{where}: {line}not valid YAML ({getattr(error, 'problem', error)})") from None
+    raw = load_yaml(path, GraphError)
     if not isinstance(raw, dict):
         raise GraphError(f"{where}: expected a mapping with a 'stages' field")
     try:
@@ -129,13 +115,18 @@ def build_graph(spec: GraphSpec, where: str, output: Path, config_dir: Path = Pa
         import_plugins(tuple(spec.plugins))
     except ImportError as error:
         raise GraphError(f"{where}: plugins: cannot import {error.name!r}") from None
+    except SyntaxError as error:
+        raise GraphError(f"{where}: plugins: {error.filename}:{error.lineno}: {error.msg}") from None
+    except Exception as error:  # noqa: BLE001 - a plugin that fails as it loads: one line, not its traceback
+        raise GraphError(f"{where}: plugins: importing failed: {type(error).__name__}: {error}") from None
     known = registered_stages()
     variables = {"output": str(output), "config_dir": str(config_dir)}
     nodes: dict[str, Node] = {}
     for name, node_spec in spec.stages.items():
         field = f"stages.{name}"
         if not NODE_NAME.match(name):
-            raise GraphError(f"{where}: {field}: node names may use letters, digits, '_', '-' and '.'")
+            raise GraphError(f"{where}: {field}: node names start with a letter or digit and may use letters, "
+                             "digits, '_', '-' and '.' (names starting with '_' or '.' are Gristmill's own files)")
         if node_spec.stage not in known:
             raise GraphError(
                 f"{where}: {field}.stage: unknown stage {node_spec.stage!r} (known: {', '.join(known)})"

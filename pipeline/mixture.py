@@ -16,16 +16,16 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-ModelT = TypeVar("ModelT", bound=BaseModel)
+from pipeline.config_files import validated_yaml
+
 
 PLAN_FORMAT = "gristmill.mixture_plan"
 PLAN_HEADER = "plan.json"
@@ -81,21 +81,6 @@ class Mixture(BaseModel):
         if isinstance(values, dict) and isinstance(values.get("data"), str):
             values = values | {"data": [values["data"]]}
         return values
-
-
-def validated_yaml(path: Path, model: type[ModelT], error: type[Exception]) -> ModelT:
-    """A YAML file validated into `model`; any problem is `error` with one line naming the file and field."""
-    try:
-        return model.model_validate(yaml.safe_load(path.read_text()))
-    except FileNotFoundError:
-        raise error(f"{path}: no such file") from None
-    except yaml.YAMLError as problem:
-        raise error(f"{path}: not valid YAML ({getattr(problem, 'problem', problem)})") from None
-    except ValidationError as problem:
-        first = problem.errors()[0]
-        location = ".".join(str(part) for part in first["loc"]) or "(top level)"
-        message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
-        raise error(f"{path}: {location}: {message}") from None
 
 
 def load_mixture(path: str | Path) -> tuple[Mixture, Path]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import platform
 import time
 import traceback
 from collections import Counter
@@ -21,15 +22,19 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from pipeline.dataset import Dataset, ShardRecord, config_digest, write_json_atomic
+from pipeline.dataset import WORK_DIR, Dataset, ShardRecord, config_digest, write_json_atomic
 from pipeline.executors import Executor
 from pipeline.graph import Graph, GraphError, Node
+from pipeline.ownership import check_owned, claim
 from pipeline.stage import MapStage, ReduceContext
 from pipeline.tasks import ShardTask, SummaryTask, TaskOutcome, run_summary, run_task
 
 RUN_MARKER = "_run.json"
 FAILURES_DIR = "_failures"
-WORK_DIR = "_work"
+SUMMARY_NAME = "_summary.json"
+EVENTS_NAME = "_events.jsonl"
+# Libraries whose version can change the bytes a stage writes; a partial dataset is resumed only under the same.
+BYTE_SHAPING_PACKAGES = ("gristmill", "numpy", "pyarrow", "polars", "tokenizers", "py3langid", "fasttext-wheel", "resiliparse")
 
 
 @dataclass
@@ -59,6 +64,7 @@ class NodeResult:
     failures: dict[str, str] = field(default_factory=dict)
     skipped: int = 0
     wall_seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
 
 class RunFailed(Exception):
@@ -122,6 +128,7 @@ def plan_node(graph: Graph, node: Node, paths: dict[str, Path], hashes: dict[str
     waiting_for: list[str] = []
     if node.is_source:
         sources = node.stage(node.config).list_inputs()
+        check_inputs_exist(node, sources)
         parents = list(sources)
         parent_hashes = list(sources)  # a glob that matches other files makes another dataset
     else:
@@ -147,16 +154,56 @@ def plan_node(graph: Graph, node: Node, paths: dict[str, Path], hashes: dict[str
     return NodePlan(node, dataset, config, config_hash, parents, tasks, done, waiting_for)
 
 
+def check_inputs_exist(node: Node, sources: list[str]) -> None:
+    """A source whose paths match nothing would make a complete, empty dataset; say so instead."""
+    patterns = ", ".join(getattr(node.config, "paths", None) or ["(none)"])
+    if not sources:
+        raise GraphError(f"{node.name}: --input / paths {patterns} match no file")
+    missing = [source for source in sources if "://" not in source and not Path(source).exists()]
+    if missing:
+        raise GraphError(f"{node.name}: input {missing[0]}: no such file")
+
+
+def byte_shaping_environment() -> dict[str, str]:
+    """The interpreter, machine and library versions a dataset's bytes depend on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    environment = {"python": ".".join(platform.python_version_tuple()[:2]), "machine": platform.machine()}
+    for package in BYTE_SHAPING_PACKAGES:
+        try:
+            environment[package] = version(package)
+        except PackageNotFoundError:
+            environment[package] = "absent"
+    return environment
+
+
 def check_not_stale(plan: NodePlan) -> None:
-    """Refuse to mix shards made with another config into one dataset."""
+    """Refuse to mix shards made with another config, input or byte-shaping environment into one dataset.
+
+    Executors and worker counts give the same bytes, so a run may resume on any of them; another version of
+    a library that shapes the bytes (or another interpreter or CPU architecture) may not, so that is refused."""
     marker = plan.dataset.path / RUN_MARKER
-    if marker.exists():
-        previous = json.loads(marker.read_text()).get("config_hash")
-        if previous != plan.config_hash:
-            raise GraphError(
-                f"{plan.dataset.path}: made with a different config or input ({previous} != "
-                f"{plan.config_hash}); delete it or choose another --output"
-            )
+    if not marker.exists():
+        return
+    try:
+        started = json.loads(marker.read_text())
+        previous = started["config_hash"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise GraphError(f"{marker}: unreadable run marker; delete {plan.dataset.path} or choose another --output") from None
+    if previous != plan.config_hash:
+        raise GraphError(
+            f"{plan.dataset.path}: made with a different config or input ({previous} != "
+            f"{plan.config_hash}); delete it or choose another --output"
+        )
+    if plan.dataset.is_complete or "environment" not in started:
+        return
+    now = byte_shaping_environment()
+    changed = [f"{key} {value} (now {now.get(key)})" for key, value in started["environment"].items() if now.get(key) != value]
+    if changed:
+        raise GraphError(
+            f"{plan.dataset.path}: partial dataset started under {', '.join(changed)}; resuming would mix bytes "
+            "of both: resume it there, or delete it and run again"
+        )
 
 
 class EventLog:
@@ -186,8 +233,11 @@ def run_node(
         result.records = plan.dataset.manifest().shards
         result.skipped = len(result.records)
         return result
+    claim(plan.dataset.path)
     plan.dataset.prepare()
-    write_json_atomic(plan.dataset.path / RUN_MARKER, json.dumps({"config_hash": plan.config_hash, "stage": plan.node.stage.name}))
+    if not (plan.dataset.path / RUN_MARKER).exists():
+        write_json_atomic(plan.dataset.path / RUN_MARKER, json.dumps(
+            {"config_hash": plan.config_hash, "stage": plan.node.stage.name, "environment": byte_shaping_environment()}))
 
     tasks = plan.tasks
     if issubclass(plan.node.stage, MapStage) and plan.node.stage.needs_global_view and tasks:
@@ -231,6 +281,9 @@ def run_node(
     for name in records:
         (plan.dataset.path / FAILURES_DIR / f"{name}.txt").unlink(missing_ok=True)
     result.records = [records[task.name] for task in plan.tasks if task.name in records]
+    if plan.node.is_source:
+        result.warnings = [f"{plan.node.name}/{record.name}: input {record.source} holds no documents"
+                           for record in result.records if record.rows_in == 0]
     failures = {task.name: f"source: {task.source}\n{last_errors[task.name]}" for task in pending}
     if not failures:
         schema = _output_schema(plan)
@@ -242,9 +295,12 @@ def _record_failures(result: NodeResult, failures: dict[str, str], events: Event
     """Keep each failure's traceback in `_failures/<name>.txt`, log the node's end, and return the result."""
     failures_dir = result.plan.dataset.path / FAILURES_DIR
     for name, error in failures.items():
-        failures_dir.mkdir(exist_ok=True)
-        (failures_dir / f"{name}.txt").write_text(error)
         result.failures[name] = error
+        try:
+            failures_dir.mkdir(exist_ok=True)
+            write_json_atomic(failures_dir / f"{name}.txt", error)
+        except OSError as problem:  # a full disk: say where the record is missing rather than leave it empty
+            result.failures[name] = f"{error.rstrip()}\n(failure record not written: {failures_dir / name}.txt: {problem.strerror or problem})"
     result.wall_seconds = time.perf_counter() - started
     if events:
         events.write("node_failed" if result.failures else "node_done", result.plan.node.name,
@@ -340,8 +396,9 @@ def run_graph(
     """Run every node in order; raises RunFailed naming failed shards after writing the summary."""
     console = console or default_console()
     results: list[NodeResult] = []
-    events = EventLog(graph.output / "_events.jsonl")
     paths = dataset_paths or default_dataset_paths(graph)
+    check_run_directory(graph, paths)
+    events = EventLog(graph.output / EVENTS_NAME)
     hashes: dict[str, str] = {}
     with make_progress(console) as progress:
         for node in graph.nodes:
@@ -353,6 +410,8 @@ def run_graph(
             if result.failures:
                 break
     console.print(summary_table(results))
+    for warning in (warning for result in results for warning in result.warnings):
+        console.print(f"[yellow]warning:[/yellow] {warning}")
     summary_path = write_run_summary(graph.output, results)
     console.print(f"summary: {summary_path}")
     failed = {f"{result.plan.node.name}/{name}": error for result in results for name, error in result.failures.items()}
@@ -361,6 +420,29 @@ def run_graph(
         last_line = first_error.strip().splitlines()[-1]
         raise RunFailed(f"{len(failed)} task(s) failed: {', '.join(failed)}; first error ({first_name}): {last_line}")
     return results
+
+
+def check_run_directory(graph: Graph, paths: dict[str, Path]) -> None:
+    """Before any work: the run directory and every node's dataset directory must be Gristmill's, and a
+    summary already there must be one Gristmill wrote (it is merged at the end)."""
+    for node in graph.nodes:
+        check_owned(paths[node.name], f"the dataset directory of {node.name}")
+    claim(graph.output)
+    read_run_summary(graph.output)
+
+
+def read_run_summary(output: Path) -> list[dict[str, Any]]:
+    """The nodes an earlier run in this directory recorded; a summary that is not Gristmill's is an error."""
+    path = output / SUMMARY_NAME
+    if not path.exists():
+        return []
+    try:
+        stages = json.loads(path.read_text())["stages"]
+        if not all(isinstance(stage, dict) and "node" in stage for stage in stages):
+            raise TypeError
+        return stages
+    except (OSError, ValueError, KeyError, TypeError):
+        raise GraphError(f"{path}: not a Gristmill run summary; choose another --output") from None
 
 
 def summary_table(results: list[NodeResult]) -> Table:
@@ -407,15 +489,14 @@ def write_run_summary(output: Path, results: list[NodeResult]) -> Path:
                 "task_seconds": round(sum(r.seconds for r in result.records), 3),
                 "wall_seconds": round(result.wall_seconds, 3),
                 "failed_shards": sorted(result.failures),
+                "warnings": result.warnings,
             }
             for result in results
         ]
     }
     # Several graphs may share one run directory (curation, then tokens): keep the other nodes.
-    path = output / "_summary.json"
-    if path.exists():
-        ran = {stage["node"] for stage in summary["stages"]}
-        kept = [stage for stage in json.loads(path.read_text())["stages"] if stage["node"] not in ran]
-        summary["stages"] = kept + summary["stages"]
+    ran = {stage["node"] for stage in summary["stages"]}
+    summary["stages"] = [stage for stage in read_run_summary(output) if stage["node"] not in ran] + summary["stages"]
+    path = output / SUMMARY_NAME
     write_json_atomic(path, json.dumps(summary, indent=2))
     return path

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.dataset import TEMP_MARK, write_json_atomic
+from pipeline.dataset import temporary_name, write_json_atomic
 from pipeline.stage import BatchResult, MapStage
 
 ROW_BITS = 32
@@ -77,7 +76,7 @@ def survivor_priority(batch: pa.RecordBatch | pa.Table, policy: str) -> pa.Array
 def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> None:
     """Write under a hidden temporary name, then rename: a file that exists is always complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}{TEMP_MARK}{uuid.uuid4().hex}")
+    temporary = temporary_name(path)
     frame.write_parquet(temporary, compression="zstd", compression_level=3)
     os.replace(temporary, path)
 

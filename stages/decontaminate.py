@@ -9,7 +9,6 @@ import functools
 import glob
 import json
 import os
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import pyarrow.parquet as pq
 import xxhash
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pipeline.dataset import TEMP_MARK, Dataset, DatasetError, write_json_atomic
+from pipeline.dataset import TEMP_MARK, TEMPORARY_NAME, Dataset, DatasetError, temporary_name, write_json_atomic
 from pipeline.runner import WORK_DIR
 from pipeline.stage import BatchResult, MapStage, ReduceContext, StageConfig, register
 from stages.read_text import open_text
@@ -214,7 +213,7 @@ def benchmark_files(benchmark: BenchmarkSource) -> list[str]:
 
 
 def save_array_atomic(path: Path, array: np.ndarray) -> None:
-    temporary = path.with_name(f".{path.name}{TEMP_MARK}{uuid.uuid4().hex}")
+    temporary = temporary_name(path)
     with open(temporary, "wb") as handle:
         np.save(handle, array)
     os.replace(temporary, path)
@@ -223,8 +222,9 @@ def save_array_atomic(path: Path, array: np.ndarray) -> None:
 def build_index(config: DecontaminateConfig, index_dir: Path) -> dict[str, Any]:
     """Hash every benchmark's n-grams into a sorted uint64 array per benchmark; return the index manifest."""
     index_dir.mkdir(parents=True, exist_ok=True)
-    for leftover in index_dir.glob(f"*{TEMP_MARK}*"):  # from a build that was killed
-        leftover.unlink(missing_ok=True)
+    for leftover in index_dir.glob(f".*{TEMP_MARK}*"):  # from a build that was killed
+        if TEMPORARY_NAME.fullmatch(leftover.name):
+            leftover.unlink(missing_ok=True)
     lengths = {config.ngram_words}
     entries = []
     for ordinal, benchmark in enumerate(config.benchmarks):

@@ -24,9 +24,9 @@ from pipeline.mixture import (
     compile_plan,
     load_pool,
     selection_mask,
-    validated_yaml,
     write_plan,
 )
+from pipeline.config_files import validated_yaml
 from trainer.config import PER_RUN, TrainConfig
 from trainer.predict import PredictConfig
 
