@@ -24,9 +24,9 @@ from typing import Any, Literal
 
 import pyarrow as pa
 import xxhash
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pipeline.config_files import load_yaml
 from pipeline.stage import BatchResult, MapStage, ReduceContext, Resources, StageConfig, register
 from stages.rewrite_backends import (
     Backend,
@@ -97,13 +97,14 @@ class Prompt(BaseModel):
 
 
 def load_prompt(name: str) -> Prompt:
-    """A prompt by id (a file in configs/prompts/) or by path to a YAML file."""
+    """A prompt by id (a file in configs/prompts/) or by path to a YAML file, read safely: a tag, a duplicate key
+    or malformed YAML is one line naming the file."""
     path = Path(name) if name.endswith((".yaml", ".yml")) else PROMPTS_DIR / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PROMPTS_DIR.glob("*.yaml")))
         raise ValueError(f"prompt {name!r}: no file {path} (prompts in the library: {known})")
     try:
-        return Prompt.model_validate(yaml.safe_load(path.read_text()))
+        return Prompt.model_validate(load_yaml(path, ValueError))
     except ValidationError as error:
         problems = "; ".join(problem["msg"].removeprefix("Value error, ") for problem in error.errors())
         raise ValueError(f"prompt file {path}: {problems}") from None

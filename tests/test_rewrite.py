@@ -147,6 +147,30 @@ def test_a_dollar_that_is_no_placeholder_is_refused_when_the_prompt_loads(tmp_pa
     assert "costs $5. Rewrite: mill" in load_prompt(str(priced)).messages("mill", "English")[-1]["content"]
 
 
+@pytest.mark.parametrize("content,problem", [
+    ("!!python/object/apply:os.system ['echo owned']\n", "not valid YAML (could not determine a constructor"),
+    ("id: tagged\nversion: !custom 1\nuser: '${text}'\n", "not valid YAML (could not determine a constructor"),
+    ("id: broken\nuser: 'unclosed\n", "not valid YAML"),
+    ("id: twice\nid: again\nversion: 1\nuser: '${text}'\n", "duplicate key 'id'"),
+    ("- a list\n- of lines\n", "Input should be a valid dictionary"),
+    (b"id: \xff\xfe\n", "cannot read"),
+])
+def test_a_malformed_or_tagged_prompt_file_is_one_line_naming_it(tmp_path: Path, content: str | bytes,
+                                                                 problem: str) -> None:
+    prompt = tmp_path / "hostile.yaml"
+    prompt.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ValueError) as caught:
+        load_prompt(str(prompt))
+    assert str(prompt) in str(caught.value) and problem in str(caught.value) and "\n" not in str(caught.value)
+    source = tmp_path / "docs.jsonl"
+    source.write_text(json.dumps({"id": "d0", "text": ENGLISH[0]}) + "\n")
+    result = run_cli("rewrite", "--input", str(source), "--output", str(tmp_path / "out"), "--model", "m",
+                     "--prompt", str(prompt), check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert str(prompt) in line and problem in line
+
+
 # ---------------------------------------------------------------- chunking
 
 
