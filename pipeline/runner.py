@@ -95,30 +95,30 @@ def default_dataset_paths(graph: Graph) -> dict[str, Path]:
     return {node.name: node_dataset_path(graph, node) for node in graph.nodes}
 
 
-def named_files(config: Any) -> list[str]:
-    """Size and modification time of every file a stage's params name, directly or inside a named directory
-    (models, tokenizers, block-lists, benchmarks), so a model retrained at the same path makes a new config hash
-    instead of being mixed into old output. Stat, not contents: a multi-GB model folder costs nothing to plan.
-    Hidden files and folders (.git, caches) are left out; source stages too, their inputs being data already
-    fingerprinted by path."""
+def with_file_stamps(config: Any) -> Any:
+    """The config as its hash sees it: every param naming a file or directory (a model, tokenizer, block-list,
+    benchmark) is replaced by the size and modification time of each file in it, by name relative to it. So a
+    model retrained at the same path makes a new hash instead of being mixed into old output, while a model
+    folder moved elsewhere (same files) keeps its hash and its output resumes. Stat, not contents: a multi-GB
+    model folder costs nothing to plan. Hidden files and folders (.git, caches) are left out."""
     if isinstance(config, dict):
-        return [stamp for value in config.values() for stamp in named_files(value)]
+        return {key: with_file_stamps(value) for key, value in config.items()}
     if isinstance(config, list):
-        return [stamp for value in config for stamp in named_files(value)]
+        return [with_file_stamps(value) for value in config]
     if not isinstance(config, str) or not config.strip() or "\n" in config or len(config) > 4096:
-        return []
+        return config
     path = Path(config)
     try:
         if path.is_file():
-            files = [path]
+            files = {path.name: path}
         elif path.is_dir():
-            files = sorted(item for item in path.rglob("*") if item.is_file()
-                           and not any(part.startswith(".") for part in item.relative_to(path).parts))
+            files = {str(item.relative_to(path)): item for item in sorted(path.rglob("*")) if item.is_file()
+                     and not any(part.startswith(".") for part in item.relative_to(path).parts)}
         else:
-            return []
-        return [f"{item}:{(stat := item.stat()).st_size}:{stat.st_mtime_ns}" for item in files]
+            return config
+        return {"files": [f"{name}:{(stat := item.stat()).st_size}:{stat.st_mtime_ns}" for name, item in files.items()]}
     except OSError:  # unreadable: the stage itself reports it with the path when it loads the file
-        return []
+        return config
 
 
 def plan_node(graph: Graph, node: Node, paths: dict[str, Path], hashes: dict[str, str]) -> NodePlan:
@@ -145,7 +145,8 @@ def plan_node(graph: Graph, node: Node, paths: dict[str, Path], hashes: dict[str
             if upstream not in hashes:
                 parent_hashes.append(manifest.config_hash)
             sources.extend(str(upstream_dataset.shard_path(record.name)) for record in manifest.shards)
-    config_hash = config_digest(node.stage.name, config, parent_hashes + ([] if node.is_source else named_files(config)))
+    # A source's inputs are data already fingerprinted by path (its parent hashes).
+    config_hash = config_digest(node.stage.name, config if node.is_source else with_file_stamps(config), parent_hashes)
     tasks = [] if waiting_for else [
         ShardTask(node.name, node.stage.name, config, source, str(dataset.path), f"part-{index:05d}", graph.plugins)
         for index, source in enumerate(sources)

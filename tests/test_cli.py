@@ -83,7 +83,13 @@ def test_a_changed_file_named_in_params_is_not_mixed_into_an_old_output(tmp_path
     run_cli("run", str(graph), "--output", str(tmp_path / "run"), "--executor", "inprocess")
     again = run_cli("run", str(graph), "--output", str(tmp_path / "run"), "--executor", "inprocess")
     assert "already complete" in again.stderr
-    blocklist.write_text("spam.example\nads.example\n")
+    # Moved elsewhere with the same contents (mv keeps modification times): the same config, so it resumes.
+    moved = tmp_path / "lists" / "domains.txt"
+    moved.parent.mkdir()
+    blocklist.rename(moved)
+    graph.write_text(graph.read_text().replace(str(blocklist), str(moved)))
+    assert "already complete" in run_cli("run", str(graph), "--output", str(tmp_path / "run"), "--executor", "inprocess").stderr
+    moved.write_text("spam.example\nads.example\n")
     result = run_cli("run", str(graph), "--output", str(tmp_path / "run"), "--executor", "inprocess", check=False)
     assert result.returncode == 2
     assert f"{tmp_path / 'run' / 'urls'}: made with a different config" in result.stderr
