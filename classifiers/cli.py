@@ -9,7 +9,6 @@ from __future__ import annotations
 import ast
 import glob
 import json
-import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -44,7 +43,7 @@ from classifiers.holdout import (
 )
 from classifiers.preprocess import PREPROCESSING, tokenize
 from classifiers.seed_selection import SeedCandidate, TrainerProxyRunner, select_seed_set
-from pipeline.cli_options import PathsOption
+from pipeline.cli_options import PathsOption, fail, owned_output
 from pipeline.dataset import file_checksum
 from stages.read_text import open_text
 
@@ -333,10 +332,6 @@ def data_options(command):
     return command
 
 
-def fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(2)
-
 
 @click.group("classifier", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def classifier_group() -> None:
@@ -349,7 +344,7 @@ def classifier_group() -> None:
 
 @classifier_group.command()
 @data_options
-@click.option("--output", required=True, type=click.Path(file_okay=False), help="Classifier directory to write.")
+@click.option("--output", required=True, callback=owned_output, type=click.Path(file_okay=False), help="Classifier directory to write.")
 @click.option("--holdout", type=click.FloatRange(0, 0.9), default=0.1, show_default=True,
               help="Share of documents held out for evaluation.")
 @click.option("--holdout-group", metavar="COLUMN", default=None,
@@ -398,7 +393,7 @@ def train(output: str, holdout: float, holdout_group: str | None, max_per_label:
 @classifier_group.command("eval")
 @click.option("--model", required=True, type=click.Path(exists=True), help="Classifier directory or fastText model file.")
 @data_options
-@click.option("--output", required=True, type=click.Path(file_okay=False), help="Directory for metrics.json, .md and .png.")
+@click.option("--output", required=True, callback=owned_output, type=click.Path(file_okay=False), help="Directory for metrics.json, .md and .png.")
 @click.option("--positive-label", default=None, help="Model label of positives (default: the model card's).")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Binary: predict positive at score >= threshold.")
@@ -451,7 +446,7 @@ def named_paths(values: tuple[str, ...], option: str) -> dict[str, tuple[str, ..
               help="Training seeds; each candidate is trained once per seed (repeatable).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Any other `gristmill train` setting, e.g. model=tiny or seq_len=256 (repeatable).")
-@click.option("--output", required=True, type=click.Path(file_okay=False),
+@click.option("--output", required=True, callback=owned_output, type=click.Path(file_okay=False),
               help="Directory for tokenized candidates, one run per candidate and seed, and selection.json.")
 def select_seeds(candidates: tuple[str, ...], wheres: tuple[str, ...], tokenizer: str, heldout: tuple[str, ...],
                  tokens: int, seeds: tuple[int, ...], settings: tuple[str, ...], output: str) -> None:

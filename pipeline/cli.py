@@ -16,11 +16,10 @@ from typing import Any
 import click
 
 from classifiers.cli import commands as classifier_commands
-from pipeline.cli_options import PathsOption, fields_as_flags, input_option, option_flag, option_location
+from pipeline.cli_options import PathsOption, fail, fields_as_flags, input_option, option_flag, option_location, owned_output
 from pipeline.cli_tokens import commands as token_commands
 from pipeline.dataset import Dataset, DatasetError
 from pipeline.executors import make_executor
-from pipeline.ownership import claim
 from pipeline.graph import Graph, GraphError, GraphSpec, NodeSpec, build_graph, load_graph
 from pipeline.run_report import report as run_report_command
 from pipeline.runner import RunFailed, check_run_directory, default_console, default_dataset_paths, plan_graph, run_graph
@@ -46,10 +45,6 @@ def executor_options(command):
         command = option(command)
     return command
 
-
-def fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(2)
 
 
 def execute(graph: Graph, executor: str, workers: int | None, scheduler: str | None, retries: int,
@@ -217,17 +212,14 @@ def dedup_plan(dataset: str, threshold: float, num_perm: int, false_positive_wei
 
 
 @cli.command()
-@click.option("--output", type=click.Path(file_okay=False), required=True, help="Directory for sample.warc.gz and pages.jsonl.")
+@click.option("--output", type=click.Path(file_okay=False), required=True, callback=owned_output,
+              help="Directory for sample.warc.gz and pages.jsonl.")
 @click.option("--pages", type=click.IntRange(min=10), default=400, show_default=True, help="Number of pages.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same bytes.")
 def sample(output: str, pages: int, seed: int) -> None:
     """Write the bundled Common-Crawl-like sample: HTML pages in WARC plus their text as JSONL."""
     from pipeline.sample import write_sample
 
-    try:
-        claim(Path(output))
-    except DatasetError as error:
-        fail(str(error))
     summary = write_sample(Path(output), pages=pages, seed=seed)
     click.echo(f"sample: {summary.warc_path} ({summary.records} WARC records), {summary.jsonl_path} ({summary.pages} pages)")
 

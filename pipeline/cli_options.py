@@ -5,10 +5,37 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import click
+
+from pipeline.dataset import DatasetError
+from pipeline.ownership import claim
+
+
+def fail(message: str) -> NoReturn:
+    """A usage or input problem: one line on stderr, exit 2."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def claim_output(path: str | Path) -> None:
+    """The output directory must be absent, empty or Gristmill's own; it is then marked as Gristmill's. Called
+    before a command does any work."""
+    try:
+        claim(Path(path))
+    except DatasetError as error:
+        fail(str(error))
+
+
+def owned_output(context: click.Context, parameter: click.Parameter, value: Any) -> Any:
+    """Callback of `--output` options: `claim_output` as the option is parsed."""
+    if value is not None:
+        claim_output(value)
+    return value
 
 
 class PathsOption(click.Option):

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
-from pipeline.cli_options import PathsOption, input_option
+from pipeline.cli_options import PathsOption, fail, input_option, owned_output
 from pipeline.dataset import (
     Dataset,
     DatasetError,
@@ -444,10 +444,6 @@ def open_recorded_tokenizer(record: dict[str, Any], check: BucketCheck):
     return tokenizer
 
 
-def fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(2)
-
 
 @click.group()
 def tokenizer() -> None:
@@ -457,7 +453,7 @@ def tokenizer() -> None:
 @tokenizer.command("train")
 @input_option("dataset", "The dataset whose texts are sampled.", metavar="DATASET", single=True, file_okay=False)
 @click.option("--vocab-size", type=click.IntRange(min=260), required=True, help="Vocabulary size, special tokens included.")
-@click.option("--output", type=click.Path(file_okay=False), required=True,
+@click.option("--output", type=click.Path(file_okay=False), required=True, callback=owned_output,
               help="Directory for tokenizer.json, tokenizer_config.json and training.json.")
 @click.option("--sample-bytes", type=click.IntRange(min=1), default=100_000_000, show_default=True,
               help="Text to train on: a seeded sample of the dataset's documents up to this many bytes.")
@@ -480,7 +476,7 @@ def train(dataset: str, vocab_size: int, output: str, sample_bytes: int, seed: i
 
 @click.command()
 @input_option("dataset", "The decomposed dataset to export.", metavar="DATASET", single=True, file_okay=False)
-@click.option("--output", type=click.Path(file_okay=False), required=True, help="Directory for the bucket files.")
+@click.option("--output", type=click.Path(file_okay=False), required=True, callback=owned_output, help="Directory for the bucket files.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the shuffle.")
 @click.option("--memory-mb", type=click.IntRange(min=16), default=1024, show_default=True,
               help="Memory for sorting one shuffle partition; more partitions (same bytes out) when smaller.")
@@ -552,7 +548,7 @@ def verify(directory: str, samples: int, as_json: bool) -> None:
 
 @click.command()
 @input_option("mixture_file", "The mixture to compile.", metavar="MIXTURE.yaml", single=True, dir_okay=False)
-@click.option("--output", type=click.Path(file_okay=False), required=True, help="Directory for plan.json and plan.npy.")
+@click.option("--output", type=click.Path(file_okay=False), required=True, callback=owned_output, help="Directory for plan.json and plan.npy.")
 @click.option("--data", "data", cls=PathsOption, type=click.Path(file_okay=False),
               help="Export directories to use instead of the mixture's `data`.")
 def mix(mixture_file: str, output: str, data: tuple[str, ...]) -> None:

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.cli_options import input_option
+from pipeline.cli_options import input_option, owned_output
 from pipeline.dataset import (
     Dataset,
     DatasetError,
@@ -1068,7 +1068,7 @@ def write_run_report(path: str | Path, output: str | Path, top: int = 20) -> dic
 @click.command("report")
 @input_option("run_or_dataset", "A run directory or one dataset.", metavar="RUN_OR_DATASET", single=True,
               path_type=Path)
-@click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--output", required=True, callback=owned_output, type=click.Path(file_okay=False, path_type=Path),
               help="Directory for report.html, report.md, figures/ and report.json.")
 @click.option("--top", type=click.IntRange(min=1), default=20, show_default=True,
               help="Rows in the language, source and domain tables.")

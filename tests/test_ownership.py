@@ -166,3 +166,17 @@ def test_disk_full_names_the_file_and_leaves_no_temporaries(tmp_path: Path) -> N
     assert "left: " not in result.stdout  # no temporaries on the full disk
     # Either the failure record was kept, or the error says where it could not be written.
     assert "record: " in result.stdout or "failure record not written" in result.stderr
+
+
+@pytest.mark.parametrize("command", [
+    ["sample"], ["export"], ["mix"], ["tokenizer", "train"], ["tokenizer", "eval"], ["classifier", "train"],
+    ["classifier", "eval"], ["classifier", "select-seeds"], ["report"], ["sweep"],
+])
+def test_every_command_that_writes_refuses_a_directory_it_did_not_make(tmp_path: Path, command: list[str]) -> None:
+    output = tmp_path / "theirs"
+    output.mkdir()
+    (output / "notes.txt").write_text("mine\n")
+    result = run_cli(*command, "--output", str(output), check=False)  # refused before any other option is read
+    assert result.returncode == 2
+    assert "'notes.txt', which Gristmill did not create" in one_line_error(result)
+    assert snapshot(output) == {"notes.txt": b"mine\n"}

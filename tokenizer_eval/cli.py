@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli_options import input_option
+from pipeline.cli_options import input_option, owned_output
 
 
 @click.command("eval")
@@ -20,7 +20,7 @@ from pipeline.cli_options import input_option
                    "NAME= labels it.")
 @input_option("dataset", "A Gristmill dataset to sample.", metavar="DATASET", single=True,
               deprecated_option="--dataset", file_okay=False)
-@click.option("--output", type=click.Path(file_okay=False), required=True,
+@click.option("--output", type=click.Path(file_okay=False), required=True, callback=owned_output,
               help="Directory for report.html, report.md, figures/ and report.json.")
 @click.option("--sample-bytes", type=click.IntRange(min=1), default=4_000_000, show_default=True,
               help="Text to measure on: a seeded sample of the dataset's documents up to this many bytes. "

@@ -6,7 +6,6 @@ Under `torchrun --nproc-per-node N -m pipeline train ...` each process trains it
 from __future__ import annotations
 
 import os
-import sys
 import types
 import typing
 from typing import Any
@@ -14,13 +13,9 @@ from typing import Any
 import click
 from pydantic import BaseModel, ValidationError
 
-from pipeline.cli_options import PathsOption, fields_as_flags, input_option, option_flag, option_location
+from pipeline.cli_options import PathsOption, claim_output, fail, fields_as_flags, input_option, option_flag, option_location, owned_output
 from trainer.config import PER_RUN, ProxyConfig, TrainConfig
 
-
-def fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(2)
 
 
 def field_option(name: str, info: Any, flag: str | None = None) -> click.Option:
@@ -103,6 +98,7 @@ def train_command() -> click.Command:
         values = given(options)
         values["heldout"] = named_paths(options["heldout"], "--heldout")
         config = build(TrainConfig, **values)
+        claim_output(config.output)
         try:
             from trainer.train import train  # torch loads only when training
 
@@ -136,6 +132,7 @@ def proxy_command() -> click.Command:
         config = build(ProxyConfig, output=output, tokens=tokens, heldout=named_paths(heldout, "--heldout"),
                        candidates={name: paths.split(",") for name, paths in named_paths(candidates, "--candidate").items()},
                        training=given(training), **({"seeds": list(seeds)} if seeds else {}))
+        claim_output(config.output)
 
         def on_run(name: str, seed: int, metrics: dict) -> None:
             scores = ", ".join(f"{held}: {value:.4f}" for held, value in metrics["final_bits_per_byte"].items())
@@ -166,7 +163,7 @@ commands = [train_command(), proxy_command()]
 def build_sweep_command() -> click.Command:
     @click.command("sweep", short_help="Sample mixtures, train a proxy run on each, predict the best mixture.")
     @input_option("config_path", "The sweep config (YAML).", metavar="CONFIG", single=True, dir_okay=False)
-    @click.option("--output", type=click.Path(file_okay=False), required=True,
+    @click.option("--output", type=click.Path(file_okay=False), required=True, callback=owned_output,
                   help="Sweep directory: one run per mixture, sweep.json and report/.")
     @click.option("--executor", type=click.Choice(["inprocess", "local", "dask"]), default="inprocess",
                   show_default=True, help="Where runs train: one after another here, a local process pool, or Dask.")
