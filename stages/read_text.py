@@ -37,11 +37,12 @@ from pipeline.stage import (
 )
 
 BATCH_ROWS = 8_192
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 1 << 16
 INVALID_UTF8_STAT = "invalid_utf8_lines"
 # What a decompressor raises on input that is cut short or corrupt (gzip: EOFError, BadGzipFile, zlib.error).
 DAMAGED_STREAM_ERRORS = (EOFError, OSError, zlib.error, lzma.LZMAError, zstandard.ZstdError)
 OPTIONAL_STRING_FIELDS = ("url", "domain", "source", "lang")
+STRING_OR_NULL = (str, type(None))
 UTF8_BOM = b"\xef\xbb\xbf"
 
 
@@ -71,7 +72,7 @@ class ZstdFrames(io.RawIOBase):
         self._compressed = compressed
         self._decompressor = zstandard.ZstdDecompressor()
         self._frame = self._decompressor.decompressobj()
-        self._frame_started = False
+        self._inside_frame = False
         self._pending = memoryview(b"")
 
     def readable(self) -> bool:
@@ -79,9 +80,9 @@ class ZstdFrames(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         while not self._pending:
-            chunk = self._compressed.read(1 << 16)
+            chunk = self._compressed.read(CHUNK_BYTES)
             if not chunk:
-                if self._frame_started:
+                if self._inside_frame:
                     raise EOFError("zstd input ended inside a frame")
                 return 0
             self._pending = memoryview(self._decompress(chunk))
@@ -94,7 +95,7 @@ class ZstdFrames(io.RawIOBase):
         output = []
         while chunk:
             output.append(self._frame.decompress(chunk))
-            self._frame_started = not self._frame.eof
+            self._inside_frame = not self._frame.eof
             if not self._frame.eof:
                 break
             chunk = self._frame.unused_data
@@ -124,7 +125,7 @@ def open_text(path: str) -> io.TextIOBase:
     return io.TextIOWrapper(open_bytes(path), encoding="utf-8", errors="replace")
 
 
-def numbered_lines(stream: BinaryIO, counts: Counter) -> Iterator[tuple[int, bytes | Problem]]:
+def split_lines(stream: BinaryIO, counts: Counter) -> Iterator[tuple[int, bytes | Problem]]:
     """The non-blank lines of a byte stream with their 1-based numbers, counted into `counts` on the raw bytes
     before any is parsed (the independent count). A stream that breaks off ends with one `truncated_input`
     problem standing for the cut line and everything after it."""
@@ -158,7 +159,7 @@ def numbered_lines(stream: BinaryIO, counts: Counter) -> Iterator[tuple[int, byt
 
 
 def parse_json_line(line: bytes, on_invalid_utf8: str, counts: Counter) -> Any:
-    """One JSONL line as a Python value, or the Problem that stops it (bad UTF-8, bad JSON, nesting too deep)."""
+    """One JSONL line as a Python value, or the Problem that stops it: bad UTF-8, bad JSON, nesting too deep."""
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -192,8 +193,6 @@ def domain_of(url: str | None) -> str | None:
 
 def is_text(value: str) -> bool:
     """False for a string holding a lone surrogate (JSON `"\\ud800"`), which UTF-8 and Arrow cannot store."""
-    if value.isascii():
-        return True
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -201,7 +200,56 @@ def is_text(value: str) -> bool:
     return True
 
 
+class PendingBatch:
+    """Documents and ledger rows gathered for one BatchResult, with each document's position for its ledger row."""
+
+    def __init__(self, stem: str, unit: str):
+        self.stem, self.unit = stem, unit
+        self.rows: list[dict[str, Any]] = []
+        self.positions: list[int] = []
+        self.rejects: dict[str, list[tuple[str, str]]] = {}
+        self.size = 0
+
+    def keep(self, document: dict[str, Any], position: int) -> None:
+        self.rows.append(document)
+        self.positions.append(position)
+        self.size += 1
+
+    def reject(self, problem: Problem, ledger_id: str, position: int) -> None:
+        self.rejects.setdefault(problem.reason, []).append((ledger_id, f"{self.unit} {position}: {problem.detail}"))
+        self.size += 1
+
+    def result(self, counts: Counter) -> BatchResult:
+        """The batch's documents and ledger, with the input counts gathered since the last batch."""
+        try:
+            kept = pa.Table.from_pylist(self.rows, schema=DOCUMENT_SCHEMA)
+        except UnicodeEncodeError:
+            kept = pa.Table.from_pylist(self._without_lone_surrogates(), schema=DOCUMENT_SCHEMA)
+        ledgers = [
+            reject_rows([item[0] for item in items], reason, [item[1] for item in items])
+            for reason, items in sorted(self.rejects.items())
+        ]
+        stats = dict(counts)
+        counts.clear()
+        return BatchResult(kept, pa.concat_tables(ledgers) if ledgers else empty_rejects(), stats)
+
+    def _without_lone_surrogates(self) -> list[dict[str, Any]]:
+        """The rows Arrow can store. A lone surrogate escape (JSON `"\\ud800"`) parses into a string that UTF-8
+        cannot hold; Arrow's own encoding finds it, so the rare batch holding one pays for the search, not every line."""
+        clean = []
+        for document, position in zip(self.rows, self.positions):
+            field = next((name for name, value in document.items() if isinstance(value, str) and not is_text(value)), None)
+            if field is None:
+                clean.append(document)
+                continue
+            ledger_id = document["id"] if is_text(document["id"]) else f"{self.stem}/{position}"
+            problem = Problem("bad_escape", f"field {field!r} holds a lone surrogate escape, which is not text")
+            self.reject(problem, ledger_id, position)
+        return clean
+
+
 def is_identifier(value: Any) -> bool:
+    """Whether a record's id can name it in the ledger: a non-empty string UTF-8 can hold, or an integer."""
     return (isinstance(value, str) and value != "" and is_text(value)) or (
         isinstance(value, int) and not isinstance(value, bool))
 
@@ -224,37 +272,22 @@ class ReadText(SourceStage):
         records = self._parquet_records(path, counts) if kind == "parquet" else self._jsonl_records(path, counts)
         unit = "row" if kind == "parquet" else "line"
         stem = Path(path).name.split(".")[0]
-        rows: list[dict[str, Any]] = []
-        rejects: dict[str, list[tuple[str, str]]] = {}
-        pending = 0
+        batch = PendingBatch(stem, unit)
         for position, record in records:
             fallback_id = f"{stem}/{position}"
             document = record if isinstance(record, Problem) else self._document(record, fallback_id, stem)
             if isinstance(document, Problem):
-                rejects.setdefault(document.reason, []).append(
-                    (self._ledger_id(record, fallback_id), f"{unit} {position}: {document.detail}"))
+                batch.reject(document, self._ledger_id(record, fallback_id), position)
             else:
-                rows.append(document)
-            pending += 1
-            if pending >= BATCH_ROWS:
-                yield self._batch(rows, rejects, counts)
-                rows, rejects, pending = [], {}, 0
-        if rows or rejects or counts:
-            yield self._batch(rows, rejects, counts)
-
-    def _batch(self, rows: list[dict[str, Any]], rejects: dict[str, list[tuple[str, str]]], counts: Counter) -> BatchResult:
-        """The batch's documents and ledger, with the input counts gathered since the last batch."""
-        kept = pa.Table.from_pylist(rows, schema=DOCUMENT_SCHEMA)
-        ledgers = [
-            reject_rows([item[0] for item in items], reason, [item[1] for item in items])
-            for reason, items in sorted(rejects.items())
-        ]
-        stats = dict(counts)
-        counts.clear()
-        return BatchResult(kept, pa.concat_tables(ledgers) if ledgers else empty_rejects(), stats)
+                batch.keep(document, position)
+            if batch.size >= BATCH_ROWS:
+                yield batch.result(counts)
+                batch = PendingBatch(stem, unit)
+        if batch.size or counts:
+            yield batch.result(counts)
 
     def _ledger_id(self, record: Any, fallback_id: str) -> str:
-        """The record's own id when it is one Arrow can store, else FILE/LINE."""
+        """The record's own id when it has a usable one, else FILE/LINE."""
         value = record.get(self.config.id_field) if isinstance(record, dict) else None
         return str(value) if is_identifier(value) else fallback_id
 
@@ -271,13 +304,10 @@ class ReadText(SourceStage):
             identifier = fallback_id
         elif not isinstance(identifier, (str, int)) or isinstance(identifier, bool):
             return Problem("bad_field", f"field {id_field!r} is {type(identifier).__name__}, expected a string or integer")
-        strings = {name: record.get(name) for name in OPTIONAL_STRING_FIELDS}
-        for name, value in strings.items():
-            if value is not None and not isinstance(value, str):
+        url, domain, source, lang = strings = [record.get(name) for name in OPTIONAL_STRING_FIELDS]
+        for name, value in zip(OPTIONAL_STRING_FIELDS, strings):
+            if not isinstance(value, STRING_OR_NULL):
                 return Problem("bad_field", f"field {name!r} is {type(value).__name__}, expected a string")
-        for name, value in ((text_field, text), (id_field, identifier), *strings.items()):
-            if isinstance(value, str) and not is_text(value):
-                return Problem("bad_escape", f"field {name!r} holds a lone surrogate escape, which is not text")
         try:
             fetch_time = parse_time(record.get("fetch_time"))
         except (TypeError, ValueError, OverflowError, OSError) as error:
@@ -287,21 +317,20 @@ class ReadText(SourceStage):
             lang_score = None if lang_score is None else float(lang_score)
         except (TypeError, ValueError, OverflowError) as error:
             return Problem("bad_field", f"field 'lang_score': {error}")
-        url = strings["url"]
         return {
             "id": str(identifier),
             "text": text,
             "url": url,
-            "domain": strings["domain"] or domain_of(url),
-            "source": self.config.source or strings["source"] or stem,
+            "domain": domain or domain_of(url),
+            "source": self.config.source or source or stem,
             "fetch_time": fetch_time,
-            "lang": strings["lang"],
+            "lang": lang,
             "lang_score": lang_score,
         }
 
     def _jsonl_records(self, path: str, counts: Counter) -> Iterator[tuple[int, Any]]:
         with open_bytes(path) as stream:
-            for number, line in numbered_lines(stream, counts):
+            for number, line in split_lines(stream, counts):
                 if isinstance(line, Problem):
                     yield number, line
                     continue

@@ -37,6 +37,7 @@ BAD_LINES: dict[str, bytes] = {
     "wrong_type": b'{"id": "bad-type", "text": "fine words", "domain": 123}\n',
     "lone_surrogate": b'{"id": "bad-escape", "text": "half a pair \\ud800 here"}\n',
     "surrogate_id": b'{"id": "\\udc00", "text": "fine words"}\n',
+    "surrogate_id_no_text": b'{"id": "\\udc00", "text": 7}\n',
     "deep_nesting": b'{"id": "deep", "text": "fine words", "meta": ' + b"[" * 200_000 + b"]" * 200_000 + b"}\n",
     "invalid_utf8": b'{"id": "latin1", "text": "caf\xe9 cr\xe8me"}\n',
     "huge_integer": b'{"id": "huge", "text": "fine words", "n": ' + b"9" * 5_000 + b"}\n",
@@ -49,6 +50,7 @@ EXPECTED_REASON = {
     "wrong_type": "bad_field",
     "lone_surrogate": "bad_escape",
     "surrogate_id": "bad_escape",
+    "surrogate_id_no_text": "missing_text",
     "deep_nesting": "too_deep",
     "invalid_utf8": "invalid_utf8",
     "huge_integer": "malformed_json",
@@ -103,6 +105,29 @@ def test_invalid_utf8_is_counted_and_rejected_by_default_or_kept_replaced_on_req
     record, documents, _ = ingest(path, tmp_path / "replace", on_invalid_utf8="replace")
     assert record.rejected == {} and record.stats["invalid_utf8_lines"] == 2
     assert documents.filter(pl.col("id") == "latin1")["text"].item() == "caf\ufffd cr\ufffdme"
+
+
+def test_escaped_surrogate_pairs_are_text_and_a_lone_one_in_a_field_not_stored_is_harmless(tmp_path: Path) -> None:
+    path = tmp_path / "docs.jsonl"
+    path.write_bytes(
+        json.dumps({"id": "emoji", "text": "wheat \U0001f33e and \\ud800 as plain characters"}).encode() + b"\n"
+        + b'{"id": "meta", "text": "fine words", "meta": {"\\uDBFF": 1}}\n'
+    )
+    record, documents, _ = ingest(path, tmp_path / "out")
+    assert record.rejected == {}
+    assert documents["text"].to_list() == ["wheat \U0001f33e and \\ud800 as plain characters", "fine words"]
+
+
+def test_lone_surrogates_in_several_batches_reject_only_their_lines(tmp_path: Path) -> None:
+    path = tmp_path / "docs.jsonl"
+    lines = [good_line(i) for i in range(20_000)]
+    for index in (5, 9_000, 19_999):
+        lines[index] = BAD_LINES["lone_surrogate"].replace(b"bad-escape", f"bad-{index}".encode())
+    path.write_bytes(b"".join(lines))
+    record, documents, ledger = ingest(path, tmp_path / "out")
+    assert record.rejected == {"bad_escape": 3} and documents.height == 19_997
+    assert ledger["id"].to_list() == ["bad-5", "bad-9000", "bad-19999"]
+    assert ledger["detail"][0] == "line 6: field 'text' holds a lone surrogate escape, which is not text"
 
 
 def test_a_utf8_byte_order_mark_before_the_first_line_is_not_damage(tmp_path: Path) -> None:
