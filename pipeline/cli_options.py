@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 import click
 
 from pipeline.dataset import DatasetError
-from pipeline.ownership import claim
+from pipeline.ownership import claim, release_if_unused
 
 
 def fail(message: str) -> NoReturn:
@@ -32,9 +32,13 @@ def claim_output(path: str | Path) -> None:
 
 
 def owned_output(context: click.Context, parameter: click.Parameter, value: Any) -> Any:
-    """Callback of `--output` options: `claim_output` as the option is parsed."""
+    """Callback of `--output` options: `claim_output` as the option is parsed (so a killed command resumes into a
+    directory already marked); a directory it made and the command left empty is removed as the command ends."""
     if value is not None:
+        made = not Path(value).exists()
         claim_output(value)
+        if made:
+            context.call_on_close(lambda: release_if_unused(Path(value)))
     return value
 
 

@@ -43,6 +43,7 @@ from pipeline.tokenization import (
     tokenizer_record,
     train_from_dataset,
 )
+from pipeline.ownership import OWNER_MARKER, claim
 from pipeline.verify import verify_dataset
 from tokenizer_eval.cli import evaluate as evaluate_tokenizers
 
@@ -161,9 +162,9 @@ def export_buckets(source: str | Path, output: str | Path, seed: int = 0, memory
     dataset, tokenizer, extra_columns = open_decomposed(source)
     manifest = dataset.manifest()
     output = Path(output)
-    if output.exists() and any(path.name != SPILL_DIR for path in output.iterdir()):
+    if output.exists() and any(path.name not in (SPILL_DIR, OWNER_MARKER) for path in output.iterdir()):
         raise ExportError(f"{output}: not empty; export into a new directory")
-    output.mkdir(parents=True, exist_ok=True)
+    claim(output)
     started = time.perf_counter()
 
     tallies: dict[int, BucketTally] = defaultdict(BucketTally)
@@ -349,7 +350,7 @@ def verify_export(directory: str | Path, samples: int = 3, seed: int = 0) -> lis
     """Check every bucket of an export: index ↔ data, counts and checksums against the sidecar, token range,
     sequence lengths, and decode a few sequences with the recorded tokenizer."""
     directory = Path(directory)
-    sidecars = sorted(path for path in directory.glob("*.json") if path.name != STATS_FILE)
+    sidecars = sorted(path for path in directory.glob("*.json") if path.name != STATS_FILE and path.name != OWNER_MARKER)
     checks = []
     bucket_tokens = 0
     tokenizers_seen: dict[str, Any] = {}

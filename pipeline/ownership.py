@@ -68,6 +68,14 @@ def check_owned(path: Path, what: str = "--output") -> None:
     )
 
 
+def release_if_unused(path: Path) -> None:
+    """Remove a directory `claim` made when nothing but its marker was written into it (a command that failed on
+    its arguments), so a failed command leaves no trace."""
+    if path.is_dir() and [entry.name for entry in path.iterdir()] == [OWNER_MARKER]:
+        (path / OWNER_MARKER).unlink()
+        path.rmdir()
+
+
 def claim(path: Path, what: str = "--output") -> None:
     """Check `path` is Gristmill's, create it if needed and mark it as Gristmill's."""
     check_owned(path, what)

@@ -19,6 +19,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+from pipeline.ownership import claim
+
 
 class _Pyplot:
     """matplotlib.pyplot with the Agg backend, imported on first use: it costs a second or more, and every
@@ -158,6 +160,7 @@ class Report:
     def write(self, directory: str | Path) -> dict[str, Path]:
         """report.html (self-contained), report.md with figures/*.png beside it, report.json; returns the paths."""
         directory = Path(directory)
+        claim(directory)
         (directory / "figures").mkdir(parents=True, exist_ok=True)
         names = set()
         for section in self.sections:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import stages.decompose  # noqa: F401  (registers the stage)
 from pipeline.cli_tokens import export_buckets, mix
-from pipeline.dataset import Dataset, ParquetShardWriter, ShardRecord
+from pipeline.dataset import REJECT_SCHEMA, Dataset, ParquetShardWriter, ShardRecord, write_json_atomic
 from pipeline.executors import make_executor
 from pipeline.graph import load_graph
 from pipeline.indexed_dataset import IndexedDataset
@@ -50,8 +50,10 @@ def write_tokenized(path: Path) -> None:
     writer = ParquetShardWriter(dataset.shard_path("part-00000"), TOKENIZED_SCHEMA)
     writer.write(table)
     size, checksum = writer.commit()
+    ledger_bytes, ledger_checksum = ParquetShardWriter(dataset.reject_path("part-00000"), REJECT_SCHEMA).commit()
     record = ShardRecord(name="part-00000", source="generated", rows=len(rows), documents_out=len(rows), bytes=size,
-                         checksum=checksum, rows_in=len(rows))
+                         checksum=checksum, rows_in=len(rows), ledger_bytes=ledger_bytes, ledger_checksum=ledger_checksum)
+    write_json_atomic(dataset.record_path("part-00000"), record.model_dump_json(indent=2))
     dataset.finalize("generated", {}, "generated", [], [record], TOKENIZED_SCHEMA)
 
 

@@ -324,7 +324,9 @@ def test_report_json_keeps_the_same_top_keys_for_every_dataset() -> None:
 
 
 def test_writing_a_report_again_leaves_no_stale_figures(run_dir: Path, tmp_path: Path) -> None:
-    (tmp_path / "figures").mkdir()
+    first = CliRunner().invoke(report, ["--input", str(run_dir / "dedup"), "--output", str(tmp_path / "out")])
+    assert first.exit_code == 0, first.output
+    tmp_path = tmp_path / "out"
     (tmp_path / "figures" / "figure-99-from-an-older-report.png").write_bytes(b"\x89PNG")
     (tmp_path / "figures" / "notes.txt").write_text("not ours")
     result = CliRunner().invoke(report, ["--input", str(run_dir / "dedup"), "--output", str(tmp_path)])

@@ -29,7 +29,7 @@ def export_prefixes(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_dir():
         return [str(path)]
-    sidecars = [item for item in sorted(path.glob("*.json")) if item.name != STATS_FILE]
+    sidecars = [item for item in sorted(path.glob("*.json")) if item.name != STATS_FILE and not item.name.startswith("_")]
     prefixes = [str(path / json.loads(item.read_text())["prefix"]) for item in sidecars]
     if not prefixes:
         raise ValueError(f"{path}: no exported buckets (no sidecar .json files)")

@@ -27,6 +27,8 @@ from pipeline.mixture import (
     write_plan,
 )
 from pipeline.config_files import validated_yaml
+from pipeline.dataset import DatasetError
+from pipeline.ownership import claim
 from trainer.config import PER_RUN, TrainConfig
 from trainer.predict import PredictConfig
 
@@ -268,8 +270,12 @@ def config_fingerprint(config: SweepConfig) -> str:
 
 
 def claim_output(config: SweepConfig, output: Path) -> None:
-    """Record the config a sweep directory is built with; a different one is refused, naming what changed."""
-    output.mkdir(parents=True, exist_ok=True)
+    """Record the config a sweep directory is built with; a different one is refused, naming what changed.
+    The directory must be Gristmill's (absent, empty or marked), as for every output."""
+    try:
+        claim(output)
+    except DatasetError as error:
+        raise SweepError(str(error)) from None
     state_path = output / STATE
     settings = config.model_dump(mode="json", exclude=READING_SETTINGS)
     if state_path.exists():
