@@ -35,7 +35,7 @@ demo: $(VENV)/.installed
 	$(BIN)/gristmill run configs/quickstart-tokens.yaml --output $(DEMO_DIR)
 	$(BIN)/gristmill export --input $(DEMO_DIR)/buckets --output $(DEMO_DIR)/shards
 	$(BIN)/gristmill mix --input configs/quickstart-mixture.yaml --data $(DEMO_DIR)/shards --output $(DEMO_DIR)/plan
-	@if $(BIN)/python -c 'import sys; from stages.rewrite_backends import main; sys.exit(main(sys.argv[1:]))' \
+	@if $(BIN)/python -c 'import sys; from gristmill.stages.rewrite.backends import main; sys.exit(main(sys.argv[1:]))' \
 			export-smollm2 $(DEMO_DIR)/smollm2; then \
 		$(BIN)/gristmill rewrite --input $(DEMO_DIR)/clean --output $(DEMO_DIR)/rewrite --model $(DEMO_DIR)/smollm2 \
 			--max-documents 4 --max-new-tokens 256 --temperature 0 --executor inprocess \

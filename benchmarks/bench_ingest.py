@@ -25,11 +25,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from pipeline.dataset import Dataset
-from pipeline.executors import make_executor
-from pipeline.graph import GraphSpec, NodeSpec, build_graph
-from pipeline.runner import run_graph
-from pipeline.sample import write_sample
+from gristmill.pipeline.engine.dataset import Dataset
+from gristmill.pipeline.engine.executors import make_executor
+from gristmill.pipeline.engine.graph import GraphSpec, NodeSpec, build_graph
+from gristmill.pipeline.engine.runner import run_graph
+from gristmill.pipeline.demo.sample import write_sample
 
 REPO = Path(__file__).resolve().parent.parent
 FILTERS = ("gopher_repetition", "gopher_quality")
@@ -56,7 +56,7 @@ def filters_available() -> bool:
 def run_gristmill(inputs: Path, output: Path, workers: int, extractor: str, filters: bool) -> int:
     """Run ingest (and the filters) through the real runner and a local process pool; returns documents in."""
     nodes = {"ingest": NodeSpec(stage="ingest", params={"paths": [str(inputs / "*.warc.gz")], "extractor": extractor})}
-    plugins = ["stages.ingest"]
+    plugins = ["gristmill.stages.ingest.ingest"]
     upstream = "ingest"
     for name in FILTERS if filters else ():
         nodes[name] = NodeSpec(stage=name, input=upstream)
@@ -173,10 +173,10 @@ def measure_memory(workdir: Path, gigabytes: float) -> dict:
     documents = write_big_warc(path, gigabytes)
     generated = time.perf_counter() - started
     code = (
-        "import sys; from pipeline.tasks import ShardTask, run_task; "
+        "import sys; from gristmill.pipeline.engine.tasks import ShardTask, run_task; "
         f"t = ShardTask('ingest', 'ingest', {{'paths': [{str(path)!r}]}}, {str(path)!r}, {str(workdir / 'out')!r}, "
-        "'part-00000', ('stages.ingest',)); "
-        "from pipeline.dataset import Dataset; Dataset(t.output).prepare(); o = run_task(t); "
+        "'part-00000', ('gristmill.stages.ingest.ingest',)); "
+        "from gristmill.pipeline.engine.dataset import Dataset; Dataset(t.output).prepare(); o = run_task(t); "
         "print(o.error or o.record.rows, file=sys.stderr)"
     )
     started = time.perf_counter()
@@ -200,7 +200,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here as JSON")
     args = parser.parse_args()
     if args.filters and not filters_available():
-        sys.exit("--filters needs stages/gopher_repetition.py and stages/gopher_quality.py")
+        sys.exit("--filters needs stages/filters/gopher_repetition.py and stages/filters/gopher_quality.py")
 
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()}
     with tempfile.TemporaryDirectory(prefix="bench-ingest-", dir=args.workdir) as workdir:

@@ -23,14 +23,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.dataset import (
+from gristmill.pipeline.engine.dataset import (
     COMPRESSION,
     COMPRESSION_LEVEL,
     ROW_GROUP_ROWS,
     ParquetShardWriter,
     iter_parquet_batches,
 )
-from pipeline.documents import DOCUMENT_SCHEMA, document_id
+from gristmill.pipeline.engine.documents import DOCUMENT_SCHEMA, document_id
 
 MB = 1_000_000
 CONTENDERS = ("gristmill", "raw")

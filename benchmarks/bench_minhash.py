@@ -16,7 +16,7 @@ import xxhash
 from datasketch import MinHash
 from pydoc_data.topics import topics
 
-from stages.minhash import MinHasher, Shingler
+from gristmill.stages.dedup.minhash import MinHasher, Shingler
 
 
 def real_documents(count: int, words_per_doc: int = 284, seed: int = 0) -> list[str]:

@@ -18,11 +18,11 @@ import numpy as np
 import pyarrow as pa
 from pydoc_data.topics import topics as PYDOC_TOPICS
 
-from classifiers.cli import train_classifier
-from classifiers.fasttext_model import TrainingParameters, load_fasttext
-from classifiers.preprocess import fasttext_lines, tokenize
-from pipeline.documents import DOCUMENT_SCHEMA
-from stages.quality_score import QualityScore, QualityScoreConfig
+from gristmill.pipeline.cli.classifier import train_classifier
+from gristmill.stages.quality.fasttext_model import TrainingParameters, load_fasttext
+from gristmill.stages.quality.preprocess import fasttext_lines, tokenize
+from gristmill.pipeline.engine.documents import DOCUMENT_SCHEMA
+from gristmill.stages.quality.quality_score import QualityScore, QualityScoreConfig
 
 BATCH_ROWS = 16_384  # what the runner reads per batch (pipeline.dataset.ROW_GROUP_ROWS)
 

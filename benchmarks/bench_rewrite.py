@@ -24,9 +24,9 @@ from pydoc_data.topics import topics as PYDOC_TOPICS
 
 import pyarrow as pa
 
-from pipeline.documents import DOCUMENT_SCHEMA
-from stages.rewrite import Rewrite, RewriteConfig
-from stages.rewrite_backends import Generation, Request, SamplingSettings, export_smollm2, render_chat
+from gristmill.pipeline.engine.documents import DOCUMENT_SCHEMA
+from gristmill.stages.rewrite.rewrite import Rewrite, RewriteConfig
+from gristmill.stages.rewrite.backends import Generation, Request, SamplingSettings, export_smollm2, render_chat
 
 
 def real_documents(count: int, words_per_document: int, seed: int) -> pa.RecordBatch:

@@ -22,15 +22,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import tokenizers
 
-from pipeline.documents import DOCUMENT_SCHEMA
-from pipeline.indexed_dataset import IndexedDatasetWriter, token_dtype
-from pipeline.tokenization import (
+from gristmill.pipeline.engine.documents import DOCUMENT_SCHEMA
+from gristmill.pipeline.tokens.indexed_dataset import IndexedDatasetWriter, token_dtype
+from gristmill.stages.tokens.tokenization import (
     DEFAULT_EOS,
     load_tokenizer,
     save_tokenizer,
     train_byte_level_bpe,
 )
-from stages.tokenize import Tokenize, TokenizeConfig
+from gristmill.stages.tokens.tokenize import Tokenize, TokenizeConfig
 
 MB = 1_000_000
 BATCH_ROWS = 8_192  # read_text's batch size: the batches the tokenize stage sees in a real run

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.indexed_dataset import IndexedDatasetWriter
-from trainer.config import TrainConfig
-from trainer.train import train
+from gristmill.pipeline.tokens.indexed_dataset import IndexedDatasetWriter
+from gristmill.trainer.config import TrainConfig
+from gristmill.trainer.train import train
 
 GPU_DEFAULTS = {"model": "124M", "vocab_size": 50_304, "context": 1024, "throughput_tokens_per_step": 1 << 19,
                 "min_bucket": 8, "max_bucket": 13, "concat_len": 2048, "tokens_per_step": 1 << 19, "steps": 30}

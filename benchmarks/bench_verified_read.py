@@ -22,12 +22,12 @@ import xxhash
 from rich.console import Console
 from bench_io import generate_batches, split_into_shards
 
-import pipeline.tasks
-from pipeline.dataset import REJECT_SCHEMA, Dataset, ParquetShardWriter, ShardRecord, config_digest, file_checksum
-from pipeline.documents import DOCUMENT_SCHEMA
-from pipeline.executors import make_executor
-from pipeline.graph import load_graph
-from pipeline.runner import run_graph
+import gristmill.pipeline.engine.tasks
+from gristmill.pipeline.engine.dataset import REJECT_SCHEMA, Dataset, ParquetShardWriter, ShardRecord, config_digest, file_checksum
+from gristmill.pipeline.engine.documents import DOCUMENT_SCHEMA
+from gristmill.pipeline.engine.executors import make_executor
+from gristmill.pipeline.engine.graph import load_graph
+from gristmill.pipeline.engine.runner import run_graph
 
 MODES = ("verified", "unverified")
 

@@ -22,11 +22,11 @@ import polars as pl
 import pyarrow as pa
 from pydoc_data.topics import topics
 
-import stages.near_dedup  # noqa: F401  (registers near_dedup)
-from pipeline.executors import make_executor
-from pipeline.graph import load_graph
-from pipeline.runner import run_graph
-from stages.minhash import Shingler
+import gristmill.stages.dedup.near_dedup  # noqa: F401  (registers near_dedup)
+from gristmill.pipeline.engine.executors import make_executor
+from gristmill.pipeline.engine.graph import load_graph
+from gristmill.pipeline.engine.runner import run_graph
+from gristmill.stages.dedup.minhash import Shingler
 
 LEVELS = [0.5, 0.6, 0.7, 0.75, 0.78, 0.8, 0.82, 0.85, 0.9, 0.95, 1.0]
 SHINGLER = Shingler()
@@ -116,7 +116,7 @@ def run_near_dedup(texts: list[str], threshold: float, verify: bool, work: Path)
             for index in range(part, len(texts), 4):
                 handle.write(json.dumps({"id": f"doc-{index:06d}", "text": texts[index]}) + "\n")
     (work / "g.yaml").write_text(
-        "plugins: [stages.near_dedup]\nstages:\n"
+        "plugins: [gristmill.stages.dedup.near_dedup]\nstages:\n"
         f"  read:\n    stage: read_text\n    params: {{paths: ['{corpus}/*.jsonl']}}\n"
         f"  near:\n    stage: near_dedup\n    input: read\n    params: {{threshold: {threshold}, verify: {str(verify).lower()}}}\n")
     started = time.perf_counter()

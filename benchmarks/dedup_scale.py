@@ -27,8 +27,8 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline.dataset import Dataset, ParquetShardWriter, ShardRecord, config_digest  # noqa: E402
-from pipeline.documents import DOCUMENT_SCHEMA  # noqa: E402
+from gristmill.pipeline.engine.dataset import Dataset, ParquetShardWriter, ShardRecord, config_digest  # noqa: E402
+from gristmill.pipeline.engine.documents import DOCUMENT_SCHEMA  # noqa: E402
 
 DOCS_PER_SHARD = 62_500
 NEAR_SHARE, EXACT_SHARE = 0.10, 0.03
@@ -120,7 +120,7 @@ def run_documents(documents: int, work: Path) -> dict:
     shutil.rmtree(output, ignore_errors=True)
     graph = work / "scale.yaml"
     graph.write_text(
-        "plugins: [stages.exact_dedup, stages.near_dedup]\nstages:\n"
+        "plugins: [gristmill.stages.dedup.exact_dedup, gristmill.stages.dedup.near_dedup]\nstages:\n"
         f"  exact:\n    stage: exact_dedup\n    input: '{corpus}'\n    params: {{}}\n"
         "  near:\n    stage: near_dedup\n    input: exact\n    params: {survivor: 'highest:lang_score'}\n")
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -139,7 +139,7 @@ def run_documents(documents: int, work: Path) -> dict:
 
 def write_signature_summaries(directory: Path, documents: int, bands: int, rows: int, seed: int = 0) -> list[str]:
     """Summary files as near_dedup writes them (id, priority, band hashes) for random signatures with planted near-duplicates."""
-    from stages.minhash import band_hashes
+    from gristmill.stages.dedup.minhash import band_hashes
 
     rng = np.random.default_rng(seed)
     directory.mkdir(parents=True, exist_ok=True)
@@ -168,11 +168,11 @@ def write_signature_summaries(directory: Path, documents: int, bands: int, rows:
 
 def bands_and_components(directory: str, documents: int) -> None:
     """The near_dedup reduce without verification, over precomputed summaries, on a 2-process local pool."""
-    from pipeline.executors import make_executor
-    from pipeline.runner import run_all
-    from stages.components import MembersTask, connected_components, gather_members, partition_count, remove_non_survivors
-    from stages.lsh import choose_banding
-    from stages.near_dedup import BandFilesTask, BandJoinTask, VerifyTask, gather_candidates, join_band, write_band_files
+    from gristmill.pipeline.engine.executors import make_executor
+    from gristmill.pipeline.engine.runner import run_all
+    from gristmill.stages.dedup.components import MembersTask, connected_components, gather_members, partition_count, remove_non_survivors
+    from gristmill.stages.dedup.lsh import choose_banding
+    from gristmill.stages.dedup.near_dedup import BandFilesTask, BandJoinTask, VerifyTask, gather_candidates, join_band, write_band_files
 
     work = Path(directory)
     banding = choose_banding(0.8, 128, 0.05, 0.95)

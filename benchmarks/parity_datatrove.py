@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.documents import DOCUMENT_SCHEMA
-from stages.c4_filter import C4Filter
-from stages.fineweb_filter import FineWebFilter
-from stages.gopher_quality import GopherQuality
-from stages.gopher_repetition import GopherRepetition
+from gristmill.pipeline.engine.documents import DOCUMENT_SCHEMA
+from gristmill.stages.filters.c4_filter import C4Filter
+from gristmill.stages.filters.fineweb_filter import FineWebFilter
+from gristmill.stages.filters.gopher_quality import GopherQuality
+from gristmill.stages.filters.gopher_repetition import GopherRepetition
 
 try:
     from datatrove.data import Document

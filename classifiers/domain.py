@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pipeline.config_files import validated_yaml
+from gristmill.pipeline.engine.config_files import validated_yaml
 
 
 class LabelRule(BaseModel):

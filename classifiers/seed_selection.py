@@ -88,7 +88,7 @@ def select_seed_set(candidates: list[SeedCandidate], runner: ProxyRunner) -> See
 def write_token_documents(tables: list[Any], tokenizer: Any, prefix: Path, batch_size: int = 1024) -> dict[str, Any]:
     """Tokenizes the `text` of each table into one indexed dataset (a document per text, EOS-terminated) with a
     sidecar naming the tokenizer, so the trainer reads it like an export and can score bits per byte on it."""
-    from pipeline.indexed_dataset import IndexedDatasetWriter, token_dtype
+    from gristmill.pipeline.tokens.indexed_dataset import IndexedDatasetWriter, token_dtype
 
     prefix.parent.mkdir(parents=True, exist_ok=True)
     writer = IndexedDatasetWriter(prefix, token_dtype(tokenizer.vocab_size))
@@ -126,8 +126,8 @@ class TrainerProxyRunner:
     _heldout_directories: dict[str, str] | None = field(default=None, init=False, repr=False)
 
     def tokenize(self, name: str, inputs: tuple[str, ...], where: str | None) -> tuple[Path, list[dict[str, Any]]]:
-        from classifiers.cli import read_documents
-        from pipeline.tokenization import load_tokenizer
+        from gristmill.pipeline.cli.classifier import read_documents
+        from gristmill.stages.tokens.tokenization import load_tokenizer
 
         loaded = load_tokenizer(self.tokenizer)
         read = [read_documents(path, where, ["text"], name) for path in inputs]
@@ -138,7 +138,7 @@ class TrainerProxyRunner:
         return directory, [record for _, record in read]
 
     def __post_init__(self) -> None:
-        from trainer.config import TrainConfig
+        from gristmill.trainer.config import TrainConfig
 
         # Validated once up front, so a bad setting is one error, not a failed run per candidate.
         self._settings = TrainConfig(**{"batching": "concat", **self.training}, data=["-"], steps=1,
@@ -147,8 +147,8 @@ class TrainerProxyRunner:
             raise ValueError(f"--tokens {self.tokens} is less than one step of {self._settings['tokens_per_step']} tokens")
 
     def run(self, candidate: SeedCandidate) -> float:
-        from trainer.config import TrainConfig
-        from trainer.train import train
+        from gristmill.trainer.config import TrainConfig
+        from gristmill.trainer.train import train
 
         if self._heldout_directories is None:  # tokenized once, shared by every candidate
             self._heldout_directories = {name: str(self.tokenize(f"heldout-{name}", inputs, None)[0])

@@ -1,5 +1,5 @@
-"""`python -m pipeline` is the `gristmill` command."""
+"""`python -m gristmill.pipeline` is the `gristmill` command."""
 
-from pipeline.cli import main
+from gristmill.pipeline.cli.main import main
 
 main()

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from pipeline.stage import BatchResult, MapStage, ReduceContext, StageConfig, register
+from gristmill.pipeline.engine.stage import BatchResult, MapStage, ReduceContext, StageConfig, register
 
 
 class FailOnConfig(StageConfig):

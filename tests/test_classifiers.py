@@ -18,15 +18,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydoc_data.topics import topics as PYDOC_TOPICS
 
-from classifiers import fasttext_model
-from classifiers.cli import classifier_group, parse_where, read_documents, train_classifier
-from classifiers.domain import DomainRules, load_rules, seed_labels
-from classifiers.evaluate import binary_metrics, multiclass_metrics, roc_auc, score_distribution, write_evaluation
-from classifiers.fasttext_model import FastTextClassifier, TrainingParameters, fnv1a_hashes, train_fasttext
-from classifiers.holdout import holdout_groups, holdout_mask
-from classifiers.preprocess import fasttext_lines, tokenize
-from classifiers.seed_selection import SeedCandidate, select_seed_set
-from pipeline.sample import write_sample
+from gristmill.stages.quality import fasttext_model
+from gristmill.pipeline.cli.classifier import classifier_group, parse_where, read_documents, train_classifier
+from gristmill.classifiers.domain import DomainRules, load_rules, seed_labels
+from gristmill.classifiers.evaluate import binary_metrics, multiclass_metrics, roc_auc, score_distribution, write_evaluation
+from gristmill.stages.quality.fasttext_model import FastTextClassifier, TrainingParameters, fnv1a_hashes, train_fasttext
+from gristmill.classifiers.holdout import holdout_groups, holdout_mask
+from gristmill.stages.quality.preprocess import fasttext_lines, tokenize
+from gristmill.classifiers.seed_selection import SeedCandidate, select_seed_set
+from gristmill.pipeline.demo.sample import write_sample
 
 REPO = Path(__file__).resolve().parents[1]
 # Strong settings for small corpora: fastText's defaults (5 epochs, lr 0.1) suit millions of documents.
@@ -466,7 +466,7 @@ def test_seed_selection_can_maximise_and_reports_no_winner_when_all_fail() -> No
 def test_select_seeds_trains_a_proxy_per_candidate_and_picks_the_set_closest_to_the_heldout_prose(tmp_path: Path) -> None:
     """Real prose against the same words shuffled (one JSONL, told apart by --candidate-where): same tokens, so
     only what the proxy model learns from word order can separate them, and the prose must win on held-out prose."""
-    from pipeline.tokenization import DEFAULT_EOS, save_tokenizer, train_byte_level_bpe
+    from gristmill.stages.tokens.tokenization import DEFAULT_EOS, save_tokenizer, train_byte_level_bpe
 
     paragraphs = pydoc_paragraphs()
     train_part, heldout_part = paragraphs[:-60], paragraphs[-60:]

@@ -9,8 +9,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli import cli
-from pipeline.cli_options import input_option
+from gristmill.pipeline.cli.main import cli
+from gristmill.pipeline.cli.options import input_option
 from tests.conftest import data_files, run_cli, write_graph
 
 

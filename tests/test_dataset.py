@@ -10,11 +10,11 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.dataset import Dataset, DatasetError, Manifest, ParquetShardWriter, file_checksum
-from pipeline.documents import DOCUMENT_SCHEMA
-from pipeline.executors import InProcessExecutor
-from pipeline.graph import load_graph
-from pipeline.runner import run_graph
+from gristmill.pipeline.engine.dataset import Dataset, DatasetError, Manifest, ParquetShardWriter, file_checksum
+from gristmill.pipeline.engine.documents import DOCUMENT_SCHEMA
+from gristmill.pipeline.engine.executors import InProcessExecutor
+from gristmill.pipeline.engine.graph import load_graph
+from gristmill.pipeline.engine.runner import run_graph
 from tests.conftest import write_graph
 
 

@@ -16,13 +16,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from pipeline.cli import stage_command
-from pipeline.dataset import Dataset
-from pipeline.documents import DOCUMENT_SCHEMA
-from pipeline.executors import make_executor
-from pipeline.graph import load_graph
-from pipeline.runner import run_graph
-from stages.decontaminate import (  # importing registers the stage; stages/__init__.py does not import it yet
+from gristmill.pipeline.cli.main import stage_command
+from gristmill.pipeline.engine.dataset import Dataset
+from gristmill.pipeline.engine.documents import DOCUMENT_SCHEMA
+from gristmill.pipeline.engine.executors import make_executor
+from gristmill.pipeline.engine.graph import load_graph
+from gristmill.pipeline.engine.runner import run_graph
+from gristmill.stages.dedup.decontaminate import (  # importing registers the stage; stages/__init__.py does not import it yet
     BENCHMARK_COLUMN,
     INDEX_DIR,
     NGRAMS_COLUMN,
@@ -321,7 +321,7 @@ def write_documents(directory: Path) -> int:
 
 def write_decontamination_graph(path: Path, documents: Path, files: dict[str, Path], mode: str) -> Path:
     path.write_text(
-        "plugins: [stages.decontaminate]\n"
+        "plugins: [gristmill.stages.dedup.decontaminate]\n"
         "stages:\n"
         f"  read:\n    stage: read_text\n    params: {{paths: ['{documents}/*.jsonl']}}\n"
         "  decontaminate:\n    stage: decontaminate\n    input: read\n    params:\n"

@@ -16,17 +16,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import stages.exact_dedup  # noqa: F401  (registers exact_dedup)
-import stages.near_dedup  # noqa: F401  (registers near_dedup)
-from pipeline.dataset import Dataset
-from pipeline.executors import make_executor
-from pipeline.graph import load_graph
-from pipeline.runner import run_graph
-from pipeline.sample import write_sample
-from stages.components import connected_components
+import gristmill.stages.dedup.exact_dedup  # noqa: F401  (registers exact_dedup)
+import gristmill.stages.dedup.near_dedup  # noqa: F401  (registers near_dedup)
+from gristmill.pipeline.engine.dataset import Dataset
+from gristmill.pipeline.engine.executors import make_executor
+from gristmill.pipeline.engine.graph import load_graph
+from gristmill.pipeline.engine.runner import run_graph
+from gristmill.pipeline.demo.sample import write_sample
+from gristmill.stages.dedup.components import connected_components
 from tests.conftest import REPO, data_files, gristmill_env, run_cli
 
-PLUGINS = "plugins: [stages.exact_dedup, stages.near_dedup]\n"
+PLUGINS = "plugins: [gristmill.stages.dedup.exact_dedup, gristmill.stages.dedup.near_dedup]\n"
 
 
 def run_inline(fn, items):

@@ -16,16 +16,16 @@ import pytest
 from rich.console import Console
 from threadpoolctl import threadpool_limits
 
-from classifiers.fasttext_model import TrainingParameters, train_fasttext
-from classifiers.preprocess import tokenize
-from pipeline.dataset import Dataset
-from pipeline.executors import DaskExecutor, InProcessExecutor, make_executor
-from pipeline.graph import load_graph
-from pipeline.runner import run_graph
-from pipeline.sample import write_sample
-from pipeline.stage import registered_stages
-from pipeline.tokenization import DEFAULT_EOS, save_tokenizer, train_byte_level_bpe
-from stages.langid import Py3LangidIdentifier
+from gristmill.stages.quality.fasttext_model import TrainingParameters, train_fasttext
+from gristmill.stages.quality.preprocess import tokenize
+from gristmill.pipeline.engine.dataset import Dataset
+from gristmill.pipeline.engine.executors import DaskExecutor, InProcessExecutor, make_executor
+from gristmill.pipeline.engine.graph import load_graph
+from gristmill.pipeline.engine.runner import run_graph
+from gristmill.pipeline.demo.sample import write_sample
+from gristmill.pipeline.engine.stage import registered_stages
+from gristmill.stages.tokens.tokenization import DEFAULT_EOS, save_tokenizer, train_byte_level_bpe
+from gristmill.stages.filters.langid import Py3LangidIdentifier
 from tests.conftest import REPO, data_files
 from tests.test_dask_cluster import loopback_cluster  # noqa: F401  (fixture)
 
@@ -206,7 +206,7 @@ def test_every_cpu_stage_writes_the_same_bytes_in_process_and_on_dask_with_other
 ) -> None:
     graph_path = every_cpu_stage_graph(tmp_path, sample_dir, sample_pages)
     graph = load_graph(graph_path, tmp_path / "inprocess")
-    built_in = {name for name, stage in registered_stages().items() if stage.__module__.startswith("stages.")}
+    built_in = {name for name, stage in registered_stages().items() if stage.__module__.startswith("gristmill.stages.")}
     assert {node.stage.name for node in graph.nodes} == built_in - NEEDS_A_MODEL  # test plugins may be registered too
     with threadpool_limits(8, user_api="blas"):  # a many-core machine's default
         run_graph(graph, InProcessExecutor(), console=QUIET)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.executors import WorkerDied, make_executor
-from pipeline.graph import load_graph
-from pipeline.runner import RunFailed, run_graph
+from gristmill.pipeline.engine.executors import WorkerDied, make_executor
+from gristmill.pipeline.engine.graph import load_graph
+from gristmill.pipeline.engine.runner import RunFailed, run_graph
 from tests.conftest import data_files, write_corpus, write_graph
 from tests.plugin_stages import CRASH_VARIABLE
 

@@ -15,20 +15,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import stages.c4_filter  # noqa: F401  (registers the stages, as stages/__init__.py will)
-import stages.fineweb_filter  # noqa: F401
-import stages.gopher_quality  # noqa: F401
-import stages.gopher_repetition  # noqa: F401
-from pipeline.dataset import Dataset
-from pipeline.documents import DOCUMENT_SCHEMA
-from pipeline.executors import InProcessExecutor
-from pipeline.graph import load_graph
-from pipeline.runner import run_graph
-from stages import text_stats
-from stages.c4_filter import C4Filter, C4FilterConfig
-from stages.fineweb_filter import FineWebFilter, FineWebFilterConfig
-from stages.gopher_quality import GopherQuality, GopherQualityConfig
-from stages.gopher_repetition import GopherRepetition, GopherRepetitionConfig
+import gristmill.stages.filters.c4_filter  # noqa: F401  (registers the stages, as stages/__init__.py will)
+import gristmill.stages.filters.fineweb_filter  # noqa: F401
+import gristmill.stages.filters.gopher_quality  # noqa: F401
+import gristmill.stages.filters.gopher_repetition  # noqa: F401
+from gristmill.pipeline.engine.dataset import Dataset
+from gristmill.pipeline.engine.documents import DOCUMENT_SCHEMA
+from gristmill.pipeline.engine.executors import InProcessExecutor
+from gristmill.pipeline.engine.graph import load_graph
+from gristmill.pipeline.engine.runner import run_graph
+from gristmill.stages.filters import text_stats
+from gristmill.stages.filters.c4_filter import C4Filter, C4FilterConfig
+from gristmill.stages.filters.fineweb_filter import FineWebFilter, FineWebFilterConfig
+from gristmill.stages.filters.gopher_quality import GopherQuality, GopherQualityConfig
+from gristmill.stages.filters.gopher_repetition import GopherRepetition, GopherRepetitionConfig
 
 
 def batch_of(texts: list[str | None], langs: list[str | None] | None = None) -> pa.RecordBatch:

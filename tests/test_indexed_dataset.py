@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.indexed_dataset import (
+from gristmill.pipeline.tokens.indexed_dataset import (
     IndexedDataset,
     IndexedDatasetError,
     IndexedDatasetWriter,

@@ -22,17 +22,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-import stages.ingest  # noqa: F401  (registers the stage; stages/__init__.py does not import it yet)
-from pipeline.dataset import Dataset
-from pipeline.documents import document_id
-from pipeline.executors import InProcessExecutor
-from pipeline.graph import load_graph
-from pipeline.runner import run_graph
-from pipeline.sample import write_sample
-from pipeline.tasks import ShardTask, run_task
-from stages import ingest
-from stages.html_extract import MAX_DIV_NESTING, HtmlExtractor, decode_html, div_nesting
-from stages.ingest import SCHEMA, Ingest, IngestConfig, dechunk, http_payload
+import gristmill.stages.ingest.ingest  # noqa: F401  (registers the stage; stages/__init__.py does not import it yet)
+from gristmill.pipeline.engine.dataset import Dataset
+from gristmill.pipeline.engine.documents import document_id
+from gristmill.pipeline.engine.executors import InProcessExecutor
+from gristmill.pipeline.engine.graph import load_graph
+from gristmill.pipeline.engine.runner import run_graph
+from gristmill.pipeline.demo.sample import write_sample
+from gristmill.pipeline.engine.tasks import ShardTask, run_task
+from gristmill.stages.ingest import ingest
+from gristmill.stages.ingest.html_extract import MAX_DIV_NESTING, HtmlExtractor, decode_html, div_nesting
+from gristmill.stages.ingest.ingest import SCHEMA, Ingest, IngestConfig, dechunk, http_payload
 from tests.warc_fixtures import (
     COOKIE_TEXT,
     CRAWL,
@@ -111,7 +111,7 @@ def test_each_bad_capture_gets_its_reason_and_side_records_are_not_documents(
     bad = bad_captures()
     good = good_captures(2)
     path = write_warc(tmp_path / f"mixed.warc{'.gz' if compress else ''}", good + list(bad.values()), compress=compress)
-    with caplog.at_level(logging.INFO, logger="stages.ingest"):
+    with caplog.at_level(logging.INFO, logger="gristmill.stages.ingest.ingest"):
         kept, rejected = read_all(path, reader=reader)
     assert kept.column("id").to_pylist() == [document_id(record_id(capture.name)) for capture in good]
     assert {document_id(record_id(capture.name)): reason for reason, capture in bad.items()} == {
@@ -473,7 +473,7 @@ def test_a_run_keeps_the_ledger_invariant_and_counts_only_documents(tmp_path: Pa
     data = write_warc(tmp_path / "b-whole.warc.gz", good_captures(5, seed=1)).read_bytes()
     (inputs / "b.warc.gz").write_bytes(data[: len(data) // 2])
     graph = tmp_path / "graph.yaml"
-    graph.write_text(f"plugins: [stages.ingest]\nstages:\n  ingest:\n    stage: ingest\n"
+    graph.write_text(f"plugins: [gristmill.stages.ingest.ingest]\nstages:\n  ingest:\n    stage: ingest\n"
                      f"    params: {{paths: ['{inputs}/*.warc.gz']}}\n")
     run_graph(load_graph(graph, tmp_path / "run"), InProcessExecutor())
     dataset = Dataset(tmp_path / "run" / "ingest")
@@ -558,7 +558,7 @@ def test_a_run_over_a_misframed_warc_counts_every_response_in(tmp_path: Path, re
 
 def run_ingest(tmp_path: Path, inputs: Path, reader: str = "fastwarc") -> Dataset:
     graph = tmp_path / "graph.yaml"
-    graph.write_text(f"plugins: [stages.ingest]\nstages:\n  ingest:\n    stage: ingest\n"
+    graph.write_text(f"plugins: [gristmill.stages.ingest.ingest]\nstages:\n  ingest:\n    stage: ingest\n"
                      f"    params: {{paths: ['{inputs}/*.warc.gz'], reader: {reader}}}\n")
     run_graph(load_graph(graph, tmp_path / "run"), InProcessExecutor())
     return Dataset(tmp_path / "run" / "ingest")
@@ -570,7 +570,7 @@ def test_a_record_lost_after_framing_fails_the_shard_on_the_ledger_invariant(
 ) -> None:
     path = write_warc(tmp_path / "news.warc.gz", good_captures(4) + list(bad_captures().values()))
     task = ShardTask(node="ingest", stage="ingest", config={"paths": [str(path)], "reader": reader},
-                     source=str(path), output=str(tmp_path / "out"), name="part-00000", plugins=("stages.ingest",))
+                     source=str(path), output=str(tmp_path / "out"), name="part-00000", plugins=("gristmill.stages.ingest.ingest",))
     Dataset(tmp_path / "out").prepare()
     outcome = run_task(task)
     assert outcome.error is None and outcome.record.rows_in == 4 + len(bad_captures())

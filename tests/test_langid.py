@@ -13,13 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-import stages.langid  # noqa: F401  (registers the stage)
-from pipeline.dataset import Dataset
-from pipeline.documents import DOCUMENT_SCHEMA
-from pipeline.executors import InProcessExecutor
-from pipeline.graph import load_graph
-from pipeline.runner import run_graph
-from stages.langid import LangId, LangIdConfig, Py3LangidIdentifier, language_code
+import gristmill.stages.filters.langid  # noqa: F401  (registers the stage)
+from gristmill.pipeline.engine.dataset import Dataset
+from gristmill.pipeline.engine.documents import DOCUMENT_SCHEMA
+from gristmill.pipeline.engine.executors import InProcessExecutor
+from gristmill.pipeline.engine.graph import load_graph
+from gristmill.pipeline.engine.runner import run_graph
+from gristmill.stages.filters.langid import LangId, LangIdConfig, Py3LangidIdentifier, language_code
 from tests.conftest import write_graph
 
 # Article 1 of the Universal Declaration of Human Rights, in its official translations.

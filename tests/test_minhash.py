@@ -13,12 +13,12 @@ from datasketch.lsh import _optimal_param
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.dataset import Dataset
-from pipeline.executors import InProcessExecutor
-from pipeline.graph import load_graph
-from pipeline.runner import run_graph
-from stages.lsh import Banding, choose_banding, format_dedup_plan, plan_dedup
-from stages.minhash import MAX_HASH32, MinHasher, Normalization, Shingler, band_hashes, to_datasketch
+from gristmill.pipeline.engine.dataset import Dataset
+from gristmill.pipeline.engine.executors import InProcessExecutor
+from gristmill.pipeline.engine.graph import load_graph
+from gristmill.pipeline.engine.runner import run_graph
+from gristmill.stages.dedup.lsh import Banding, choose_banding, format_dedup_plan, plan_dedup
+from gristmill.stages.dedup.minhash import MAX_HASH32, MinHasher, Normalization, Shingler, band_hashes, to_datasketch
 
 TEXT = st.text(alphabet=st.sampled_from(list("abcAB  \n\t.,!'é") + ["ﬁ", "\u00a0", "ß", "İ", "Ⅻ", "—"]), max_size=80)
 
@@ -50,7 +50,7 @@ def test_bulk_signatures_are_bit_identical_to_datasketch(texts, kind, n, num_per
 def test_bit_identical_on_real_prose_across_chunk_boundaries(monkeypatch) -> None:
     from pydoc_data.topics import topics
 
-    import stages.minhash
+    import gristmill.stages.dedup.minhash
 
     monkeypatch.setattr(stages.minhash, "SHINGLES_PER_CHUNK", 500)  # force many chunks
     texts = [text[:3000] for text in sorted(topics.values())[:40]] + ["", None]

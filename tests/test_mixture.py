@@ -14,15 +14,15 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import stages.decompose  # noqa: F401  (registers the stage)
-from pipeline.cli_tokens import export_buckets, mix
-from pipeline.dataset import REJECT_SCHEMA, Dataset, ParquetShardWriter, ShardRecord, write_json_atomic
-from pipeline.executors import make_executor
-from pipeline.graph import load_graph
-from pipeline.indexed_dataset import IndexedDataset
-from pipeline.mixture import MixtureError, compile_plan, load_mixture, sample_component
-from pipeline.runner import run_graph
-from pipeline.tokenization import TOKENIZER_METADATA_KEY
+import gristmill.stages.tokens.decompose  # noqa: F401  (registers the stage)
+from gristmill.pipeline.cli.tokens import export_buckets, mix
+from gristmill.pipeline.engine.dataset import REJECT_SCHEMA, Dataset, ParquetShardWriter, ShardRecord, write_json_atomic
+from gristmill.pipeline.engine.executors import make_executor
+from gristmill.pipeline.engine.graph import load_graph
+from gristmill.pipeline.tokens.indexed_dataset import IndexedDataset
+from gristmill.pipeline.tokens.mixture import MixtureError, compile_plan, load_mixture, sample_component
+from gristmill.pipeline.engine.runner import run_graph
+from gristmill.stages.tokens.tokenization import TOKENIZER_METADATA_KEY
 
 TOKENIZED_SCHEMA = pa.schema(
     [("id", pa.string()), ("tokens", pa.list_(pa.uint32())), ("num_tokens", pa.int32()), ("source", pa.string()),
@@ -62,7 +62,7 @@ def exported(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("mixture")
     write_tokenized(root / "tokens")
     (root / "g.yaml").write_text(
-        "plugins: [stages.decompose]\nstages:\n  pieces:\n    stage: decompose\n"
+        "plugins: [gristmill.stages.tokens.decompose]\nstages:\n  pieces:\n    stage: decompose\n"
         f"    input: '{root / 'tokens'}'\n"
         "    params: {min_bucket: 2, max_bucket: 4, keep_columns: [source, quality]}\n"
     )

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.dataset import Dataset
-from pipeline.ownership import OWNER_MARKER
+from gristmill.pipeline.engine.dataset import Dataset
+from gristmill.pipeline.engine.ownership import OWNER_MARKER
 from tests.conftest import REPO, gristmill_env, run_cli, write_corpus, write_graph
 
 
@@ -106,7 +106,7 @@ def test_an_empty_input_file_is_a_warning_in_the_summary(tmp_path: Path) -> None
 @pytest.mark.parametrize("yaml_text, expected", [
     ("name: t\nname: u\nstages: {a: {stage: read_text, params: {paths: [x]}}}\n", "line 2: not valid YAML (duplicate key 'name')"),
     ("stages:\n  a: {stage: read_text, params: {paths: [x], paths: [y]}}\n", "duplicate key 'paths'"),
-    ("stages:\n  _summary.json: {stage: read_text, params: {paths: [x]}}\n", "stages._summary.json: node names start with"),
+    ("stages:\n  _summary.json: {stage: read_text, params: {paths: [x]}}\n", "gristmill.stages._summary.json: node names start with"),
     ("plugins: [broken_plugin]\nstages: {a: {stage: read_text, params: {paths: [x]}}}\n", "broken_plugin.py:1: "),
     ("stages: !!python/object:os.system {a: 1}\n", "not valid YAML"),
 ])
@@ -153,7 +153,7 @@ def test_disk_full_names_the_file_and_leaves_no_temporaries(tmp_path: Path) -> N
     full = tmp_path / "full"
     full.mkdir()
     as_root = [] if os.geteuid() == 0 else ["--map-root-user"]
-    script = (f"mount -t tmpfs -o size=1m tmpfs {full} && {sys.executable} -m pipeline read-text "
+    script = (f"mount -t tmpfs -o size=1m tmpfs {full} && {sys.executable} -m gristmill.pipeline read-text "
               f"--input '{tmp_path / 'in'}/*.jsonl' --output {full / 'out'} --executor inprocess --retries 0; "
               f"echo rc=$?; find {full} -name '.*.tmp-*' | sed 's/^/left: /'; "
               f"cat {full}/out/_failures/*.txt 2>/dev/null | tail -n 3 | sed 's/^/record: /'")

@@ -10,13 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import stages.pii  # noqa: F401  (registers the stage)
-from pipeline.dataset import Dataset
-from pipeline.documents import DOCUMENT_SCHEMA
-from pipeline.executors import InProcessExecutor
-from pipeline.graph import load_graph
-from pipeline.runner import run_graph
-from stages.pii import Pii, PiiConfig
+import gristmill.stages.filters.pii  # noqa: F401  (registers the stage)
+from gristmill.pipeline.engine.dataset import Dataset
+from gristmill.pipeline.engine.documents import DOCUMENT_SCHEMA
+from gristmill.pipeline.engine.executors import InProcessExecutor
+from gristmill.pipeline.engine.graph import load_graph
+from gristmill.pipeline.engine.runner import run_graph
+from gristmill.stages.filters.pii import Pii, PiiConfig
 from tests.conftest import write_graph
 
 

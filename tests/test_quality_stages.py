@@ -13,20 +13,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from classifiers.cli import train_classifier
-from classifiers.domain import load_rules, seed_labels
-from classifiers.fasttext_model import FastTextClassifier, TrainingParameters
-from classifiers.preprocess import tokenize
-from pipeline.dataset import Dataset
-from pipeline.documents import DOCUMENT_SCHEMA
-from pipeline.executors import make_executor
-from pipeline.graph import load_graph
-from pipeline.runner import run_graph
-from pipeline.sample import write_sample
-from pipeline.stage import ReduceContext
-from stages.domain_label import DomainLabel, DomainLabelConfig
-from stages.quality_filter import QualityFilter, QualityFilterConfig, sortable_keys, score_of_key
-from stages.quality_score import QualityScore, QualityScoreConfig
+from gristmill.pipeline.cli.classifier import train_classifier
+from gristmill.classifiers.domain import load_rules, seed_labels
+from gristmill.stages.quality.fasttext_model import FastTextClassifier, TrainingParameters
+from gristmill.stages.quality.preprocess import tokenize
+from gristmill.pipeline.engine.dataset import Dataset
+from gristmill.pipeline.engine.documents import DOCUMENT_SCHEMA
+from gristmill.pipeline.engine.executors import make_executor
+from gristmill.pipeline.engine.graph import load_graph
+from gristmill.pipeline.engine.runner import run_graph
+from gristmill.pipeline.demo.sample import write_sample
+from gristmill.pipeline.engine.stage import ReduceContext
+from gristmill.stages.quality.domain_label import DomainLabel, DomainLabelConfig
+from gristmill.stages.quality.quality_filter import QualityFilter, QualityFilterConfig, sortable_keys, score_of_key
+from gristmill.stages.quality.quality_score import QualityScore, QualityScoreConfig
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = TrainingParameters(epoch=25, lr=0.5, dim=16, bucket=20_000, threads=1)
@@ -234,7 +234,7 @@ def test_domain_label_annotates_label_and_probability(domain_model: Path, sample
 def quickstart_graph(path: Path, shards: Path, quality_model: Path, domain_model: Path) -> Path:
     path.write_text(f"""
 name: quality
-plugins: [stages.quality_score, stages.quality_filter, stages.domain_label]
+plugins: [gristmill.stages.quality.quality_score, gristmill.stages.quality.quality_filter, gristmill.stages.quality.domain_label]
 stages:
   read:
     stage: read_text

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.dataset import Dataset
+from gristmill.pipeline.engine.dataset import Dataset
 from tests.conftest import REPO, run_cli
 
 

@@ -17,10 +17,10 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.dataset import Dataset, ShardRecord
-from pipeline.stage import INPUT_DOCUMENTS_STAT
-from pipeline.tasks import ShardTask, run_task
-from stages.read_text import ReadText
+from gristmill.pipeline.engine.dataset import Dataset, ShardRecord
+from gristmill.pipeline.engine.stage import INPUT_DOCUMENTS_STAT
+from gristmill.pipeline.engine.tasks import ShardTask, run_task
+from gristmill.stages.ingest.read_text import ReadText
 
 GOOD_TEXT = "the mill grinds grain into flour before dawn"
 

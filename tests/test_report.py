@@ -5,7 +5,7 @@ import json
 import matplotlib.pyplot as plt
 import pytest
 
-from pipeline.report import Report, check_html, format_cell
+from gristmill.pipeline.engine.report import Report, check_html, format_cell
 
 
 def build_report() -> Report:

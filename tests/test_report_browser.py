@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.report import check_html
+from gristmill.pipeline.engine.report import check_html
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 WIDTH = 1200  # one window width for the probe and the screenshot, so both lay the page out alike
@@ -89,8 +89,8 @@ def assert_plots_visible(html_path: Path, work: Path | None = None, minimum_imag
 
 def synthetic_sweep_report(directory: Path) -> Path:
     """A sweep report from made-up runs (no training): loss falls with the weight of b."""
-    from trainer.predict import PredictConfig, analyse, critical_mixture_ratio
-    from trainer.sweep_report import write_sweep_report
+    from gristmill.trainer.predict import PredictConfig, analyse, critical_mixture_ratio
+    from gristmill.trainer.sweep_report import write_sweep_report
 
     names, heldout = ["a", "b", "c"], ["general", "b", "target"]
     rng = np.random.default_rng(0)
@@ -117,7 +117,7 @@ def test_sweep_report_plots_render_in_chromium(tmp_path):
 
 
 def test_run_report_plots_render_in_chromium(tmp_path):
-    from pipeline.run_report import write_run_report
+    from gristmill.pipeline.reports.run_report import write_run_report
     from tests.test_run_report import build_small_run
 
     paths = write_run_report(build_small_run(tmp_path / "run"), tmp_path / "report")

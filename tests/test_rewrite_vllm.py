@@ -21,8 +21,8 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in th
 
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed; `make test-vllm` runs this file on CPU")
 
-from stages.rewrite import Rewrite, RewriteConfig  # noqa: E402
-from stages.rewrite_backends import Request, SamplingSettings  # noqa: E402
+from gristmill.stages.rewrite.rewrite import Rewrite, RewriteConfig  # noqa: E402
+from gristmill.stages.rewrite.backends import Request, SamplingSettings  # noqa: E402
 from tests.test_rewrite import ENGLISH, batch_of, build_tiny_llama, chat  # noqa: E402
 
 ON_CPU = not __import__("torch").cuda.is_available()

@@ -15,18 +15,18 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli_tokens import export_buckets
-from pipeline.dataset import (
+from gristmill.pipeline.cli.tokens import export_buckets
+from gristmill.pipeline.engine.dataset import (
     REJECT_SCHEMA,
     Dataset,
     ParquetShardWriter,
     ShardRecord,
     write_json_atomic,
 )
-from pipeline.executors import make_executor
-from pipeline.graph import load_graph
-from pipeline.report import check_html
-from pipeline.run_report import (
+from gristmill.pipeline.engine.executors import make_executor
+from gristmill.pipeline.engine.graph import load_graph
+from gristmill.pipeline.engine.report import check_html
+from gristmill.pipeline.reports.run_report import (
     EXAMPLE_CHARS,
     LENGTH_EDGES,
     Histogram,
@@ -36,8 +36,8 @@ from pipeline.run_report import (
     report,
     size_bin,
 )
-from pipeline.runner import run_graph
-from pipeline.tokenization import DEFAULT_EOS, save_tokenizer, train_byte_level_bpe
+from gristmill.pipeline.engine.runner import run_graph
+from gristmill.stages.tokens.tokenization import DEFAULT_EOS, save_tokenizer, train_byte_level_bpe
 from tests.conftest import WORDS
 
 PARENTS = {"read": [], "long": ["read"], "dedup": ["long"], "short": ["read"], "merged": ["dedup", "short"],
@@ -76,7 +76,7 @@ def build_small_run(root: Path) -> Path:
     save_tokenizer(train_byte_level_bpe(texts, vocab_size=300), root / "tokenizer", DEFAULT_EOS, {"corpus": "test"})
     graph = root / "graph.yaml"
     graph.write_text(
-        "plugins: [stages.read_text, stages.length_filter, stages.exact_dedup, stages.tokenize, stages.decompose]\n"
+        "plugins: [gristmill.stages.ingest.read_text, gristmill.stages.filters.length_filter, gristmill.stages.dedup.exact_dedup, gristmill.stages.tokens.tokenize, gristmill.stages.tokens.decompose]\n"
         "stages:\n"
         f"  read: {{stage: read_text, params: {{paths: ['{root}/corpus/*.jsonl']}}}}\n"
         "  long: {stage: length_filter, input: read, params: {min_words: 5}}\n"

@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 import pytest
 from warcio.archiveiterator import ArchiveIterator
 
-from pipeline.sample import SampleSummary, main, write_sample
+from gristmill.pipeline.demo.sample import SampleSummary, main, write_sample
 
 REPO = Path(__file__).resolve().parent.parent
 PAGES = 400
@@ -71,7 +71,7 @@ def test_same_seed_gives_identical_bytes_and_another_seed_differs(tmp_path: Path
 def test_output_does_not_depend_on_hash_seed(tmp_path: Path):
     write_sample(tmp_path / "here", pages=120, seed=3)
     env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(REPO)}
-    subprocess.run([sys.executable, "-m", "pipeline.sample", "--output", str(tmp_path / "there"),
+    subprocess.run([sys.executable, "-m", "gristmill.pipeline.demo.sample", "--output", str(tmp_path / "there"),
                     "--pages", "120", "--seed", "3"], check=True, env=env, cwd=REPO, capture_output=True)
     for name in ("sample.warc.gz", "pages.jsonl"):
         assert (tmp_path / "here" / name).read_bytes() == (tmp_path / "there" / name).read_bytes()

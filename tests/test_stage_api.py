@@ -12,13 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.dataset import Dataset
-from pipeline.documents import DOCUMENT_SCHEMA
-from pipeline.executors import InProcessExecutor, make_executor
-from pipeline.graph import load_graph
-from pipeline.runner import run_graph
-from pipeline.stage import BatchResult, register, stage_class
-from stages.length_filter import LengthFilter, LengthFilterConfig
+from gristmill.pipeline.engine.dataset import Dataset
+from gristmill.pipeline.engine.documents import DOCUMENT_SCHEMA
+from gristmill.pipeline.engine.executors import InProcessExecutor, make_executor
+from gristmill.pipeline.engine.graph import load_graph
+from gristmill.pipeline.engine.runner import run_graph
+from gristmill.pipeline.engine.stage import BatchResult, register, stage_class
+from gristmill.stages.filters.length_filter import LengthFilter, LengthFilterConfig
 from tests.conftest import write_graph
 
 

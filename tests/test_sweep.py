@@ -17,11 +17,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipeline.report import check_html
-from pipeline.tokenization import DEFAULT_EOS, LoadedTokenizer, save_tokenizer, train_byte_level_bpe
+from gristmill.pipeline.engine.report import check_html
+from gristmill.stages.tokens.tokenization import DEFAULT_EOS, LoadedTokenizer, save_tokenizer, train_byte_level_bpe
 from tests.test_trainer import one_thread, write_export  # noqa: F401  (one_thread: an autouse fixture)
-from trainer.cli import sweep_command
-from trainer.predict import (
+from gristmill.pipeline.cli.trainer import sweep_command
+from gristmill.trainer.predict import (
     PredictConfig,
     analyse,
     critical_mixture_ratio,
@@ -29,7 +29,7 @@ from trainer.predict import (
     held_out_predictions,
     share_law,
 )
-from trainer.sweep import (
+from gristmill.trainer.sweep import (
     RUN_RESULT,
     SamplingConfig,
     SweepConfig,
@@ -40,7 +40,7 @@ from trainer.sweep import (
     run_sweep,
     sample_mixtures,
 )
-from trainer.sweep_report import CMR_SECTION, SECTIONS
+from gristmill.trainer.sweep_report import CMR_SECTION, SECTIONS
 
 WORDS = ("mill river grain flour bread wheat sack stone wind boat net tide fish salt sail harbour ledger letter permit "
          "clerk court street tower market bell lamp road bridge field barn horse cart rain cloud winter summer morning "
@@ -234,7 +234,7 @@ def test_report_has_every_section_and_real_plots(sweep):
 @pytest.mark.slow
 def test_dask_workers_reproduce_the_local_runs(sweep, tmp_path):
     """Each mixture depends only on (seed, index), so a three-mixture sweep on Dask repeats the first three runs."""
-    from pipeline.executors import make_executor
+    from gristmill.pipeline.engine.executors import make_executor
 
     config = load_sweep(sweep["config_path"]).model_copy(update={"mixtures": 3})
     with make_executor("dask", workers=2) as executor:

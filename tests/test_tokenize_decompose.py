@@ -21,14 +21,14 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.cli_tokens import export, export_buckets, tokenizer, verify, verify_export
-from pipeline.dataset import Dataset
-from pipeline.documents import DOCUMENT_SCHEMA
-from pipeline.executors import make_executor
-from pipeline.graph import load_graph
-from pipeline.indexed_dataset import IndexedDataset
-from pipeline.runner import run_graph
-from pipeline.tokenization import (
+from gristmill.pipeline.cli.tokens import export, export_buckets, tokenizer, verify, verify_export
+from gristmill.pipeline.engine.dataset import Dataset
+from gristmill.pipeline.engine.documents import DOCUMENT_SCHEMA
+from gristmill.pipeline.engine.executors import make_executor
+from gristmill.pipeline.engine.graph import load_graph
+from gristmill.pipeline.tokens.indexed_dataset import IndexedDataset
+from gristmill.pipeline.engine.runner import run_graph
+from gristmill.stages.tokens.tokenization import (
     DEFAULT_EOS,
     TokenizerError,
     load_tokenizer,
@@ -36,12 +36,12 @@ from pipeline.tokenization import (
     tokenizer_record,
     train_byte_level_bpe,
 )
-from stages.decompose import (  # importing registers the stage
+from gristmill.stages.tokens.decompose import (  # importing registers the stage
     Decompose,
     DecomposeConfig,
     best_fit_decreasing,
 )
-from stages.tokenize import Tokenize, TokenizeConfig
+from gristmill.stages.tokens.tokenize import Tokenize, TokenizeConfig
 from tests.conftest import data_files
 
 PARAGRAPHS = [paragraph for topic in pydoc_data.topics.topics.values() for paragraph in topic.split("\n\n")
@@ -80,7 +80,7 @@ def corpus(tmp_path_factory) -> Path:
 
 def write_tokens_graph(path: Path, corpus: Path, tokenizer: Path, decompose_params: str) -> Path:
     path.write_text(
-        "plugins: [stages.tokenize, stages.decompose]\nstages:\n"
+        "plugins: [gristmill.stages.tokens.tokenize, gristmill.stages.tokens.decompose]\nstages:\n"
         f"  read:\n    stage: read_text\n    params: {{paths: ['{corpus}/*.jsonl']}}\n"
         f"  tokens:\n    stage: tokenize\n    input: read\n    params: {{tokenizer: '{tokenizer}'}}\n"
         f"  pieces:\n    stage: decompose\n    input: tokens\n    params: {decompose_params}\n"
@@ -410,7 +410,7 @@ def test_export_is_deterministic_by_seed_and_independent_of_memory(exported: Pat
 
 def test_packed_baseline_exports_document_boundaries(run_dir: Path, tmp_path: Path) -> None:
     graph = tmp_path / "g.yaml"  # decompose the module run's tokenized dataset again, as a baseline
-    graph.write_text("plugins: [stages.decompose]\nstages:\n  pieces:\n    stage: decompose\n"
+    graph.write_text("plugins: [gristmill.stages.tokens.decompose]\nstages:\n  pieces:\n    stage: decompose\n"
                      f"    input: '{run_dir / 'tokens'}'\n    params: {{mode: best_fit, sequence_length: 512}}\n")
     run_graph(load_graph(graph, tmp_path / "run"), make_executor("inprocess"))
     stats = export_buckets(tmp_path / "run" / "pieces", tmp_path / "export", seed=0)

@@ -15,33 +15,33 @@ import pytest
 from click.testing import CliRunner
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
-from pipeline.cli_tokens import tokenizer as tokenizer_group
-from pipeline.dataset import DatasetError
-from pipeline.executors import make_executor
-from pipeline.graph import load_graph
-from pipeline.report import check_html
-from pipeline.runner import run_graph
-from pipeline.tokenization import DEFAULT_EOS, save_tokenizer, train_byte_level_bpe
-from tokenizer_eval.corpus import (
+from gristmill.pipeline.cli.tokens import tokenizer as tokenizer_group
+from gristmill.pipeline.engine.dataset import DatasetError
+from gristmill.pipeline.engine.executors import make_executor
+from gristmill.pipeline.engine.graph import load_graph
+from gristmill.pipeline.engine.report import check_html
+from gristmill.pipeline.engine.runner import run_graph
+from gristmill.stages.tokens.tokenization import DEFAULT_EOS, save_tokenizer, train_byte_level_bpe
+from gristmill.tokenizer_eval.corpus import (
     measure_corpus,
     measure_parity,
     renyi_entropy,
     shannon_entropy,
 )
-from tokenizer_eval.loading import (
+from gristmill.tokenizer_eval.loading import (
     TokenizerSpecError,
     character_spans,
     load_for_evaluation,
     parse_spec,
 )
-from tokenizer_eval.sample import CorpusSample, sample_dataset
-from tokenizer_eval.vocabulary import (
+from gristmill.tokenizer_eval.sample import CorpusSample, sample_dataset
+from gristmill.tokenizer_eval.vocabulary import (
     analyse_vocabulary,
     core_coverage,
     token_category,
     token_script,
 )
-from tokenizer_eval.words import words
+from gristmill.tokenizer_eval.words import words
 
 SUMMARY_KEYS = {"tokenizer", "vocab_size", "fertility", "proportion_continued_words", "bytes_per_token",
                 "chars_per_token", "vocabulary_utilisation", "shannon_efficiency", "renyi_efficiency"}

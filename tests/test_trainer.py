@@ -20,16 +20,16 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.indexed_dataset import IndexedDatasetWriter
-from pipeline.mixture import Mixture, compile_plan, write_plan
-from pipeline.tokenization import (
+from gristmill.pipeline.tokens.indexed_dataset import IndexedDatasetWriter
+from gristmill.pipeline.tokens.mixture import Mixture, compile_plan, write_plan
+from gristmill.stages.tokens.tokenization import (
     DEFAULT_EOS,
     LoadedTokenizer,
     save_tokenizer,
     train_byte_level_bpe,
 )
-from trainer.cli import commands
-from trainer.data import (
+from gristmill.pipeline.cli.trainer import commands
+from gristmill.trainer.data import (
     IGNORE,
     BestFitBatcher,
     ConcatChunkBatcher,
@@ -40,9 +40,9 @@ from trainer.data import (
     load_mixture_plan,
     shuffled_plan,
 )
-from trainer.model import GPT, GPTConfig
-from trainer.config import TrainConfig
-from trainer.train import learning_rate, train
+from gristmill.trainer.model import GPT, GPTConfig
+from gristmill.trainer.config import TrainConfig
+from gristmill.trainer.train import learning_rate, train
 
 BUCKETS = (4, 5, 6, 7)  # 17 to 129 tokens per sequence
 SUBJECTS = ["the miller", "a farmer", "the baker", "my neighbour", "the old horse", "a young girl"]
@@ -84,7 +84,7 @@ def decompose(tokens: np.ndarray) -> list[tuple[int, np.ndarray]]:
 
 def write_export(directory: Path, tokenizer: LoadedTokenizer, documents: list[np.ndarray]) -> Path:
     """One bucket-KK .bin/.idx, sidecar and sequence table per bucket, one sequence per document piece,
-    laid out as `gristmill export` writes them (so `pipeline.mixture` can compile plans over them)."""
+    laid out as `gristmill export` writes them (so `gristmill.pipeline.tokens.mixture` can compile plans over them)."""
     directory.mkdir(parents=True)
     writers = {k: IndexedDatasetWriter(directory / f"bucket-{k:02d}", np.uint16) for k in BUCKETS}
     for document in documents:

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-import stages.url_filter  # noqa: F401  (registers the stage)
-from pipeline.documents import DOCUMENT_SCHEMA
-from stages.url_filter import UrlFilter, UrlFilterConfig
+import gristmill.stages.filters.url_filter  # noqa: F401  (registers the stage)
+from gristmill.pipeline.engine.documents import DOCUMENT_SCHEMA
+from gristmill.stages.filters.url_filter import UrlFilter, UrlFilterConfig
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "configs" / "blocklists"

@@ -13,12 +13,12 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.cli import cli
-from pipeline.dataset import Dataset, DatasetError, Manifest, manifest_checksum, write_json_atomic
-from pipeline.executors import make_executor
-from pipeline.graph import load_graph
-from pipeline.runner import RunFailed, run_graph
-from pipeline.verify import verify_dataset
+from gristmill.pipeline.cli.main import cli
+from gristmill.pipeline.engine.dataset import Dataset, DatasetError, Manifest, manifest_checksum, write_json_atomic
+from gristmill.pipeline.engine.executors import make_executor
+from gristmill.pipeline.engine.graph import load_graph
+from gristmill.pipeline.engine.runner import RunFailed, run_graph
+from gristmill.pipeline.engine.verify import verify_dataset
 from tests.conftest import write_corpus
 
 
@@ -110,13 +110,13 @@ def test_a_flipped_bit_is_named_by_inspect_verify_and_the_next_stages_instead_of
     assert inspected.exit_code != 0 and said(inspected) == [f"error: {message}"]
     verified = invoke("verify", "--input", str(copy))
     assert verified.exit_code == 1 and f"problem: {message}\n" in verified.output
-    assert next_stage(copy, copy.parent / "filtered") == f"pipeline.dataset.DatasetError: {message}"
+    assert next_stage(copy, copy.parent / "filtered") == f"gristmill.pipeline.engine.dataset.DatasetError: {message}"
     assert not (copy.parent / "filtered" / "long" / "_manifest.json").exists()
-    assert next_stage(copy, copy.parent / "filtered") == f"pipeline.dataset.DatasetError: {message}"  # not "complete"
+    assert next_stage(copy, copy.parent / "filtered") == f"gristmill.pipeline.engine.dataset.DatasetError: {message}"  # not "complete"
     with pytest.raises(RunFailed):  # a stage with a global view: its summarize phase names the shard
         run_stages(copy.parent, f"  dedup:\n    stage: exact_dedup\n    input: '{copy}'\n", copy.parent / "dedup")
     failure = (copy.parent / "dedup" / "dedup" / "_failures" / "reduce.txt").read_text()
-    assert failure.strip().splitlines()[-1] == f"pipeline.dataset.DatasetError: {message}"
+    assert failure.strip().splitlines()[-1] == f"gristmill.pipeline.engine.dataset.DatasetError: {message}"
 
 
 @pytest.mark.parametrize("damage", ["truncated", "deleted"])

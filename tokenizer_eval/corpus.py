@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from tokenizer_eval.loading import EvalTokenizer
-from tokenizer_eval.sample import CorpusSample
+from gristmill.tokenizer_eval.loading import EvalTokenizer
+from gristmill.tokenizer_eval.sample import CorpusSample
 
 RENYI_ALPHA = 2.5
 BATCH_DOCUMENTS = 256

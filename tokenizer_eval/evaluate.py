@@ -11,16 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tokenizer_eval.corpus import (
+from gristmill.tokenizer_eval.corpus import (
     CorpusMeasurement,
     measure_corpus,
     measure_parity,
     read_parallel,
 )
-from tokenizer_eval.loading import EvalTokenizer, load_for_evaluation
-from tokenizer_eval.proxy import ProxySettings
-from tokenizer_eval.sample import SAMPLE_FILE, CorpusSample, sample_dataset
-from tokenizer_eval.vocabulary import analyse_vocabulary, core_coverage, core_words
+from gristmill.tokenizer_eval.loading import EvalTokenizer, load_for_evaluation
+from gristmill.tokenizer_eval.proxy import ProxySettings
+from gristmill.tokenizer_eval.sample import SAMPLE_FILE, CorpusSample, sample_dataset
+from gristmill.tokenizer_eval.vocabulary import analyse_vocabulary, core_coverage, core_words
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def evaluate_tokenizers(specs: Sequence[str], dataset: str | Path, output: str |
     """Measure each tokenizer, write report.html, report.md, figures/, report.json and the measured sample
     (sample.parquet) under `output`; return the JSON data."""
     # matplotlib loads only when a report is written
-    from tokenizer_eval.report import build_report
+    from gristmill.tokenizer_eval.report import build_report
 
     tokenizers = load_for_evaluation(specs)
     parallel = read_parallel(options.parallel) if options.parallel else None
@@ -69,7 +69,7 @@ def evaluate_tokenizers(specs: Sequence[str], dataset: str | Path, output: str |
         results.append(result)
     proxy = None
     if options.proxy:
-        from tokenizer_eval.proxy import run_proxies
+        from gristmill.tokenizer_eval.proxy import run_proxies
 
         proxy = run_proxies(tokenizers, sample, Path(output) / "proxy", options.proxy, echo)
     report = build_report(results, sample, str(dataset), options, proxy)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from pipeline.tokenization import (
+from gristmill.stages.tokens.tokenization import (
     TOKENIZER_FILE,
     TRAINING_FILE,
     TokenizerError,

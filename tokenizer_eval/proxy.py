@@ -18,12 +18,12 @@ from typing import Any
 
 import xxhash
 
-from pipeline.cli_tokens import export_buckets
-from pipeline.executors import make_executor
-from pipeline.graph import load_graph
-from pipeline.runner import run_graph
-from tokenizer_eval.loading import EvalTokenizer, HuggingFaceTokenizer
-from tokenizer_eval.sample import CorpusSample
+from gristmill.pipeline.cli.tokens import export_buckets
+from gristmill.pipeline.engine.executors import make_executor
+from gristmill.pipeline.engine.graph import load_graph
+from gristmill.pipeline.engine.runner import run_graph
+from gristmill.tokenizer_eval.loading import EvalTokenizer, HuggingFaceTokenizer
+from gristmill.tokenizer_eval.sample import CorpusSample
 
 HELDOUT_SHARE = 0.1  # of the sample's documents, by a hash of their position and text
 
@@ -56,7 +56,7 @@ def export_tokens(tokenizer_path: str, texts: Path, directory: Path, seq_len: in
     graph = directory / "tokens.yaml"
     graph.parent.mkdir(parents=True, exist_ok=True)
     graph.write_text(json.dumps({
-        "plugins": ["stages.tokenize", "stages.decompose"],
+        "plugins": ["gristmill.stages.tokens.tokenize", "gristmill.stages.tokens.decompose"],
         "stages": {
             "read": {"stage": "read_text", "params": {"paths": [str(texts)]}},
             "tokens": {"stage": "tokenize", "input": "read", "params": {"tokenizer": tokenizer_path}},
@@ -72,8 +72,8 @@ def export_tokens(tokenizer_path: str, texts: Path, directory: Path, seq_len: in
 def run_proxies(tokenizers: Sequence[EvalTokenizer], sample: CorpusSample, directory: Path, settings: ProxySettings,
                 echo: Callable[[str], None] = lambda line: None) -> tuple[list[dict[str, Any]], list[str]]:
     """Train once per tokenizer under `directory` (replaced); returns a row per trained tokenizer and a note per skipped one."""
-    from trainer.config import TrainConfig
-    from trainer.train import train  # torch loads only when proxy runs are asked for
+    from gristmill.trainer.config import TrainConfig
+    from gristmill.trainer.train import train  # torch loads only when proxy runs are asked for
 
     if directory.exists():
         shutil.rmtree(directory)  # a rerun trains afresh: exports refuse a non-empty directory, checkpoints would resume

@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.report import Report, plt
-from tokenizer_eval.corpus import METRICS, RENYI_ALPHA, Tally
-from tokenizer_eval.evaluate import EvaluationOptions, TokenizerResult
-from tokenizer_eval.sample import OTHER, SAMPLE_FILE, CorpusSample
-from tokenizer_eval.vocabulary import CATEGORIES
-from tokenizer_eval.words import UNSPACED_SCRIPTS
+from gristmill.pipeline.engine.report import Report, plt
+from gristmill.tokenizer_eval.corpus import METRICS, RENYI_ALPHA, Tally
+from gristmill.tokenizer_eval.evaluate import EvaluationOptions, TokenizerResult
+from gristmill.tokenizer_eval.sample import OTHER, SAMPLE_FILE, CorpusSample
+from gristmill.tokenizer_eval.vocabulary import CATEGORIES
+from gristmill.tokenizer_eval.words import UNSPACED_SCRIPTS
 
 FORMAT = "gristmill.tokenizer_eval"
 VERSION = 1

@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
-from pipeline.dataset import COMPRESSION, COMPRESSION_LEVEL, Dataset, DatasetError
-from tokenizer_eval.words import word_spans
+from gristmill.pipeline.engine.dataset import COMPRESSION, COMPRESSION_LEVEL, Dataset, DatasetError
+from gristmill.tokenizer_eval.words import word_spans
 
 UNKNOWN = "unknown"
 OTHER = "(other)"

@@ -11,8 +11,8 @@ from typing import Any
 
 from fontTools import unicodedata as script_data
 
-from tokenizer_eval.loading import EvalTokenizer, TokenVocabulary
-from tokenizer_eval.sample import OTHER, CorpusSample
+from gristmill.tokenizer_eval.loading import EvalTokenizer, TokenVocabulary
+from gristmill.tokenizer_eval.sample import OTHER, CorpusSample
 
 # In precedence order: a token gets the first category whose test it passes.
 CATEGORIES = ("control", "byte_fallback", "single_character", "whitespace", "digits_punctuation", "word_initial",

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.indexed_dataset import IndexedDataset
-from pipeline.mixture import PLAN_HEADER
-from pipeline.tokenization import LoadedTokenizer, load_tokenizer
+from gristmill.pipeline.tokens.indexed_dataset import IndexedDataset
+from gristmill.pipeline.tokens.mixture import PLAN_HEADER
+from gristmill.stages.tokens.tokenization import LoadedTokenizer, load_tokenizer
 
 IGNORE = -100  # target value cross-entropy skips: padding and the first token of a document
 CURRICULA = ("uniform", "grow_linear", "grow_p2")

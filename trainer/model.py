@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.config import MODEL_SHAPES
+from gristmill.trainer.config import MODEL_SHAPES
 
 @dataclass(frozen=True)
 class GPTConfig:

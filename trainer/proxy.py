@@ -12,10 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-from pipeline.mixture import PLAN_HEADER
-from trainer.data import load_mixture_plan, shuffled_plan
-from trainer.config import ProxyConfig, TrainConfig
-from trainer.train import train
+from gristmill.pipeline.tokens.mixture import PLAN_HEADER
+from gristmill.trainer.data import load_mixture_plan, shuffled_plan
+from gristmill.trainer.config import ProxyConfig, TrainConfig
+from gristmill.trainer.train import train
 
 REPORT = "proxy.json"
 def is_plan(paths: list[str]) -> bool:

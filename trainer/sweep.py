@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pipeline.mixture import (
+from gristmill.pipeline.tokens.mixture import (
     Component,
     Mixture,
     compile_plan,
@@ -26,11 +26,11 @@ from pipeline.mixture import (
     selection_mask,
     write_plan,
 )
-from pipeline.config_files import validated_yaml
-from pipeline.dataset import DatasetError
-from pipeline.ownership import claim
-from trainer.config import PER_RUN, TrainConfig
-from trainer.predict import PredictConfig
+from gristmill.pipeline.engine.config_files import validated_yaml
+from gristmill.pipeline.engine.dataset import DatasetError
+from gristmill.pipeline.engine.ownership import claim
+from gristmill.trainer.config import PER_RUN, TrainConfig
+from gristmill.trainer.predict import PredictConfig
 
 STATE = "_sweep.json"
 RESULTS = "sweep.json"
@@ -241,7 +241,7 @@ def run_mixture(run: MixtureRun) -> dict:
         return json.loads(result_path.read_text()) | {"reused": True}
     import torch
 
-    from trainer.train import train  # torch loads only where runs train
+    from gristmill.trainer.train import train  # torch loads only where runs train
 
     threads = torch.get_num_threads()
     if run.threads:
@@ -316,7 +316,7 @@ def run_sweep(config: SweepConfig, output: str | Path, executor: Any = None,
 
     Writes OUTPUT/sweep.json and returns it: the prior, caps and every run's weights and bits per byte.
     """
-    from pipeline.executors import InProcessExecutor
+    from gristmill.pipeline.engine.executors import InProcessExecutor
 
     output = Path(output).resolve()
     claim_output(config, output)
@@ -370,7 +370,7 @@ def target_of(result: dict, config: SweepConfig) -> float:
 
 def predict_sweep(config: SweepConfig, summary: dict) -> dict:
     """Fit the predictors on the runs' weights and target bits per byte; add the critical mixture ratio if asked."""
-    from trainer.predict import analyse, critical_mixture_ratio
+    from gristmill.trainer.predict import analyse, critical_mixture_ratio
 
     available = np.array([summary["available_tokens"][name] for name in config.names])
     prior = natural_prior(config, available)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.report import Report, plt
+from gristmill.pipeline.engine.report import Report, plt
 
 SECTIONS = ("Summary", "Runs", "Predicted against actual", "Optimum", "Loss against each component's weight")
 CMR_SECTION = "Critical mixture ratio"
@@ -97,7 +97,7 @@ def weight_figure(summary: dict) -> plt.Figure:
 
 
 def cmr_figure(summary: dict, cmr: dict) -> plt.Figure:
-    from trainer.predict import share_law
+    from gristmill.trainer.predict import share_law
 
     ratio = np.array(cmr["ratios"])
     grid = np.linspace(ratio.min(), min(ratio.max(), 0.99), 200)  # the fits only where the runs are

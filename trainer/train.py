@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from trainer.data import (
+from gristmill.trainer.data import (
     IGNORE,
     Batch,
     BestFitBatcher,
@@ -32,8 +32,8 @@ from trainer.data import (
     load_mixture_plan,
     shuffled_plan,
 )
-from trainer.config import RESUMABLE_CHANGES, TrainConfig
-from trainer.model import GPT, GPTConfig
+from gristmill.trainer.config import RESUMABLE_CHANGES, TrainConfig
+from gristmill.trainer.model import GPT, GPTConfig
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"

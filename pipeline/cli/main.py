@@ -1,0 +1,305 @@
+"""The `gristmill` command: run and plan YAML graphs, run one stage, inspect datasets, make the sample.
+
+Every stage is also a subcommand (`gristmill length-filter --input DS --output DIR ...`) whose
+options are generated from its config, so the CLI and YAML always accept the same things.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gristmill.pipeline.cli.classifier import commands as classifier_commands
+from gristmill.pipeline.cli.options import PathsOption, fail, fields_as_flags, input_option, option_flag, option_location, owned_output
+from gristmill.pipeline.cli.tokens import commands as token_commands
+from gristmill.pipeline.engine.dataset import Dataset, DatasetError
+from gristmill.pipeline.engine.executors import make_executor
+from gristmill.pipeline.engine.graph import Graph, GraphError, GraphSpec, NodeSpec, build_graph, load_graph
+from gristmill.pipeline.reports.run_report import report as run_report_command
+from gristmill.pipeline.engine.runner import RunFailed, check_run_directory, default_console, default_dataset_paths, plan_graph, run_graph
+from gristmill.pipeline.engine.stage import SourceStage, Stage, registered_stages
+from gristmill.pipeline.cli.trainer import commands as trainer_commands
+
+EXECUTORS = ["inprocess", "local", "dask"]
+
+
+def executor_options(command):
+    """The options every command that runs tasks shares."""
+    options = [
+        click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True,
+                     help="Where tasks run: this process, a local process pool, or Dask distributed."),
+        click.option("--workers", type=click.IntRange(min=1), default=None,
+                     help="Worker processes (default: one per CPU core)."),
+        click.option("--scheduler", metavar="ADDRESS", default=None,
+                     help="Address of an existing Dask scheduler (implies --executor dask), e.g. tcp://10.0.0.5:8786."),
+        click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
+                     help="Extra attempts for a shard task that raises before it is reported as failed."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+
+def execute(graph: Graph, executor: str, workers: int | None, scheduler: str | None, retries: int,
+            dataset_paths: dict[str, Path] | None = None) -> None:
+    console = default_console()
+    try:
+        check_run_directory(graph, dataset_paths or default_dataset_paths(graph))  # before a cluster starts
+        pool = open_executor(executor, workers, scheduler)
+        with pool:
+            run_graph(graph, pool, retries, console, dataset_paths)
+    except (GraphError, DatasetError) as error:
+        fail(str(error))
+    except RunFailed as error:
+        click.echo(f"error: {error}", err=True)
+        where = f"{graph.output}/_failures/" if dataset_paths else f"{graph.output}/<stage>/_failures/"
+        click.echo(f"tracebacks: {where}", err=True)
+        sys.exit(1)
+    except OSError as error:  # a full disk, a permission: the file and errno, and the run resumes once fixed
+        where = f"{error.filename}: " if error.filename else ""
+        code = f"[Errno {error.errno}] " if error.errno else ""
+        click.echo(f"error: {where}{code}{error.strerror or error}", err=True)
+        sys.exit(1)
+    outputs = dataset_paths or {node.name: graph.output / node.name for node in graph.nodes}
+    console.print("outputs:")
+    for node in graph.nodes:
+        console.print(f"  {node.name:<16} {outputs[node.name]}")
+
+
+def open_executor(executor: str, workers: int | None, scheduler: str | None):
+    """The executor, or one line saying why a scheduler could not be reached."""
+    try:
+        return make_executor(executor, workers, scheduler)
+    except (OSError, TimeoutError, ValueError) as error:
+        if scheduler:
+            fail(f"--scheduler {scheduler}: cannot reach the Dask scheduler ({type(error).__name__}: "
+                 f"{str(error).splitlines()[0] if str(error) else 'no answer'})")
+        raise
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="gristmill")
+def cli() -> None:
+    """Gristmill: curate pretraining corpora from Common Crawl to tokenized, mixed shards.
+
+    Run a whole YAML stage graph with `gristmill run CONFIG`, or one stage with
+    `gristmill STAGE --input ... --output DIR`. Every output is a dataset directory of
+    Parquet shards with a manifest and a reject ledger; `gristmill inspect` shows one.
+    """
+
+
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--output", type=click.Path(file_okay=False), default=None,
+              help="Run directory; each stage writes OUTPUT/<stage-name>/ (default: the config's `output`).")
+@executor_options
+def run(config: str, output: str | None, executor: str, workers: int | None, scheduler: str | None, retries: int) -> None:
+    """Run the stage graph in CONFIG, skipping shards and stages already complete.
+
+    A killed run resumes where it stopped when run again with the same arguments.
+    Exits 1 and names the failed shards if any shard still fails after its retries.
+    """
+    try:
+        graph = load_graph(config, output)
+    except GraphError as error:
+        fail(str(error))
+    execute(graph, executor, workers, scheduler, retries)
+
+
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--output", type=click.Path(file_okay=False), default=None, help="Run directory to check against.")
+def plan(config: str, output: str | None) -> None:
+    """Show what `gristmill run CONFIG` would do and what is already complete."""
+    try:
+        graph = load_graph(config, output)
+        plans = plan_graph(graph)
+    except (GraphError, DatasetError) as error:
+        fail(str(error))
+    click.echo(f"graph {graph.name} -> {graph.output}")
+    for node_plan in plans:
+        node = node_plan.node
+        reads = ", ".join(node.inputs) if node.inputs else f"{len(node_plan.tasks)} file(s)"
+        shards = f"{len(node_plan.done)}/{len(node_plan.tasks)} shards done" if node_plan.tasks else "shards not known yet"
+        click.echo(f"  {node.name:<16} {node.stage.name:<16} reads {reads:<24} {shards:<24} {node_plan.state}")
+
+
+@cli.command()
+@input_option("dataset", "The dataset to describe.", metavar="DATASET", single=True, file_okay=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output; keys rows, shards, stage and rejected are stable.")
+@click.option("--sample", "sample_rows", type=click.IntRange(min=0), default=3, show_default=True, help="Rows to show.")
+def inspect(dataset: str, as_json: bool, sample_rows: int) -> None:
+    """Print a dataset's schema, size, provenance, sample rows and rejects per reason."""
+    try:
+        report = describe_dataset(Dataset(dataset), sample_rows)
+    except DatasetError as error:
+        fail(str(error))
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+        return
+    click.echo(f"dataset  {dataset}")
+    click.echo(f"stage    {report['stage']}  (config {report['config_hash']})")
+    click.echo(f"parents  {', '.join(report['parents']) or '-'}")
+    click.echo(f"rows     {report['rows']:,} of {report['rows_in']:,} in, in {report['shards']} shard(s), {report['bytes']:,} bytes")
+    click.echo("schema")
+    for name, kind in report["schema"].items():
+        click.echo(f"  {name}: {kind}")
+    click.echo("rejected" + ("  none" if not report["rejected"] else ""))
+    for reason, count in report["rejected"].items():
+        click.echo(f"  {reason:<24} {count:,}")
+    if report["stats"]:
+        click.echo("stats")
+        for name, value in report["stats"].items():
+            click.echo(f"  {name:<24} {value:,}")
+    click.echo("sample")
+    for row in report["sample"]:
+        shown = {key: (value[:120] + "…" if isinstance(value, str) and len(value) > 120 else value) for key, value in row.items()}
+        click.echo(f"  {json.dumps(shown, ensure_ascii=False, default=str)}")
+
+
+def describe_dataset(dataset: Dataset, sample_rows: int) -> dict[str, Any]:
+    manifest = dataset.manifest()
+    dataset.check_sizes()  # a stat per file; the shards sampled below are checksummed as they are opened
+    sample: list[dict[str, Any]] = []
+    for batch in dataset.iter_batches():
+        sample.extend(batch.slice(0, sample_rows - len(sample)).to_pylist())
+        if len(sample) >= sample_rows:
+            break
+    return {
+        "path": str(dataset.path),
+        "stage": manifest.stage,
+        "config_hash": manifest.config_hash,
+        "config": manifest.config,
+        "parents": manifest.parents,
+        "rows": manifest.rows,
+        "rows_in": manifest.rows_in,
+        "shards": len(manifest.shards),
+        "bytes": manifest.bytes,
+        "schema": manifest.columns,
+        "rejected": manifest.rejected,
+        "stats": manifest.stats,
+        "sample": sample,
+    }
+
+
+@cli.command("dedup-plan")
+@input_option("dataset", "The dataset to be deduplicated.", metavar="DATASET", single=True, file_okay=False)
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=0.8, show_default=True,
+              help="Target Jaccard similarity of near duplicates.")
+@click.option("--num-perm", type=click.IntRange(min=2), default=128, show_default=True, help="MinHash permutations.")
+@click.option("--false-positive-weight", type=click.FloatRange(0, 1), default=0.05, show_default=True,
+              help="Weight of false positives when choosing bands x rows.")
+@click.option("--false-negative-weight", type=click.FloatRange(0, 1), default=0.95, show_default=True,
+              help="Weight of false negatives when choosing bands x rows.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Whether candidates will be checked against exact Jaccard (changes storage and memory).")
+def dedup_plan(dataset: str, threshold: float, num_perm: int, false_positive_weight: float,
+               false_negative_weight: float, verify: bool) -> None:
+    """Before deduplicating DATASET: bands and rows, the S-curve, storage and memory per worker."""
+    from gristmill.stages.dedup.lsh import format_dedup_plan
+
+    try:
+        click.echo(format_dedup_plan(dataset, threshold, num_perm, false_positive_weight, false_negative_weight, verify))
+    except DatasetError as error:
+        fail(str(error))
+
+
+@cli.command()
+@click.option("--output", type=click.Path(file_okay=False), required=True, callback=owned_output,
+              help="Directory for sample.warc.gz and pages.jsonl.")
+@click.option("--pages", type=click.IntRange(min=10), default=400, show_default=True, help="Number of pages.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same bytes.")
+def sample(output: str, pages: int, seed: int) -> None:
+    """Write the bundled Common-Crawl-like sample: HTML pages in WARC plus their text as JSONL."""
+    from gristmill.pipeline.demo.sample import write_sample
+
+    summary = write_sample(Path(output), pages=pages, seed=seed)
+    click.echo(f"sample: {summary.warc_path} ({summary.records} WARC records), {summary.jsonl_path} ({summary.pages} pages)")
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    """The plain type behind `X | None` and `Annotated[X, ...]`, for choosing a CLI option's kind."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _unwrap_optional(typing.get_args(annotation)[0])
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        return _unwrap_optional(members[0]) if len(members) == 1 else annotation
+    return annotation
+
+
+def in_command_line_terms(message: str, stage: type[Stage]) -> str:
+    """A graph error as the user of `gristmill STAGE` typed it: `gristmill.stages.S.params.min_words` is `--min-words`,
+    `gristmill.stages.S.params.benchmarks.0.fields` is `--benchmarks (value 1, fields)`, field names in the text are flags."""
+    where, found, rest = message.partition(f"stages.{stage.name}.")
+    if not found:
+        return message
+    location, _, explanation = rest.partition(": ")
+    section, *path = location.split(".")
+    if section == "input" or (path[:1] == ["paths"] and issubclass(stage, SourceStage)):
+        where += "--input: "
+    elif section == "params" and path:
+        where += option_location(path) + ": "
+    return where + fields_as_flags(explanation, list(stage.Config.model_fields))
+
+
+def stage_command(stage: type[Stage]) -> click.Command:
+    """A subcommand for one stage, with an option per config field."""
+    is_source = issubclass(stage, SourceStage)
+    fields = {name: info for name, info in stage.Config.model_fields.items() if not (is_source and name == "paths")}
+
+    def callback(inputs: tuple[str, ...], output: str, executor: str, workers: int | None, scheduler: str | None,
+                 retries: int, **options: Any) -> None:
+        params = {name: value for name, value in options.items() if value is not None and value != ()}
+        params = {name: list(value) if isinstance(value, tuple) else value for name, value in params.items()}
+        node = NodeSpec(stage=stage.name, params=params | ({"paths": list(inputs)} if is_source and inputs else {}),
+                        input=None if is_source else list(inputs))
+        spec = GraphSpec(name=stage.name, stages={stage.name: node})
+        try:
+            graph = build_graph(spec, f"gristmill {command_name}", Path(output))
+        except GraphError as error:
+            fail(in_command_line_terms(str(error), stage))
+        execute(graph, executor, workers, scheduler, retries, dataset_paths={stage.name: Path(output)})
+
+    command_name = stage.name.replace("_", "-")
+    params: list[click.Parameter] = [
+        PathsOption(["--input", "inputs"], required=not is_source,
+                    help="Input files or globs (the config's `paths`)." if is_source else "Input dataset directories."),
+        click.Option(["--output"], required=True, type=click.Path(file_okay=False), help="Output dataset directory."),
+    ]
+    for name, info in fields.items():
+        annotation = _unwrap_optional(info.annotation)
+        flag = option_flag(name)
+        help_text = (info.description or "") + ("" if info.is_required() else f" [default: {info.default}]")
+        if annotation is bool:
+            params.append(click.Option([f"{flag}/--no-{flag[2:]}", name], default=None, help=help_text))
+        elif typing.get_origin(annotation) is list:
+            params.append(click.Option([flag, name], multiple=True, help=help_text + " (repeatable)"))
+        elif typing.get_origin(annotation) is typing.Literal:
+            choices = [str(choice) for choice in typing.get_args(annotation)]
+            params.append(click.Option([flag, name], type=click.Choice(choices), default=None, help=help_text,
+                                       required=info.is_required()))
+        else:
+            metavar = getattr(annotation, "__name__", "VALUE").upper()
+            params.append(click.Option([flag, name], default=None, help=help_text, metavar=metavar,
+                                       required=info.is_required()))
+    doc = (stage.__doc__ or stage.name).strip()
+    command = click.Command(command_name, callback=callback, params=params, help=doc, short_help=doc.splitlines()[0])
+    return executor_options(command)
+
+
+for _stage in registered_stages().values():
+    cli.add_command(stage_command(_stage))
+for _command in [*token_commands, *trainer_commands, *classifier_commands, run_report_command]:
+    cli.add_command(_command)
+
+
+def main() -> None:
+    cli(prog_name="gristmill")
+

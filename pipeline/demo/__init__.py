@@ -1,0 +1,1 @@
+"""The bundled Common-Crawl-like sample that `make demo` and the tests run on."""

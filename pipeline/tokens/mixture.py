@@ -1,0 +1,242 @@
+"""Mixtures: token budgets (or weights) over sources, quality tiers and buckets, compiled into a sampling plan.
+
+The plan is the trainer's whole view of the data: which sequence of which exported bucket comes
+next, decided once, seeded, with exact token counts and every repetition cap checked beforehand.
+
+Plan format (written by `write_plan`): `plan.json`, a header with the seed, the exported files
+(path relative to the plan, checksum, tokenizer) and per component its selection, budget,
+tokens, sequences and epochs; and `plan.npy`, an int64 array of shape (N, 3) whose rows are
+(component, file, sequence) in training order. `sequence` indexes the file's training sequences
+(Megatron documents), so the trainer reads `IndexedDataset(file).document(sequence)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import xxhash
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gristmill.pipeline.engine.config_files import validated_yaml
+
+
+PLAN_FORMAT = "gristmill.mixture_plan"
+PLAN_HEADER = "plan.json"
+PLAN_ARRAY = "plan.npy"
+
+
+class MixtureError(Exception):
+    """A mixture cannot be compiled; the message is one line naming the file or component."""
+
+
+class QualityTier(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    column: str = Field(description="Per-sequence column holding a quality score (copied by decompose's keep_columns).")
+    min: float | None = Field(None, description="Keep sequences scoring at least this.")
+    max: float | None = Field(None, description="Keep sequences scoring below this.")
+
+
+class Component(BaseModel):
+    """One slice of the data and how many of its tokens to train on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    source: list[str] | None = Field(None, description="Sources to take; default: every source.")
+    buckets: list[int] | None = Field(None, description="Buckets (k of D_k) to take; default: every bucket.")
+    quality: QualityTier | None = Field(None, description="A score range on a per-sequence column.")
+    tokens: int | None = Field(None, gt=0, description="Token budget.")
+    weight: float | None = Field(None, gt=0, description="Share of total_tokens left after explicit budgets.")
+    max_epochs: float = Field(1.0, gt=0, description="Repetition cap: budget ≤ available tokens × max_epochs.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def source_may_be_one_name(cls, values: Any) -> Any:
+        if isinstance(values, dict) and isinstance(values.get("source"), str):
+            values = values | {"source": [values["source"]]}
+        return values
+
+    @model_validator(mode="after")
+    def one_amount(self) -> Component:
+        if (self.tokens is None) == (self.weight is None):
+            raise ValueError("give exactly one of tokens or weight")
+        return self
+
+
+class Mixture(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    seed: int = Field(0, ge=0, description="Seed of every sampling decision.")
+    data: list[str] = Field(min_length=1, description="Export directories (relative paths: to the YAML file).")
+    total_tokens: int | None = Field(None, gt=0, description="Tokens in all; required when a component has a weight.")
+    components: dict[str, Component] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def data_may_be_one_path(cls, values: Any) -> Any:
+        if isinstance(values, dict) and isinstance(values.get("data"), str):
+            values = values | {"data": [values["data"]]}
+        return values
+
+
+def load_mixture(path: str | Path) -> tuple[Mixture, Path]:
+    """Read and validate a mixture YAML; returns it and the directory its relative paths start from."""
+    path = Path(path)
+    return validated_yaml(path, Mixture, MixtureError), path.parent
+
+
+@dataclass
+class Pool:
+    """Every training sequence of the exported buckets, with what components select by."""
+
+    files: list[dict[str, Any]]  # sidecar of each exported bucket, plus its absolute prefix
+    file: np.ndarray
+    sequence: np.ndarray
+    tokens: np.ndarray
+    bucket: np.ndarray
+    columns: dict[str, np.ndarray]
+
+
+def load_pool(mixture: Mixture, base: Path, needed_columns: set[str]) -> Pool:
+    """Read the per-sequence tables of every exported bucket named by the mixture."""
+    files, parts = [], []
+    fingerprints = set()
+    for directory in mixture.data:
+        root = (base / directory).resolve()
+        sidecars = sorted(root.glob("bucket-*.json")) if root.is_dir() else []
+        if not sidecars:
+            raise MixtureError(f"{root}: no exported buckets (run gristmill export first)")
+        for sidecar_path in sidecars:
+            sidecar = json.loads(sidecar_path.read_text())
+            fingerprints.add(sidecar["tokenizer"]["fingerprint"])
+            table_path = root / f"{sidecar['prefix']}.sequences.parquet"
+            schema = pq.read_schema(table_path)
+            missing = needed_columns - set(schema.names)
+            if missing:
+                raise MixtureError(f"{table_path}: no column {', '.join(sorted(missing))} to select by")
+            table = pq.read_table(table_path, columns=["num_tokens", *sorted(needed_columns)])
+            index = len(files)
+            files.append(sidecar | {"path": str(root / sidecar["prefix"])})
+            parts.append((index, sidecar["bucket"], table))
+    if len(fingerprints) > 1:
+        raise MixtureError(f"exports were made with {len(fingerprints)} different tokenizers; a mixture needs one")
+    columns = {
+        name: np.concatenate([table.column(name).to_numpy(zero_copy_only=False) for _, _, table in parts])
+        for name in needed_columns
+    }
+    return Pool(
+        files=files,
+        file=np.concatenate([np.full(table.num_rows, index) for index, _, table in parts]),
+        sequence=np.concatenate([np.arange(table.num_rows) for _, _, table in parts]),
+        tokens=np.concatenate([pc.cast(table.column("num_tokens"), "int64").to_numpy() for _, _, table in parts]),
+        bucket=np.concatenate([np.full(table.num_rows, bucket) for _, bucket, table in parts]),
+        columns=columns,
+    )
+
+
+def selection_mask(component: Component, pool: Pool) -> np.ndarray:
+    mask = np.ones(len(pool.tokens), dtype=bool)
+    if component.source is not None:
+        mask &= np.isin(pool.columns["source"], component.source)
+    if component.buckets is not None:
+        mask &= np.isin(pool.bucket, component.buckets)
+    if component.quality is not None:
+        scores = pool.columns[component.quality.column].astype(float)
+        if component.quality.min is not None:
+            mask &= scores >= component.quality.min
+        if component.quality.max is not None:
+            mask &= scores < component.quality.max
+    return mask
+
+
+def budgets(mixture: Mixture) -> dict[str, int]:
+    """Each component's token budget: explicit, or its weight's share of what total_tokens leaves."""
+    explicit = {name: component.tokens for name, component in mixture.components.items() if component.tokens}
+    weights = {name: component.weight for name, component in mixture.components.items() if component.weight}
+    if not weights:
+        return explicit
+    if mixture.total_tokens is None:
+        raise MixtureError("total_tokens is required when a component has a weight")
+    left = mixture.total_tokens - sum(explicit.values())
+    if left <= 0:
+        raise MixtureError(f"explicit budgets ({sum(explicit.values()):,}) leave nothing of total_tokens for weights")
+    total_weight = sum(weights.values())
+    return explicit | {name: int(left * weight / total_weight) for name, weight in weights.items()}
+
+
+def sample_component(rng: np.random.Generator, tokens: np.ndarray, budget: int) -> np.ndarray:
+    """Positions into `tokens` adding up to at most `budget`: whole shuffled epochs, then a shuffled prefix.
+
+    Every sequence is used floor(epochs) or that plus one times, so the cap holds per sequence too.
+    """
+    available = int(tokens.sum())
+    whole_epochs, rest = divmod(budget, available)
+    chosen = [rng.permutation(len(tokens)) for _ in range(whole_epochs)]
+    partial = rng.permutation(len(tokens))
+    taken = int(np.searchsorted(np.cumsum(tokens[partial]), rest, side="right"))
+    chosen.append(partial[:taken])
+    return np.concatenate(chosen)
+
+
+def compile_plan(mixture: Mixture, base: Path, source_name: str = "mixture") -> tuple[dict[str, Any], np.ndarray]:
+    """The plan header and its (component, file, sequence) array; raises MixtureError on any unmeetable budget."""
+    needed = {"source"} if any(component.source for component in mixture.components.values()) else set()
+    needed |= {component.quality.column for component in mixture.components.values() if component.quality}
+    pool = load_pool(mixture, base, needed)
+    amounts = budgets(mixture)
+    masks = {name: selection_mask(component, pool) for name, component in mixture.components.items()}
+    names = list(mixture.components)
+    for position, first in enumerate(names):
+        for second in names[position + 1:]:
+            shared = int(np.sum(masks[first] & masks[second]))
+            if shared:
+                raise MixtureError(f"components {first!r} and {second!r} both select {shared:,} sequences; "
+                                   "make their selections disjoint")
+    header_components, rows = [], []
+    for index, name in enumerate(names):
+        component = mixture.components[name]
+        selected = np.flatnonzero(masks[name])
+        available = int(pool.tokens[selected].sum())
+        budget = amounts[name]
+        allowed = int(available * component.max_epochs)
+        if budget > allowed:
+            raise MixtureError(
+                f"component {name!r}: budget {budget:,} tokens exceeds {available:,} available × "
+                f"{component.max_epochs:g} epochs = {allowed:,} (short by {budget - allowed:,})"
+            )
+        rng = np.random.default_rng([mixture.seed, xxhash.xxh3_64_intdigest(name.encode())])
+        picked = selected[sample_component(rng, pool.tokens[selected], budget)]
+        planned = int(pool.tokens[picked].sum())
+        header_components.append({
+            "name": name, "index": index, "selection": component.model_dump(exclude={"tokens", "weight", "max_epochs"},
+                                                                          exclude_none=True),
+            "budget": budget, "tokens": planned, "sequences": len(picked), "available_tokens": available,
+            "epochs": round(planned / available, 6), "max_epochs": component.max_epochs,
+        })
+        rows.append(np.stack([np.full(len(picked), index), pool.file[picked], pool.sequence[picked]], axis=1))
+    plan = np.concatenate(rows).astype(np.int64)
+    plan = plan[np.random.default_rng([mixture.seed, len(names)]).permutation(len(plan))]
+    header = {
+        "format": PLAN_FORMAT, "version": 1, "mixture": source_name, "seed": mixture.seed,
+        "tokens": int(sum(item["tokens"] for item in header_components)), "sequences": len(plan),
+        "columns": ["component", "file", "sequence"], "array": PLAN_ARRAY,
+        "tokenizer": pool.files[0]["tokenizer"],
+        "files": [{"path": file["path"], "bucket": file["bucket"], "capacity": file["capacity"],
+                   "checksum": file["checksums"]["bin"]} for file in pool.files],
+        "components": header_components,
+    }
+    return header, plan
+
+
+def write_plan(header: dict[str, Any], plan: np.ndarray, output: str | Path) -> Path:
+    """Write plan.npy and plan.json (file paths made relative to the plan directory)."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    files = [file | {"path": os.path.relpath(file["path"], output.resolve())} for file in header["files"]]
+    np.save(output / PLAN_ARRAY, plan)
+    (output / PLAN_HEADER).write_text(json.dumps(header | {"files": files}, indent=2) + "\n")
+    return output / PLAN_HEADER

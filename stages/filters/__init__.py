@@ -1,0 +1,1 @@
+"""Cleaning stages: URL filters, language ID, Gopher, C4 and FineWeb heuristics, PII, length."""

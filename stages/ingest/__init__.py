@@ -1,0 +1,1 @@
+"""Source stages: WARC/WET ingest with HTML extraction, and JSONL/Parquet text."""

@@ -1,0 +1,1 @@
+"""Token stages: tokenizers, tokenization and Dataset-Decomposition buckets."""
