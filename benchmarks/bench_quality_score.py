@@ -1,6 +1,7 @@
 """Scoring throughput of the `quality_score` stage on ~2 KB documents, against fastText's own predict on the same texts.
 
-Rates are documents per CPU second of this one process (all work is single-threaded), i.e. per core.
+Rates are documents per CPU second of this one process (all work is single-threaded), i.e. per core; both sides score
+the same batches in alternating rounds, and the speed-up is the median of the per-round ratios.
 """
 
 from __future__ import annotations
@@ -9,19 +10,19 @@ import argparse
 import json
 import platform
 import random
-import statistics
 import tempfile
 import time
 from pathlib import Path
+from pydoc_data.topics import topics as PYDOC_TOPICS
 
 import numpy as np
 import pyarrow as pa
-from pydoc_data.topics import topics as PYDOC_TOPICS
+from rounds import as_json, markdown_table, run_rounds, summarise
 
-from gristmill.pipeline.cli.classifier import train_classifier
+from gristmill.classifiers.training import train_classifier
+from gristmill.pipeline.engine.documents import DOCUMENT_SCHEMA
 from gristmill.stages.quality.fasttext_model import TrainingParameters, load_fasttext
 from gristmill.stages.quality.preprocess import fasttext_lines, tokenize
-from gristmill.pipeline.engine.documents import DOCUMENT_SCHEMA
 from gristmill.stages.quality.quality_score import QualityScore, QualityScoreConfig
 
 BATCH_ROWS = 16_384  # what the runner reads per batch (pipeline.dataset.ROW_GROUP_ROWS)
@@ -66,17 +67,11 @@ def score_with_fasttext(model, batches: list[pa.RecordBatch]) -> None:
             predict(line + "\n", -1, 0.0, "replace")
 
 
-def cpu_seconds(function, *args) -> tuple[float, float]:
-    wall, cpu = time.perf_counter(), time.process_time()
-    function(*args)
-    return time.process_time() - cpu, time.perf_counter() - wall
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--documents", type=int, default=50_000, help="documents scored per round")
     parser.add_argument("--chars", type=int, default=2_000, help="characters per document")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args()
 
@@ -95,26 +90,21 @@ def main() -> None:
         batches = [data.slice(start, BATCH_ROWS) for start in range(0, data.num_rows, BATCH_ROWS)]
         mean_bytes = sum(len(text.encode()) for text in data.column("text").to_pylist()) / data.num_rows
         score_with_stage(stage, batches[:1])  # warm up
-        rates: dict[str, list[float]] = {"quality_score stage": [], "fastText predict": []}
-        contenders = [("quality_score stage", score_with_stage, stage), ("fastText predict", score_with_fasttext, fasttext_model)]
-        for number in range(args.rounds):
-            for name, function, scorer in contenders if number % 2 == 0 else contenders[::-1]:
-                cpu, wall = cpu_seconds(function, scorer, batches)
-                rates[name].append(data.num_rows / cpu)
-                print(f"round {number + 1}: {name}: {data.num_rows / cpu:,.0f} docs/CPU-s ({data.num_rows / wall:,.0f} docs/s wall)")
+        results = run_rounds({"quality_score stage": lambda: score_with_stage(stage, batches),
+                              "fastText predict": lambda: score_with_fasttext(fasttext_model, batches)}, args.rounds)
+    summary = summarise(results, data.num_rows, "quality_score stage")
 
     print(f"\n{data.num_rows:,} documents of {mean_bytes:,.0f} bytes on average, batches of {BATCH_ROWS:,}; model "
           f"dim {parameters.dim}, wordNgrams {parameters.word_ngrams}, {parameters.bucket:,} buckets "
           f"({card['model_bytes'] / 1e6:.0f} MB), loaded in {setup_seconds:.1f} s; held-out ROC-AUC "
-          f"{card['metrics']['roc_auc']:.3f}\n")
-    print("| scorer | docs per CPU second (median) | range over rounds | MB/s per core |")
-    print("|---|---:|---:|---:|")
-    for name, values in rates.items():
-        median = statistics.median(values)
-        print(f"| {name} | {median:,.0f} | {min(values):,.0f}–{max(values):,.0f} | {median * mean_bytes / 1e6:.1f} |")
+          f"{card['metrics']['roc_auc']:.3f}; medians of {args.rounds} alternating rounds\n")
+    print(markdown_table(summary, "docs/s", "stage"))
+    stage_rate = summary["rates"]["quality_score stage"]["cpu_median"]
+    print(f"\nquality_score stage: {stage_rate:,.0f} docs per CPU second, {stage_rate * mean_bytes / 1e6:.1f} MB/s per core")
     if args.json:
-        args.json.write_text(json.dumps({"config": {k: str(v) for k, v in vars(args).items()}, "rates": rates,
-                                         "mean_bytes": mean_bytes, "machine": platform.platform()}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"config": {k: str(v) for k, v in vars(args).items()}, "rounds": as_json(results),
+                                         "summary": summary, "mean_bytes": mean_bytes,
+                                         "machine": platform.platform()}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

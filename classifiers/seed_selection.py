@@ -16,6 +16,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from gristmill.classifiers.documents import read_documents
+
 
 @dataclass(frozen=True)
 class SeedCandidate:
@@ -126,7 +128,6 @@ class TrainerProxyRunner:
     _heldout_directories: dict[str, str] | None = field(default=None, init=False, repr=False)
 
     def tokenize(self, name: str, inputs: tuple[str, ...], where: str | None) -> tuple[Path, list[dict[str, Any]]]:
-        from gristmill.pipeline.cli.classifier import read_documents
         from gristmill.stages.tokens.tokenization import load_tokenizer
 
         loaded = load_tokenizer(self.tokenizer)

@@ -19,7 +19,9 @@ from hypothesis import strategies as st
 from pydoc_data.topics import topics as PYDOC_TOPICS
 
 from gristmill.stages.quality import fasttext_model
-from gristmill.pipeline.cli.classifier import classifier_group, parse_where, read_documents, train_classifier
+from gristmill.classifiers.documents import parse_where, read_documents
+from gristmill.classifiers.training import train_classifier
+from gristmill.pipeline.cli.classifier import classifier_group
 from gristmill.classifiers.domain import DomainRules, load_rules, seed_labels
 from gristmill.classifiers.evaluate import binary_metrics, multiclass_metrics, roc_auc, score_distribution, write_evaluation
 from gristmill.stages.quality.fasttext_model import FastTextClassifier, TrainingParameters, fnv1a_hashes, train_fasttext

@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gristmill.stages.tokens.decompose  # noqa: F401  (registers the stage)
-from gristmill.pipeline.cli.tokens import export_buckets, mix
+from gristmill.pipeline.cli.tokens import mix
+from gristmill.pipeline.tokens.export import export_buckets
 from gristmill.pipeline.engine.dataset import REJECT_SCHEMA, Dataset, ParquetShardWriter, ShardRecord, write_json_atomic
 from gristmill.pipeline.engine.executors import make_executor
 from gristmill.pipeline.engine.graph import load_graph

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from gristmill.pipeline.cli.classifier import train_classifier
+from gristmill.classifiers.training import train_classifier
 from gristmill.classifiers.domain import load_rules, seed_labels
 from gristmill.stages.quality.fasttext_model import FastTextClassifier, TrainingParameters
 from gristmill.stages.quality.preprocess import tokenize
@@ -128,22 +128,30 @@ def test_quality_score_needs_a_label_for_a_bare_model_file_and_refuses_to_overwr
 
 
 def test_threshold_mode_rejects_low_and_missing_scores_with_details() -> None:
-    stage = QualityFilter(QualityFilterConfig(column="quality", mode="threshold", threshold=0.5))
+    stage = QualityFilter(QualityFilterConfig(column="quality", keep={"mode": "threshold", "threshold": 0.5}))
     result = stage.process(documents(["a", "b", "c", "d", "e"], [0.9, 0.5, 0.49, None, float("nan")]))
     assert result.kept.column("id").to_pylist() == ["doc-0", "doc-1"]
     assert result.rejected.column("reason").to_pylist() == ["below_threshold", "missing_score", "missing_score"]
     assert result.rejected.column("detail").to_pylist()[0] == "quality=0.49 < 0.5"
 
 
-@pytest.mark.parametrize("params,message", [
-    ({"mode": "threshold"}, "threshold is required"),
-    ({"mode": "top_fraction", "threshold": 0.5}, "threshold is required with mode threshold, and only"),
+@pytest.mark.parametrize("keep,message", [
+    ({"mode": "threshold"}, r"keep\.threshold\.threshold\n  Field required"),
+    ({"mode": "top_fraction", "fraction": 0.5, "threshold": 0.5}, r"keep\.top_fraction\.threshold\n  Extra inputs are not permitted"),
+    ({"mode": "threshold", "threshold": 0.5, "alpha": 3}, r"keep\.threshold\.alpha\n  Extra inputs are not permitted"),
     ({"mode": "top_fraction", "fraction": 1.5}, "less than or equal to 1"),
-    ({"mode": "ranked", "fraction": 0.5}, "Input should be 'threshold', 'top_fraction' or 'pareto'"),
+    ({"mode": "ranked", "fraction": 0.5}, "does not match any of the expected tags: 'threshold', 'top_fraction', 'pareto'"),
 ])
-def test_filter_config_demands_the_parameter_of_its_mode(params: dict, message: str) -> None:
-    with pytest.raises(ValidationError, match=message):
-        QualityFilterConfig(column="quality", **params)
+def test_filter_config_takes_only_the_parameters_of_its_mode(keep: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message) as error:
+        QualityFilterConfig(column="quality", keep=keep)
+    assert error.value.error_count() == 1
+
+
+def test_the_flat_spelling_of_earlier_releases_is_refused_with_the_new_one() -> None:
+    with pytest.raises(ValidationError, match=r"mode, fraction: now inside keep; write keep: \{mode: top_fraction, fraction: 0.8\}"):
+        QualityFilterConfig.model_validate({"column": "quality", "mode": "top_fraction", "fraction": 0.8})
+    assert QualityFilterConfig.model_validate({"column": "q", "keep": "pareto"}).keep.alpha == 9.0  # a mode alone
 
 
 class InlineContext(ReduceContext):
@@ -171,7 +179,7 @@ def write_summaries(stage: QualityFilter, directory: Path, shards: list[list[flo
     fraction=st.floats(0.01, 1.0),
 )
 def test_global_cutoff_is_the_exact_score_of_the_kth_best_document(tmp_path_factory, shards, fraction) -> None:
-    stage = QualityFilter(QualityFilterConfig(column="quality", mode="top_fraction", fraction=fraction))
+    stage = QualityFilter(QualityFilterConfig(column="quality", keep={"mode": "top_fraction", "fraction": fraction}))
     cutoff = stage.reduce(InlineContext(write_summaries(stage, tmp_path_factory.mktemp("s"), shards)))
     scores = sorted((np.float32(s) for shard in shards for s in shard if s is not None), reverse=True)
     if not scores:
@@ -192,7 +200,7 @@ def test_sortable_keys_order_like_floats_and_invert() -> None:
 
 
 def test_pareto_sampling_matches_its_keep_probability_and_ignores_batching() -> None:
-    stage = QualityFilter(QualityFilterConfig(column="quality", mode="pareto", alpha=9.0, seed=7))
+    stage = QualityFilter(QualityFilterConfig(column="quality", keep={"mode": "pareto", "alpha": 9.0, "seed": 7}))
     scores = [0.9] * 10_000 + [0.3] * 10_000 + [1.0] * 1_000
     batch = documents(["x"] * len(scores), scores)
     result = stage.process(batch)
@@ -205,7 +213,7 @@ def test_pareto_sampling_matches_its_keep_probability_and_ignores_batching() -> 
     assert result.rejected.column("detail")[0].as_py().startswith("quality=0.9, pareto draw ")
     pieces = [stage.process(batch.slice(start, 777)) for start in range(0, batch.num_rows, 777)[::-1]]
     assert set().union(*(piece.kept.column("id").to_pylist() for piece in pieces)) == kept
-    reseeded = QualityFilter(QualityFilterConfig(column="quality", mode="pareto", alpha=9.0, seed=8)).process(batch)
+    reseeded = QualityFilter(QualityFilterConfig(column="quality", keep={"mode": "pareto", "alpha": 9.0, "seed": 8})).process(batch)
     assert set(reseeded.kept.column("id").to_pylist()) != kept
 
 
@@ -231,6 +239,32 @@ def test_domain_label_annotates_label_and_probability(domain_model: Path, sample
 # --- in a graph --------------------------------------------------------------------------------------
 
 
+def split_sample(sample: Path, directory: Path, shards: int) -> Path:
+    lines = sample.read_text().splitlines()
+    directory.mkdir()
+    for index in range(shards):
+        (directory / f"part{index}.jsonl").write_text("\n".join(lines[index::shards]) + "\n")
+    return directory
+
+
+def test_only_the_top_fraction_mode_summarises_every_shard(tmp_path: Path, sample: Path, quality_model: Path) -> None:
+    shards = split_sample(sample, tmp_path / "sample", 3)
+    graph_path = tmp_path / "graph.yaml"
+    graph_path.write_text(f"""
+stages:
+  read: {{stage: read_text, params: {{paths: ["{shards}/part*.jsonl"]}}}}
+  scored: {{stage: quality_score, input: read, params: {{models: ["quality={quality_model}"]}}}}
+  above: {{stage: quality_filter, input: scored, params: {{column: quality, keep: {{mode: threshold, threshold: 0.5}}}}}}
+  sampled: {{stage: quality_filter, input: scored, params: {{column: quality, keep: {{mode: pareto}}}}}}
+  best: {{stage: quality_filter, input: scored, params: {{column: quality, keep: {{mode: top_fraction, fraction: 0.5}}}}}}
+""")
+    run_graph(load_graph(graph_path, tmp_path / "run"), make_executor("inprocess", 1))
+    summaries = {node: len(list((tmp_path / "run" / node / "_work" / "summaries").glob("*.parquet")))
+                 for node in ("above", "sampled", "best")}
+    assert summaries == {"above": 0, "sampled": 0, "best": 3}
+    assert Dataset(tmp_path / "run" / "above").manifest().rejected["below_threshold"] > 0
+
+
 def quickstart_graph(path: Path, shards: Path, quality_model: Path, domain_model: Path) -> Path:
     path.write_text(f"""
 name: quality
@@ -252,11 +286,11 @@ stages:
   best_quarter:
     stage: quality_filter
     input: domains
-    params: {{column: quality, mode: top_fraction, fraction: 0.25}}
+    params: {{column: quality, keep: {{mode: top_fraction, fraction: 0.25}}}}
   sampled:
     stage: quality_filter
     input: domains
-    params: {{column: quality, mode: pareto, alpha: 3}}
+    params: {{column: quality, keep: {{mode: pareto, alpha: 3}}}}
 """)
     return path
 
@@ -265,11 +299,7 @@ stages:
 def test_quickstart_stages_give_identical_results_on_every_executor(
     tmp_path: Path, sample: Path, quality_model: Path, domain_model: Path
 ) -> None:
-    lines = sample.read_text().splitlines()
-    shards = tmp_path / "sample"
-    shards.mkdir()
-    for index in range(4):
-        (shards / f"part{index}.jsonl").write_text("\n".join(lines[index::4]) + "\n")
+    shards = split_sample(sample, tmp_path / "sample", 4)
     graph_path = quickstart_graph(tmp_path / "graph.yaml", shards, quality_model, domain_model)
     outputs = {}
     for kind in ("inprocess", "local"):

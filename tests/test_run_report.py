@@ -15,30 +15,19 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from gristmill.pipeline.cli.tokens import export_buckets
-from gristmill.pipeline.engine.dataset import (
-    REJECT_SCHEMA,
-    Dataset,
-    ParquetShardWriter,
-    ShardRecord,
-    write_json_atomic,
-)
+from gristmill.pipeline.cli.report import report
+from gristmill.pipeline.engine.dataset import ShardRecord
 from gristmill.pipeline.engine.executors import make_executor
 from gristmill.pipeline.engine.graph import load_graph
 from gristmill.pipeline.engine.report import check_html
-from gristmill.pipeline.reports.run_report import (
-    EXAMPLE_CHARS,
-    LENGTH_EDGES,
-    Histogram,
-    KeyTally,
-    collect,
-    kept_keys,
-    report,
-    size_bin,
-)
-from gristmill.pipeline.engine.runner import run_graph
+from gristmill.pipeline.engine.runner import SUMMARY_NAME, run_graph
+from gristmill.pipeline.reports.run_report import LENGTH_EDGES, Histogram, KeyTally, collect, kept_keys
+from gristmill.pipeline.tokens.export import export_buckets
+from gristmill.stages.dedup.components import CLUSTER_SIZES_FILE, size_bin
+from gristmill.stages.rewrite.report import EXAMPLE_CHARS
 from gristmill.stages.tokens.tokenization import DEFAULT_EOS, save_tokenizer, train_byte_level_bpe
 from tests.conftest import WORDS
+from tests.test_rewrite import ENGLISH, GERMAN, build_tiny_llama
 
 PARENTS = {"read": [], "long": ["read"], "dedup": ["long"], "short": ["read"], "merged": ["dedup", "short"],
            "tokens": ["merged"], "pieces": ["tokens"]}
@@ -101,6 +90,12 @@ def collected(run_dir: Path) -> dict:
     return collect(run_dir)
 
 
+def section_statistics(data: dict, node: str) -> dict:
+    """The statistics of the one section the node's stage handed the report."""
+    [statistics] = [section["statistics"] for section in data["stage_sections"] if section["node"] == node]
+    return statistics
+
+
 def parquet_rows(paths) -> int:
     return sum(pq.read_metadata(path).num_rows for path in paths)
 
@@ -111,6 +106,8 @@ def test_funnel_numbers_equal_the_ledgers_and_data_files(run_dir: Path, collecte
     assert [row["node"] for row in collected["funnel"]] == summary_order
     assert set(funnel) == set(PARENTS)
     assert collected["problems"] == []
+    assert [(section["node"], section["title"]) for section in collected["stage_sections"]] == [
+        ("dedup", "Duplicate clusters: dedup"), ("tokens", "Tokens: tokens"), ("pieces", "Buckets: pieces")]
     for node, parents in PARENTS.items():
         row = funnel[node]
         ledgers = sorted((run_dir / node / "_rejects").glob("*.parquet"))
@@ -166,13 +163,19 @@ def test_distributions_and_sources_match_the_data(run_dir: Path, collected: dict
     assert scores["read"]["mean"] == pytest.approx(pc.mean(read.column("lang_score")).as_py())
     assert 0.5 <= scores["read"]["p50"] <= 1.0 and sum(scores["read"]["counts"]) == read.num_rows
 
-    assert collected["clusters"]["dedup"]["sizes"] == {"2": COPIES.count(1), "3": COPIES.count(2)}
+    assert section_statistics(collected, "dedup")["sizes"] == {"2": COPIES.count(1), "3": COPIES.count(2)}
     pieces = pa.concat_tables(pq.read_table(path) for path in (run_dir / "pieces").glob("part-*.parquet"))
     per_bucket = pieces.group_by("bucket").aggregate([("num_tokens", "sum")]).to_pydict()
     expected = {str(bucket): tokens for bucket, tokens in zip(per_bucket["bucket"], per_bucket["num_tokens_sum"])}
-    assert {bucket: tally["tokens"] for bucket, tally in collected["buckets"]["pieces"].items()} == expected
+    buckets = section_statistics(collected, "pieces")
+    assert {bucket: tally["tokens"] for bucket, tally in buckets["buckets"].items()} == expected
     sources = pieces.group_by("source").aggregate([("num_tokens", "sum")]).to_pydict()
-    assert collected["piece_sources"]["pieces"] == dict(zip(sources["source"], sources["num_tokens_sum"]))
+    assert buckets["tokens_per_source"] == dict(zip(sources["source"], sources["num_tokens_sum"]))
+    # Every token of the tokenized documents is in a bucket or counted as dropped, by the decompose stage's own hook.
+    tokenized = section_statistics(collected, "tokens")
+    assert tokenized["tokens"] == tokens.column("num_tokens").to_numpy().sum() and tokenized["tokenizer"]["vocab_size"]
+    assert tokenized["tokens"] == buckets["tokens"] + sum(buckets["dropped_tokens"].values())
+    assert buckets["dropped_tokens"]["short_documents"] > 0 and buckets["dropped_tokens"]["remainders"] > 0
     export = collected["exports"]["shards"]
     assert {bucket: tally["tokens"] for bucket, tally in export["buckets"].items()} == expected
 
@@ -182,16 +185,18 @@ def test_report_command_writes_every_section_with_real_plots(run_dir: Path, tmp_
     assert result.exit_code == 0, result.output
     assert f"report: {tmp_path / 'report' / 'report.html'}" in result.output
     checked = check_html(tmp_path / "report" / "report.html")
-    assert checked["headings"][1:] == ["Funnel", "Distributions", "Sources", "Timings"]
-    # funnel, lengths, languages, lang_score, clusters, buckets (dataset and export), source funnel, domains, timings
-    assert len(checked["images"]) == 9
+    assert checked["headings"][1:] == ["Funnel", "Distributions", "Sources", "Timings", "Duplicate clusters: dedup",
+                                       "Tokens: tokens", "Buckets: pieces"]
+    # funnel, lengths, languages, lang_score, export buckets, source funnel, domains, timings; from the stages'
+    # own sections: cluster sizes and dataset buckets
+    assert len(checked["images"]) == 10
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "| dedup | exact_duplicate | 8 |" in markdown
     assert "| 3 | 2 | 6 |" in markdown  # clusters of three: two of them, six documents
     assert "Checks passed" in markdown and "Export shards:" in markdown
     assert "top 3 of 5" in markdown  # domains, limited by --top
     figures = sorted((tmp_path / "report" / "figures").glob("*.png"))
-    assert len(figures) == 9 and f"figures/{figures[0].name}" in markdown
+    assert len(figures) == 10 and f"figures/{figures[0].name}" in markdown
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
     assert [row["documents_out"] for row in saved["funnel"]] == [row["documents_out"] for row in collect(run_dir)["funnel"]]
 
@@ -228,67 +233,47 @@ def test_one_dataset_partial_or_without_dedup_work_files(run_dir: Path, tmp_path
     whole_run = {row["node"]: row for row in collect(run_dir)["funnel"]}
     assert data["funnel"][0]["documents_in"] == whole_run["dedup"]["documents_in"]
     # Rebuilt from the ledger (each duplicate's detail names its survivor), the same clusters as the work files say.
-    assert data["clusters"]["dedup"]["from"] == "reject ledger"
-    assert data["clusters"]["dedup"]["sizes"] == {"2": COPIES.count(1), "3": COPIES.count(2)}
+    clusters = section_statistics(data, "dedup")
+    assert clusters["from"] == "reject ledger" and clusters["sizes"] == {"2": COPIES.count(1), "3": COPIES.count(2)}
     assert data["profiled"] == {"input": "dedup", "outputs": ["dedup"], "score_origins": {"lang_score": "dedup"}}
 
 
-def write_dataset(path: Path, table: pa.Table, rejected: list[tuple[str, str]], stage: str,
-                  stats: dict[str, float] | None = None) -> None:
-    """A one-shard dataset as a stage would leave it: data, ledger, shard record and manifest."""
-    dataset = Dataset(path)
-    dataset.prepare()
-    writer = ParquetShardWriter(dataset.shard_path("part-00000"), table.schema)
-    writer.write(table)
-    size, checksum = writer.commit()
-    ledger = ParquetShardWriter(dataset.reject_path("part-00000"), REJECT_SCHEMA)
-    ledger.write(pa.table({"id": [i for i, _ in rejected], "stage": [stage] * len(rejected),
-                           "reason": [r for _, r in rejected], "detail": [None] * len(rejected)}, REJECT_SCHEMA))
-    ledger.commit()
-    record = ShardRecord(name="part-00000", source="input", rows=table.num_rows, documents_out=table.num_rows,
-                         bytes=size, checksum=checksum, rows_in=table.num_rows + len(rejected),
-                         rejected=dict(Counter(reason for _, reason in rejected)), seconds=2.0, stats=stats or {})
-    write_json_atomic(dataset.record_path("part-00000"), record.model_dump_json())
-    dataset.finalize(stage, {}, "0" * 16, [], [record], table.schema)
-
-
 def test_rewrite_and_tokenizer_comparison_sections(tmp_path: Path) -> None:
+    """The rewrite section from the real stage's output: a tiny random Llama on CPU, its real statuses and reasons."""
+    model = build_tiny_llama(tmp_path / "tiny-llama")
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"id": f"r{index}", "text": text}) + "\n"
+                                                 for index, text in enumerate(ENGLISH * 2 + [GERMAN])))
+    graph = tmp_path / "graph.yaml"
+    graph.write_text(
+        "stages:\n"
+        f"  read: {{stage: read_text, params: {{paths: ['{tmp_path}/docs.jsonl']}}}}\n"
+        f"  rewritten: {{stage: rewrite, input: read, params: {{model: '{model}', max_new_tokens: 8, chunk_tokens: 24, "
+        "checks: [refusal], max_documents: 3}}\n")
     run = tmp_path / "run"
-    statuses = ["rewritten", "kept_original", "rewritten", "rewritten", "kept_original"]
-    reasons = ["ok", "unparseable_code", "ok", "ok", "too_long"]
-    table = pa.table({
-        "id": [f"r{i}" for i in range(5)],
-        "original_text": ["before " * 200 + str(i) for i in range(5)],
-        "text": [("after " * 200 if status == "rewritten" else "before " * 200) + str(i)
-                 for i, status in enumerate(statuses)],
-        "source": ["code"] * 5,
-        "quality": pa.array([0.1, 0.3, 0.5, 0.7, None], pa.float32()),
-        "rewrite_status": statuses, "rewrite_reason": reasons,
-        "rewrite_model": ["tiny-lm"] * 5, "rewrite_prompt_id": ["clean-code-v1"] * 4 + ["explain-v2"],
-        "rewrite_tokens_in": [100, 100, 100, 100, 50], "rewrite_tokens_out": [80, 0, 60, 60, 0],
-        "rewrite_seconds": [1.0, 0.5, 1.0, 1.5, 0.0],
-    })
-    write_dataset(run / "rewritten", table, [("r9", "empty_text")], "rewrite",
-                  {"rewrite_gpu_seconds": 4.0, "rewrite_cost_usd": 0.0025, "kept_original:too_long": 1})
+    run_graph(load_graph(graph, run), make_executor("inprocess"))
     (run / "tokenizer_eval").mkdir()
     (run / "tokenizer_eval" / "report.json").write_text(json.dumps({"summary": [
         {"tokenizer": "ours-4k", "bytes_per_token": 3.9, "fertility": 1.31},
         {"tokenizer": "gpt2", "bytes_per_token": 4.2, "fertility": 1.2}]}))
 
     data = collect(run)
-    assert data["funnel"][0]["documents_in"] == 6 and data["funnel"][0]["reasons"] == {"empty_text": 1}
-    rewrite = data["rewrites"][0]
-    assert rewrite["rewritten"] == 3 and rewrite["documents"] == 5
+    table = pa.concat_tables(pq.read_table(path) for path in sorted((run / "rewritten").glob("part-*.parquet")))
+    outcomes = Counter(zip(table.column("rewrite_status").to_pylist(), table.column("rewrite_reason").to_pylist()))
+    assert outcomes == {("rewritten", None): 3, ("kept_original", "not_selected"): 2}
+    rewrite = section_statistics(data, "rewritten")
+    assert rewrite["rewritten"] == 3 and rewrite["documents"] == table.num_rows == 5
     assert {(row["status"], row["reason"]): row["documents"] for row in rewrite["outcomes"]} == {
-        ("rewritten", "ok"): 3, ("kept_original", "unparseable_code"): 1, ("kept_original", "too_long"): 1}
-    engines = {row["prompt_id"]: row for row in rewrite["engines"]}
-    assert engines["clean-code-v1"]["tokens_out"] == 200 and engines["clean-code-v1"]["tokens_out_per_second"] == 50
-    assert rewrite["counters"] == {"rewrite_cost_usd": 0.0025, "rewrite_gpu_seconds": 4.0}
-    assert [example["id"] for example in rewrite["examples"]] == ["r0", "r2", "r3"]
-    assert rewrite["examples"][0]["before"].startswith("before") and rewrite["examples"][0]["after"].startswith("after")
-    assert len(rewrite["examples"][0]["before"]) == EXAMPLE_CHARS
-    quality = data["scores"]["quality"]["rewritten"]
-    assert quality["values"] == 4 and quality["nulls"] == 1 and quality["mean"] == pytest.approx(0.4)
+        ("rewritten", "(none)"): 3, ("kept_original", "not_selected"): 2}
+    [engine] = rewrite["engines"]
+    assert engine["model"] == str(model) and engine["prompt_id"] == table.column("rewrite_prompt_id")[0].as_py()
+    assert engine["tokens_out"] == pc.sum(table.column("rewrite_tokens_out")).as_py() > 0
+    assert engine["tokens_out_per_second"] == pytest.approx(
+        engine["tokens_out"] / pc.sum(table.column("rewrite_seconds")).as_py(), rel=1e-3)
+    assert rewrite["cost"]["gpu_seconds"] == 0 and rewrite["cost"]["tokens_out_per_second"] > 0  # on CPU
+    rewritten = table.filter(pc.equal(table.column("rewrite_status"), "rewritten"))
+    assert [example["id"] for example in rewrite["examples"]] == rewritten.column("id").to_pylist()
+    assert rewrite["examples"][0]["before"] == " ".join(rewritten.column("original_text")[0].as_py().split())
+    assert all(len(example["before"]) <= EXAMPLE_CHARS for example in rewrite["examples"])
     assert [row["tokenizer"] for row in data["tokenizer_eval"]["summary"]] == ["ours-4k", "gpt2"]
 
     result = CliRunner().invoke(report, ["--input", str(run), "--output", str(tmp_path / "report")])
@@ -297,7 +282,90 @@ def test_rewrite_and_tokenizer_comparison_sections(tmp_path: Path) -> None:
     assert "Rewrite: rewritten" in headings and "Tokenizer comparison" in headings
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "| ours-4k | 3.9 | 1.31 |" in markdown and "tokenizer_eval/report.html" in markdown
-    assert "| rewritten | ok | 3 |" in markdown and "| rewrite_cost_usd | 0.0025 |" in markdown
+    assert "| rewritten | (none) | 3 |" in markdown and "| kept_original | not_selected | 2 |" in markdown
+
+
+def test_a_corrupt_run_summary_is_one_line_naming_it(run_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    (copy / SUMMARY_NAME).write_text('{"stages": [{"node": "read"')  # a run killed mid-write
+    result = CliRunner().invoke(report, ["--input", str(copy), "--output", str(tmp_path / "report")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [f"error: {copy / SUMMARY_NAME}: corrupt JSON "
+                                                  "(Expecting ',' delimiter: line 1 column 28 (char 27))"]
+
+
+def test_a_corrupt_stage_work_file_is_a_visible_warning_not_a_missing_section(run_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    [sizes] = (copy / "dedup" / "_work").glob(f"*/{CLUSTER_SIZES_FILE}")
+    sizes.write_text(sizes.read_text()[:-5])
+    result = CliRunner().invoke(report, ["--input", str(copy), "--output", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    warning = f"dedup: {sizes}: not valid JSON"
+    assert any(line.startswith(f"warning: {warning}") for line in result.output.splitlines())
+    assert warning in (tmp_path / "report" / "report.md").read_text()  # in the report, under Checks FAILED
+    saved = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert [problem for problem in saved["problems"] if problem.startswith(warning)]
+    assert "dedup" not in {section["node"] for section in saved["stage_sections"]}
+
+
+PLUGIN_STAGE = '''
+"""A stage written outside Gristmill, with its own report section."""
+import pyarrow.compute as pc
+from gristmill.pipeline.engine.stage import BatchResult, MapStage, StageConfig, register
+from gristmill.pipeline.engine.stage_report import StageSection, bar_chart
+
+
+class ShoutConfig(StageConfig):
+    pass
+
+
+@register
+class Shout(MapStage):
+    name = "report_test_shout"
+    Config = ShoutConfig
+
+    def process(self, batch):
+        return BatchResult.keep_all(batch.set_column(batch.schema.get_field_index("text"), "text",
+                                                      pc.utf8_upper(batch.column("text"))))
+
+    @classmethod
+    def report_sections(cls, dataset):
+        upper = sum(pc.sum(pc.utf8_is_upper(batch.column(0))).as_py() or 0 for batch in dataset.batches(["text"]))
+        section = StageSection(f"Shouting: {dataset.name}", {"upper_documents": upper})
+        section.text(f"{upper} documents shout.")
+        return [section.figure(lambda: bar_chart(["upper"], {"documents": [upper]}, "documents"), "Shouting")]
+'''
+
+
+def test_a_plugin_stage_outside_the_package_gets_its_own_section(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "report_test_shout.py").write_text(PLUGIN_STAGE)
+    monkeypatch.syspath_prepend(str(tmp_path / "plugins"))
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"id": f"s{index}", "text": f"quiet words {index}"}) + "\n"
+                                                 for index in range(7)))
+    graph = tmp_path / "graph.yaml"
+    graph.write_text("plugins: [report_test_shout]\nstages:\n"
+                     f"  read: {{stage: read_text, params: {{paths: ['{tmp_path}/docs.jsonl']}}}}\n"
+                     "  loud: {stage: report_test_shout, input: read}\n")
+    run_graph(load_graph(graph, tmp_path / "run"), make_executor("inprocess"))
+    data = collect(tmp_path / "run")
+    assert data["problems"] == [] and section_statistics(data, "loud") == {"upper_documents": 7}
+    result = CliRunner().invoke(report, ["--input", str(tmp_path / "run"), "--output", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    checked = check_html(tmp_path / "report" / "report.html")
+    assert "Shouting: loud" in checked["headings"]
+    assert "7 documents shout." in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_the_run_report_knows_no_stage_by_name() -> None:
+    """Stage-specific sections come from the stages' hooks: run_report.py names no stage and no stage's columns."""
+    source = (Path(__file__).parents[1] / "pipeline" / "reports" / "run_report.py").read_text()
+    for word in ("dedup", "duplicate", "cluster", "rewrite", "tokenize", "decompose", "bucket_tokens", "langid",
+                 "quality_score", "documents_lang", "_work", '"_run.json"', '"_summary.json"', '"_events.jsonl"',
+                 '"_failures"', '"gristmill.tokens.stats"', '"gristmill.mixture_plan"'):
+        assert word not in source, word
 
 
 def test_a_directory_that_is_not_a_run_is_one_clear_error(tmp_path: Path) -> None:
@@ -368,5 +436,5 @@ def test_a_dataset_inside_a_run_gets_its_wall_time_from_the_run_log(run_dir: Pat
     in_run = next(row for row in collected["funnel"] if row["node"] == "pieces")
     assert data["kind"] == "dataset" and data["funnel"][0]["wall_seconds"] == in_run["wall_seconds"] > 0
     assert data["profiled"]["input"] is None and data["lengths"] == {}  # pieces are not documents with text
-    assert data["piece_sources"] == {"pieces": collected["piece_sources"]["pieces"]}
+    assert section_statistics(data, "pieces") == section_statistics(collected, "pieces")
     assert data["exports"] == {} and data["tokenizer_eval"] is None

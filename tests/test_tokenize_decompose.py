@@ -21,7 +21,8 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gristmill.pipeline.cli.tokens import export, export_buckets, tokenizer, verify, verify_export
+from gristmill.pipeline.cli.tokens import export, tokenizer, verify
+from gristmill.pipeline.tokens.export import export_buckets, verify_export
 from gristmill.pipeline.engine.dataset import Dataset
 from gristmill.pipeline.engine.documents import DOCUMENT_SCHEMA
 from gristmill.pipeline.engine.executors import make_executor

@@ -7,41 +7,18 @@ so every number in the report compares tokenizers on the same documents.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gristmill.tokenizer_eval.corpus import (
-    CorpusMeasurement,
     measure_corpus,
     measure_parity,
     read_parallel,
 )
 from gristmill.tokenizer_eval.loading import EvalTokenizer, load_for_evaluation
-from gristmill.tokenizer_eval.proxy import ProxySettings
+from gristmill.tokenizer_eval.results import EvaluationOptions, TokenizerResult
 from gristmill.tokenizer_eval.sample import SAMPLE_FILE, CorpusSample, sample_dataset
 from gristmill.tokenizer_eval.vocabulary import analyse_vocabulary, core_coverage, core_words
-
-
-@dataclass(frozen=True)
-class EvaluationOptions:
-    sample_bytes: int = 4_000_000
-    seed: int = 0
-    max_groups: int = 12
-    core_words: int = 500
-    parallel: Path | None = None
-    reference_language: str = "en"
-    domain_column: str | None = None
-    proxy: ProxySettings | None = None  # train a small GPT per tokenizer at fixed compute (optional, needs torch)
-
-
-@dataclass
-class TokenizerResult:
-    tokenizer: EvalTokenizer
-    corpus: CorpusMeasurement
-    vocabulary: dict[str, Any]
-    coverage: dict[str, dict[str, Any]]
-    parity: dict[str, dict[str, Any]] | None
 
 
 def evaluate_tokenizers(specs: Sequence[str], dataset: str | Path, output: str | Path,

@@ -18,10 +18,10 @@ from typing import Any
 
 import xxhash
 
-from gristmill.pipeline.cli.tokens import export_buckets
 from gristmill.pipeline.engine.executors import make_executor
 from gristmill.pipeline.engine.graph import load_graph
 from gristmill.pipeline.engine.runner import run_graph
+from gristmill.pipeline.tokens.export import export_buckets
 from gristmill.tokenizer_eval.loading import EvalTokenizer, HuggingFaceTokenizer
 from gristmill.tokenizer_eval.sample import CorpusSample
 

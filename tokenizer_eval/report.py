@@ -14,7 +14,7 @@ import numpy as np
 
 from gristmill.pipeline.engine.report import Report, plt
 from gristmill.tokenizer_eval.corpus import METRICS, RENYI_ALPHA, Tally
-from gristmill.tokenizer_eval.evaluate import EvaluationOptions, TokenizerResult
+from gristmill.tokenizer_eval.results import EvaluationOptions, TokenizerResult
 from gristmill.tokenizer_eval.sample import OTHER, SAMPLE_FILE, CorpusSample
 from gristmill.tokenizer_eval.vocabulary import CATEGORIES
 from gristmill.tokenizer_eval.words import UNSPACED_SCRIPTS

@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from gristmill.pipeline.tokens.export import STATS_FILE
 from gristmill.pipeline.tokens.indexed_dataset import IndexedDataset
 from gristmill.pipeline.tokens.mixture import PLAN_HEADER
 from gristmill.stages.tokens.tokenization import LoadedTokenizer, load_tokenizer
 
 IGNORE = -100  # target value cross-entropy skips: padding and the first token of a document
 CURRICULA = ("uniform", "grow_linear", "grow_p2")
-STATS_FILE = "stats.json"
 
 
 def export_prefixes(path: str | Path) -> list[str]:

@@ -1,316 +1,43 @@
-"""`gristmill classifier train|eval`: fit fastText quality or domain classifiers on selected documents and evaluate them.
+"""`gristmill classifier train|eval|select-seeds`: options for fastText quality and domain classifiers.
 
-Training writes a classifier directory: the model, a model card (data hashes and sizes, parameters, seeds,
-held-out metrics) and an evaluation report, so any score in a dataset can be traced to what made it.
+The work is library code: classifiers/training.py trains and evaluates, classifiers/documents.py reads the labelled
+documents, classifiers/seed_selection.py runs the proxy comparison. These commands parse options and print results.
 """
 
 from __future__ import annotations
 
-import ast
-import glob
 import json
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-import xxhash
 from pydantic import ValidationError
 
-from gristmill.classifiers.domain import load_rules, seed_labels
-from gristmill.classifiers.evaluate import binary_metrics, multiclass_metrics, write_evaluation
-from gristmill.stages.quality.fasttext_model import (
-    CARD_FILE,
-    MODEL_FILE,
-    FastTextClassifier,
-    TrainingParameters,
-    model_card,
-    train_fasttext,
-)
-from gristmill.classifiers.holdout import (
-    AUTOMATIC_GROUP_COLUMNS,
-    VALIDATION_SEED,
-    HoldoutGroups,
-    holdout_groups,
-    holdout_mask,
-    key_columns,
-)
-from gristmill.stages.quality.preprocess import PREPROCESSING, tokenize
+from gristmill.classifiers.evaluate import write_evaluation
+from gristmill.classifiers.holdout import AUTOMATIC_GROUP_COLUMNS, holdout_groups
 from gristmill.classifiers.seed_selection import SeedCandidate, TrainerProxyRunner, select_seed_set
+from gristmill.classifiers.training import (
+    EVALUATION_DIR,
+    cap_per_label,
+    evaluate_classifier,
+    labelled_examples,
+    train_classifier,
+)
 from gristmill.pipeline.cli.options import PathsOption, fail, owned_output
-from gristmill.pipeline.engine.dataset import file_checksum
-from gristmill.stages.ingest.read_text import open_text
-
-POSITIVE, NEGATIVE = "positive", "negative"
-EVALUATION_DIR = "evaluation"
-COMPARISONS = {"==": pc.equal, "!=": pc.not_equal, "<": pc.less, "<=": pc.less_equal, ">": pc.greater,
-               ">=": pc.greater_equal}
-SYMBOLS = {ast.Eq: "==", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.In: "in"}
+from gristmill.stages.quality.fasttext_model import MODEL_FILE, FastTextClassifier, TrainingParameters, model_card
+from gristmill.stages.quality.preprocess import tokenize
 
 
-@dataclass(frozen=True)
-class Condition:
-    """`column op literal`, the whole filter language: parsed, never evaluated."""
-
-    column: str
-    operator: str
-    value: Any
-
-    def mask(self, table: pa.Table) -> pa.Array:
-        """Rows that satisfy the condition; a null value never does."""
-        if self.column not in table.column_names:
-            raise ValueError(f"filter column {self.column!r} is not in the data (columns: {', '.join(table.column_names)})")
-        column = table.column(self.column)
-        try:
-            if self.operator == "in":
-                matched = pc.is_in(column, value_set=pa.array(self.value))
-            else:
-                matched = COMPARISONS[self.operator](column, pa.scalar(self.value))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-            raise ValueError(f"filter {self.column} {self.operator} {self.value!r}: cannot compare a "
-                             f"{column.type} column with {type(self.value).__name__}") from None
-        return pc.fill_null(matched, False)
-
-
-def parse_where(expression: str) -> Condition:
-    """Parse `column op literal` (op: == != < <= > >= in) with Python's parser; literals only, nothing runs."""
-    problem = f"cannot read filter {expression!r}: expected `column op literal`, op one of == != < <= > >= in"
-    try:
-        tree = ast.parse(expression.strip(), mode="eval").body
-    except SyntaxError:
-        raise ValueError(problem) from None
-    if not (isinstance(tree, ast.Compare) and len(tree.ops) == 1 and isinstance(tree.left, ast.Name)):
-        raise ValueError(problem)
-    try:
-        value = ast.literal_eval(tree.comparators[0])
-    except ValueError:
-        raise ValueError(f"{problem}; the right-hand side must be a literal (string, number, bool or list)") from None
-    symbol = SYMBOLS.get(type(tree.ops[0]))
-    if symbol == "in":
-        if not isinstance(value, (list, tuple, set)) or not value:
-            raise ValueError(f"{problem}; `in` needs a non-empty list")
-        return Condition(tree.left.id, "in", sorted(value, key=str))
-    if symbol is None or isinstance(value, (list, tuple, set, dict)):
-        raise ValueError(problem)
-    return Condition(tree.left.id, symbol, value)
-
-
-def input_files(path: str) -> list[Path]:
-    """A dataset directory's shards, a glob's matches, or one file (Parquet or JSONL, maybe .gz/.zst)."""
-    if glob.has_magic(path):
-        files = [Path(match) for match in sorted(glob.glob(path))]
-    elif Path(path).is_dir():
-        files = sorted(Path(path).glob("*.parquet"))
-    else:
-        files = [Path(path)]
-    missing = [str(file) for file in files if not file.is_file()]
-    if not files or missing:
-        raise ValueError(f"{path}: no input files found" + (f" ({', '.join(missing)} missing)" if missing else ""))
-    return files
-
-
-def read_file(path: Path, columns: list[str]) -> tuple[pa.Table, int]:
-    """The wanted columns (nulls where a file lacks one) and the count of malformed JSONL lines skipped.
-
-    The first column is the text: a JSONL value there that is not a string counts as missing.
-    """
-    try:
-        table, malformed = _read_columns(path, columns)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
-        raise ValueError(f"{path}: cannot read columns {columns}: {error}") from None
-    for name in columns:
-        if name not in table.column_names:
-            table = table.append_column(name, pa.nulls(table.num_rows))
-    return table.select(columns), malformed
-
-
-def _read_columns(path: Path, columns: list[str]) -> tuple[pa.Table, int]:
-    if path.name.endswith(".parquet"):
-        present = set(pq.read_schema(path).names)
-        table = pq.read_table(path, columns=[name for name in columns if name in present])
-        malformed = 0
-    else:
-        rows, malformed = [], 0
-        with open_text(str(path)) as lines:
-            for line in lines:
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    malformed += 1
-                    continue
-                if not isinstance(record, dict):
-                    malformed += 1
-                    continue
-                row = {name: record.get(name) for name in columns}
-                row[columns[0]] = row[columns[0]] if isinstance(row[columns[0]], str) else None
-                rows.append(row)
-        table = pa.Table.from_pylist(rows) if rows else pa.table({name: pa.nulls(0) for name in columns})
-    return table, malformed
-
-
-def read_documents(path: str, where: str | None, columns: list[str], role: str) -> tuple[pa.Table, dict[str, Any]]:
-    """Documents of one input, narrowed by a filter, and a provenance record (files, sizes, hashes, counts)."""
-    condition = parse_where(where) if where else None
-    wanted = list(dict.fromkeys([*columns, *([condition.column] if condition else [])]))
-    tables, files, malformed = [], [], 0
-    for file in input_files(path):
-        table, bad_lines = read_file(file, wanted)
-        tables.append(table)
-        malformed += bad_lines
-        files.append({"path": str(file), "bytes": file.stat().st_size, "checksum": file_checksum(file)})
-    table = pa.concat_tables(tables, promote_options="permissive")
-    rows_read = table.num_rows
-    if condition:
-        table = table.filter(condition.mask(table))
-    text = table.column(columns[0])
-    table = table.filter(pc.fill_null(pc.greater(pc.utf8_length(text.cast(pa.string())), 0), False))
-    record = {"role": role, "path": path, "where": where, "files": files, "rows_read": rows_read,
-              "malformed_lines": malformed, "rows_selected": table.num_rows}
-    return table.select(columns), record
-
-
-def cap_per_label(labels: np.ndarray, texts: pa.Array, limit: int | None) -> np.ndarray:
-    """Rows to keep so that no label has more than `limit` documents: those with the smallest text hashes."""
-    keep = np.ones(len(labels), bool)
-    if limit is None:
-        return keep
-    hashes = np.fromiter((xxhash.xxh64_intdigest(text.encode()) for text in texts.to_pylist()), np.uint64, len(texts))
-    for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
-        if len(members) > limit:
-            keep[members[np.argsort(hashes[members], kind="stable")[limit:]]] = False
-    return keep
-
-
-def evaluate_classifier(classifier: FastTextClassifier, tokens: pa.ListArray, truth: np.ndarray,
-                        positive_label: str | None, threshold: float = 0.5) -> dict[str, Any]:
-    """Binary metrics when a positive label is named (truth: POSITIVE/NEGATIVE), multi-class metrics otherwise."""
-    probabilities = classifier.predict(tokens)
-    if positive_label is None:
-        return multiclass_metrics(truth.tolist(), probabilities, classifier.labels)
-    if positive_label not in classifier.labels:
-        raise ValueError(f"positive label {positive_label!r} is not one of the model's labels {list(classifier.labels)}")
-    return binary_metrics(truth == POSITIVE, probabilities[:, classifier.labels.index(positive_label)], threshold)
-
-
-def train_classifier(texts: pa.Array, labels: np.ndarray, parameters: TrainingParameters, output: Path,
-                     inputs: list[dict[str, Any]], holdout_fraction: float, binary: bool,
-                     groups: HoldoutGroups | None = None) -> dict[str, Any]:
-    """Split by group (default: by text), train (with NaN retries), evaluate on the held-out split and write
-    model, card and report."""
-    groups = groups or holdout_groups(texts, pa.table({}))
-    held_out = holdout_mask(groups.keys, holdout_fraction)
-    validation = holdout_mask(groups.keys, 0.1, VALIDATION_SEED) & ~held_out if parameters.autotune_seconds else None
-    training = ~held_out if validation is None else ~held_out & ~validation
-    tokens = tokenize(texts)
-    train_tokens, train_labels = tokens.filter(pa.array(training)), labels[training].tolist()
-    if len(set(train_labels)) < 2:
-        raise ValueError(f"training needs at least two labels with documents, got {sorted(set(train_labels))}")
-    run = train_fasttext(train_tokens, train_labels, parameters,
-                         None if validation is None else (tokens.filter(pa.array(validation)), labels[validation].tolist()))
-    output.mkdir(parents=True, exist_ok=True)
-    run.model.save_model(str(output / MODEL_FILE))
-    classifier = FastTextClassifier(run.model)
-    metrics = None
-    if held_out.any():
-        metrics = evaluate_classifier(classifier, tokens.filter(pa.array(held_out)), labels[held_out],
-                                      POSITIVE if binary else None) | {"holdout": groups.describe()}
-        write_evaluation(metrics, output / EVALUATION_DIR, f"Held-out evaluation of {output.name}")
-
-    def counts(mask: np.ndarray) -> dict[str, int]:
-        names, numbers = np.unique(labels[mask], return_counts=True)
-        return {str(name): int(number) for name, number in zip(names, numbers)}
-
-    card = {
-        "format": "gristmill.classifier",
-        "kind": "binary" if binary else "multiclass",
-        "labels": list(classifier.labels),
-        "positive_label": POSITIVE if binary else None,
-        "preprocessing": PREPROCESSING,
-        "model_file": MODEL_FILE,
-        "model_bytes": (output / MODEL_FILE).stat().st_size,
-        "model_checksum": file_checksum(output / MODEL_FILE),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "software": {name: _version(name) for name in ("gristmill", "fasttext-wheel", "numpy", "pyarrow")},
-        "training_data": {
-            "inputs": inputs,
-            "holdout_fraction": holdout_fraction,
-            "holdout": groups.describe(),
-            "documents": {"train": counts(training), "held_out": counts(held_out)}
-            | ({"validation": counts(validation)} if validation is not None else {}),
-            "text_bytes": int(pc.sum(pc.binary_length(texts)).as_py() or 0),
-        },
-        "parameters": parameters.model_dump(),
-        "seed": run.seed,
-        "failed_seeds": run.failed_seeds,
-        "fasttext_arguments": run.arguments,
-        "metrics": None if metrics is None else {key: value for key, value in metrics.items()
-                                                 if key not in ("roc_curve", "score_histograms")},
-    }
-    (output / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
-    return card
-
-
-def _version(distribution: str) -> str | None:
-    try:
-        return version(distribution)
-    except PackageNotFoundError:
-        return None
-
-
-def labelled_examples(positive: tuple[str, ...], positive_where: str | None, negative: tuple[str, ...],
-                      negative_where: str | None, data: tuple[str, ...], data_where: str | None,
-                      label_column: str | None, rules: str | None, text_column: str,
-                      group_columns: tuple[str, ...] = ()) -> tuple[pa.Array, np.ndarray, list, bool, pa.Table]:
-    """Texts, labels, provenance and the `group_columns` (for the held-out split) from either positive/negative
-    inputs (binary) or labelled data (multi-class)."""
-    binary = bool(positive or negative)
-    if binary == bool(data):
+def check_input_kind(positive: tuple[str, ...], negative: tuple[str, ...], data: tuple[str, ...],
+                     label_column: str | None, rules: str | None) -> None:
+    """Exactly one kind of labelled input, complete: --positive with --negative, or --data with one labelling."""
+    if bool(positive or negative) == bool(data):
         raise click.UsageError("give either --positive and --negative (binary) or --data (multi-class)")
-    texts, labels, inputs, groups = [], [], [], []
-    if binary:
-        if not (positive and negative):
-            raise click.UsageError("a binary classifier needs both --positive and --negative inputs")
-        for role, paths, where in ((POSITIVE, positive, positive_where), (NEGATIVE, negative, negative_where)):
-            for path in paths:
-                table, record = read_documents(path, where, list(dict.fromkeys([text_column, *group_columns])), role)
-                texts.append(table.column(text_column))
-                groups.append(key_columns(table, group_columns))
-                labels.append(np.full(table.num_rows, role, object))
-                inputs.append(record)
-    else:
-        if (label_column is None) == (rules is None):
-            raise click.UsageError("--data needs exactly one of --label-column and --rules")
-        domain_rules = load_rules(rules) if rules else None
-        columns = list(dict.fromkeys([text_column, label_column or "url", *group_columns]))
-        for path in data:
-            table, record = read_documents(path, data_where, columns, "data")
-            if domain_rules:
-                found = seed_labels(table.column(text_column), table.column("url"), domain_rules)
-                record["rules"] = {"path": rules, "checksum": file_checksum(Path(rules))}
-            else:
-                table = table.filter(pc.is_valid(table.column(label_column)))
-                found = table.column(label_column).cast(pa.string())
-                record["rows_selected"] = table.num_rows
-            found = np.asarray(found.to_pylist(), object)
-            names, numbers = np.unique(found, return_counts=True)
-            record["labels"] = {str(name): int(number) for name, number in zip(names, numbers)}
-            texts.append(table.column(text_column))
-            groups.append(key_columns(table, group_columns))
-            labels.append(found)
-            inputs.append(record)
-    chunks = [chunk.cast(pa.string()) for column in texts for chunk in column.chunks]
-    all_texts = pa.chunked_array(chunks, pa.string()).combine_chunks()
-    group_table = pa.concat_tables(groups, promote_options="permissive") if group_columns else pa.table({})
-    return all_texts, np.concatenate(labels), inputs, binary, group_table
+    if (positive or negative) and not (positive and negative):
+        raise click.UsageError("a binary classifier needs both --positive and --negative inputs")
+    if data and (label_column is None) == (rules is None):
+        raise click.UsageError("--data needs exactly one of --label-column and --rules")
 
 
 def data_options(command):
@@ -369,6 +96,7 @@ def train(output: str, holdout: float, holdout_group: str | None, max_per_label:
     """Train a classifier and write OUTPUT/model.bin, OUTPUT/model_card.json and OUTPUT/evaluation/."""
     try:
         parameters = TrainingParameters(**{k: v for k, v in hyperparameters.items() if v is not None})
+        check_input_kind(positive, negative, data, label_column, rules)
         texts, labels, inputs, binary, candidates = labelled_examples(
             positive, positive_where, negative, negative_where, data, data_where, label_column, rules, text_column,
             (holdout_group,) if holdout_group else AUTOMATIC_GROUP_COLUMNS)
@@ -404,6 +132,7 @@ def evaluate(model: str, output: str, positive_label: str | None, threshold: flo
     """Evaluate a classifier on held-out documents: precision, recall, F1, ROC-AUC, calibration, confusion."""
     try:
         classifier = FastTextClassifier.load(model)
+        check_input_kind(positive, negative, data, label_column, rules)
         texts, labels, _, binary, _ = labelled_examples(positive, positive_where, negative, negative_where, data,
                                                         data_where, label_column, rules, text_column)
         if binary:

@@ -21,7 +21,8 @@ from gristmill.pipeline.cli.tokens import commands as token_commands
 from gristmill.pipeline.engine.dataset import Dataset, DatasetError
 from gristmill.pipeline.engine.executors import make_executor
 from gristmill.pipeline.engine.graph import Graph, GraphError, GraphSpec, NodeSpec, build_graph, load_graph
-from gristmill.pipeline.reports.run_report import report as run_report_command
+from gristmill.pipeline.engine.plugins import PLUGINS_VARIABLE, PluginError, import_plugins, plugins_from_environment
+from gristmill.pipeline.cli.report import report as run_report_command
 from gristmill.pipeline.engine.runner import RunFailed, check_run_directory, default_console, default_dataset_paths, plan_graph, run_graph
 from gristmill.pipeline.engine.stage import SourceStage, Stage, registered_stages
 from gristmill.pipeline.cli.trainer import commands as trainer_commands
@@ -84,14 +85,65 @@ def open_executor(executor: str, workers: int | None, scheduler: str | None):
         raise
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def plugin_modules(ctx: click.Context) -> tuple[str, ...]:
+    """The plugin modules this command names (GRISTMILL_PLUGINS, then each --plugin), imported; one line and
+    exit 2 for a module that cannot load."""
+    given = ctx.find_root().meta.get("gristmill.plugins", ())
+    modules = tuple(dict.fromkeys([*plugins_from_environment(), *given]))
+    try:
+        import_plugins(modules)
+    except PluginError as error:
+        fail(f"--plugin {error}" if error.module in given else f"{PLUGINS_VARIABLE}: {error}")
+    return modules
+
+
+def remember_plugins(ctx: click.Context, param: click.Parameter, modules: tuple[str, ...]) -> None:
+    """Eager, so `gristmill --plugin MODULE --help` lists the module's stages."""
+    ctx.meta["gristmill.plugins"] = modules
+    plugin_modules(ctx)
+
+
+class StageCommandGroup(click.Group):
+    """The fixed commands plus one per registered stage, built when asked for: after the plugin modules load,
+    so a plugin's stage is a command like a built-in one."""
+
+    def stage_commands(self, ctx: click.Context) -> dict[str, type[Stage]]:
+        plugin_modules(ctx)
+        try:
+            stages = registered_stages()
+        except PluginError as error:
+            fail(str(error))
+        commands = {stage.name.replace("_", "-"): stage for stage in stages.values()}
+        for name in commands.keys() & set(self.commands):
+            fail(f"stage {commands[name].name!r} ({commands[name].__module__}) has the name of the command "
+                 f"`gristmill {name}`; rename the stage")
+        return commands
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*self.commands, *self.stage_commands(ctx)])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.commands:  # `gristmill run`, `inspect`... import no stage before they need one
+            plugin_modules(ctx)
+            return self.commands[name]
+        stage = self.stage_commands(ctx).get(name)
+        return stage_command(stage) if stage else None
+
+
+@click.group(cls=StageCommandGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="gristmill")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE", is_eager=True, expose_value=False,
+              callback=remember_plugins,
+              help=f"Import MODULE first, so the stages it registers are commands and graph stages, and send it with "
+                   f"every task to the workers (repeatable; {PLUGINS_VARIABLE}=mod1,mod2 names more). A module is found "
+                   "among installed packages, on PYTHONPATH, or else in the current directory.")
 def cli() -> None:
     """Gristmill: curate pretraining corpora from Common Crawl to tokenized, mixed shards.
 
     Run a whole YAML stage graph with `gristmill run CONFIG`, or one stage with
     `gristmill STAGE --input ... --output DIR`. Every output is a dataset directory of
     Parquet shards with a manifest and a reject ledger; `gristmill inspect` shows one.
+    Stages of your own join with `--plugin MODULE`.
     """
 
 
@@ -107,7 +159,7 @@ def run(config: str, output: str | None, executor: str, workers: int | None, sch
     Exits 1 and names the failed shards if any shard still fails after its retries.
     """
     try:
-        graph = load_graph(config, output)
+        graph = load_graph(config, output, plugin_modules(click.get_current_context()))
     except GraphError as error:
         fail(str(error))
     execute(graph, executor, workers, scheduler, retries)
@@ -119,7 +171,7 @@ def run(config: str, output: str | None, executor: str, workers: int | None, sch
 def plan(config: str, output: str | None) -> None:
     """Show what `gristmill run CONFIG` would do and what is already complete."""
     try:
-        graph = load_graph(config, output)
+        graph = load_graph(config, output, plugin_modules(click.get_current_context()))
         plans = plan_graph(graph)
     except (GraphError, DatasetError) as error:
         fail(str(error))
@@ -249,6 +301,24 @@ def in_command_line_terms(message: str, stage: type[Stage]) -> str:
     return where + fields_as_flags(explanation, list(stage.Config.model_fields))
 
 
+class JsonObject(click.ParamType):
+    """An option holding nested config: a JSON object (`{"kind": "vllm", "tensor_parallel_size": 2}`) is parsed,
+    anything else (a kind's name alone) goes to the config as it is."""
+
+    name = "json"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str) or not value.lstrip().startswith("{"):
+            return value
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as error:
+            self.fail(f"not a JSON object: {error}", param, ctx)
+
+
+JSON_OBJECT = JsonObject()
+
+
 def stage_command(stage: type[Stage]) -> click.Command:
     """A subcommand for one stage, with an option per config field."""
     is_source = issubclass(stage, SourceStage)
@@ -260,7 +330,8 @@ def stage_command(stage: type[Stage]) -> click.Command:
         params = {name: list(value) if isinstance(value, tuple) else value for name, value in params.items()}
         node = NodeSpec(stage=stage.name, params=params | ({"paths": list(inputs)} if is_source and inputs else {}),
                         input=None if is_source else list(inputs))
-        spec = GraphSpec(name=stage.name, stages={stage.name: node})
+        spec = GraphSpec(name=stage.name, plugins=list(plugin_modules(click.get_current_context())),
+                         stages={stage.name: node})
         try:
             graph = build_graph(spec, f"gristmill {command_name}", Path(output))
         except GraphError as error:
@@ -277,7 +348,12 @@ def stage_command(stage: type[Stage]) -> click.Command:
         annotation = _unwrap_optional(info.annotation)
         flag = option_flag(name)
         help_text = (info.description or "") + ("" if info.is_required() else f" [default: {info.default}]")
-        if annotation is bool:
+        if info.discriminator:  # one of several option models, told apart by their kind
+            default = "" if info.is_required() else f" [default: {json.dumps({info.discriminator: getattr(info.default, info.discriminator)})}]"
+            params.append(click.Option([flag, name], type=JSON_OBJECT, default=None, metavar="JSON",
+                                       help=f"{info.description} As a JSON object, or the {info.discriminator} alone.{default}",
+                                       required=info.is_required()))
+        elif annotation is bool:
             params.append(click.Option([f"{flag}/--no-{flag[2:]}", name], default=None, help=help_text))
         elif typing.get_origin(annotation) is list:
             params.append(click.Option([flag, name], multiple=True, help=help_text + " (repeatable)"))
@@ -294,8 +370,6 @@ def stage_command(stage: type[Stage]) -> click.Command:
     return executor_options(command)
 
 
-for _stage in registered_stages().values():
-    cli.add_command(stage_command(_stage))
 for _command in [*token_commands, *trainer_commands, *classifier_commands, run_report_command]:
     cli.add_command(_command)
 

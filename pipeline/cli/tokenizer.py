@@ -47,7 +47,8 @@ def evaluate(specs: tuple[str, ...], dataset: str, output: str, sample_bytes: in
              proxy_steps: int, proxy_tokens_per_step: int, proxy_seq_len: int, proxy_model: str) -> None:
     """Compare tokenizers on a sample of DATASET: fertility, efficiency, vocabulary; writes HTML, Markdown and JSON."""
     from gristmill.pipeline.engine.dataset import DatasetError
-    from gristmill.tokenizer_eval.evaluate import EvaluationOptions, evaluate_tokenizers
+    from gristmill.tokenizer_eval.evaluate import evaluate_tokenizers
+    from gristmill.tokenizer_eval.results import EvaluationOptions
     from gristmill.tokenizer_eval.loading import TokenizerSpecError
     from gristmill.tokenizer_eval.proxy import ProxySettings
 

@@ -9,45 +9,37 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from gristmill.pipeline.cli.options import input_option, owned_output
 from gristmill.pipeline.engine.dataset import (
     Dataset,
-    DatasetError,
     ShardRecord,
     is_dataset_directory,
     iter_parquet_batches,
 )
 from gristmill.pipeline.engine.report import Report, plt
+from gristmill.pipeline.engine.runner import EVENTS_NAME, FAILURES_DIR, RUN_MARKER, SUMMARY_NAME
+from gristmill.pipeline.engine.stage import registered_stages
+from gristmill.pipeline.engine.stage_report import ReportedDataset, StageReportError, StageSection, bar_chart
+from gristmill.pipeline.tokens.export import STATS_FORMAT as TOKEN_STATS_FORMAT
+from gristmill.pipeline.tokens.mixture import PLAN_FORMAT
 
-SUMMARY_FILE = "_summary.json"
-EVENTS_FILE = "_events.jsonl"
-FAILURES_DIR = "_failures"
-TOKEN_STATS_FORMAT = "gristmill.tokens.stats"
-PLAN_FORMAT = "gristmill.mixture_plan"
 TOKENIZER_EVAL_DIR = "tokenizer_eval"
 NO_VALUE = "(none)"
 # Text lengths in characters: 20 log-spaced bins per decade from 1 to 10^8; empty texts are counted apart.
 LENGTH_EDGES = np.logspace(0, 8, 161)
 SCORE_BINS = 50
 LINE_STYLES = ("-", "--", ":", "-.")  # overlaid histograms stay apart where they coincide
-EXAMPLES = 3
-EXAMPLE_CHARS = 400
 KEPT_KEYS = 1000  # sources, domains and languages kept in report.json per dataset (a crawl has millions of domains)
-REWRITE_COLUMNS = ("rewrite_status", "rewrite_reason", "rewrite_model", "rewrite_prompt_id",
-                   "rewrite_tokens_in", "rewrite_tokens_out", "rewrite_seconds")
 
 
 class ReportError(Exception):
@@ -59,17 +51,9 @@ class ReportError(Exception):
 
 
 @dataclass(eq=False)
-class DatasetNode:
-    """One dataset of a run (a graph node's output), with its shard records and schema."""
+class DatasetNode(ReportedDataset):
+    """One dataset of a run (a graph node's output), with where its parents are and its footer statistics."""
 
-    name: str
-    dataset: Dataset
-    stage: str
-    complete: bool
-    records: list[ShardRecord]
-    schema: pa.Schema
-    config: dict[str, Any] = field(default_factory=dict)
-    stats: dict[str, int | float] = field(default_factory=dict)
     parent_paths: list[str] = field(default_factory=list)
     parents: list[str] = field(default_factory=list)  # names of parent datasets within the run
     footers: dict[str, tuple[bool, float, float]] = field(default_factory=dict)  # column -> footer_statistics
@@ -79,14 +63,6 @@ class DatasetNode:
         """Rows are documents with text (not pieces of documents)."""
         return "text" in self.schema.names and "document_id" not in self.schema.names
 
-    def shard_files(self) -> Iterator[Path]:
-        """Data shards, each checked against its record (data, ledger, record file) the first time it is read."""
-        for record in self.records:
-            yield self.dataset.verify_shard(record)
-
-    def has(self, column: str) -> bool:
-        return column in self.schema.names
-
 
 def load_node(path: Path) -> DatasetNode | None:
     """A dataset directory as a node; None when it has no committed shard yet."""
@@ -94,12 +70,12 @@ def load_node(path: Path) -> DatasetNode | None:
     if dataset.is_complete:
         manifest = dataset.manifest()
         return DatasetNode(path.name, dataset, manifest.stage, True, manifest.shards, manifest.schema,
-                           manifest.config, manifest.stats, manifest.parents)
+                           manifest.config, manifest.stats, list(manifest.parents))
     records = dataset.shard_records()
     if not records:
         return None
-    marker = path / "_run.json"
-    stage = json.loads(marker.read_text()).get("stage", "?") if marker.exists() else "?"
+    marker = path / RUN_MARKER
+    stage = read_json(marker).get("stage", "?") if marker.exists() else "?"
     stats: Counter[str] = Counter()
     for record in records:
         stats.update(record.stats)
@@ -108,10 +84,22 @@ def load_node(path: Path) -> DatasetNode | None:
 
 
 def read_json(path: Path) -> Any:
+    """A JSON object the report needs; unreadable, corrupt or not an object is a ReportError naming the file."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+        payload = json.loads(path.read_text())
+    except OSError as error:
+        raise ReportError(f"{path}: unreadable ({error.strerror or error})") from None
+    except ValueError as error:
+        raise ReportError(f"{path}: corrupt JSON ({error})") from None
+    if not isinstance(payload, dict):
+        raise ReportError(f"{path}: corrupt (not a JSON object)")
+    return payload
+
+
+def run_summary(run_dir: Path) -> dict[str, Any]:
+    """The run's `_summary.json`, or {} where the run wrote none yet."""
+    path = run_dir / SUMMARY_NAME
+    return read_json(path) if path.exists() else {}
 
 
 def load_run(path: Path) -> tuple[str, list[DatasetNode]]:
@@ -128,7 +116,7 @@ def load_run(path: Path) -> tuple[str, list[DatasetNode]]:
     if not nodes:
         raise ReportError(f"{path}: neither a Gristmill dataset nor a run directory holding datasets")
     link_parents(nodes)
-    summary = read_json(path / SUMMARY_FILE) or {}
+    summary = run_summary(path)
     run_order = [stage.get("node") for stage in summary.get("stages", [])]
     return "run", order_nodes(nodes, run_order)
 
@@ -194,7 +182,7 @@ def count_ledger(node: DatasetNode) -> tuple[int, Counter[str]]:
 
 def read_events(run_dir: Path | None) -> list[dict[str, Any]]:
     """The run's structured log, one dict per line; unreadable lines (a run killed mid-write) are skipped."""
-    events_path = run_dir / EVENTS_FILE if run_dir else None
+    events_path = run_dir / EVENTS_NAME if run_dir else None
     if events_path is None or not events_path.exists():
         return []
     events = []
@@ -214,7 +202,7 @@ def node_wall_seconds(run_dir: Path | None, events: list[dict[str, Any]]) -> dic
         if event.get("event") in ("node_done", "node_failed"):
             seconds[event["node"]] += float(event.get("wall_seconds") or 0.0)
     if not seconds and run_dir is not None:
-        for stage in (read_json(run_dir / SUMMARY_FILE) or {}).get("stages", []):
+        for stage in run_summary(run_dir).get("stages", []):
             seconds[stage["node"]] = float(stage.get("wall_seconds") or 0.0)
     return seconds
 
@@ -439,15 +427,14 @@ def kept_keys(tallies: dict[str, KeyTally], keep: int = KEPT_KEYS) -> dict[str, 
 
 
 def score_columns(nodes: list[DatasetNode]) -> list[str]:
-    """Numeric columns that hold scores: named `*_score` or `*quality`, or declared by a `quality_score` stage."""
-    declared = {model.get("column") for node in nodes if node.stage == "quality_score"
-                for model in node.config.get("models", []) if isinstance(model, dict)}
+    """Columns that hold scores: numeric and named `*_score` or `*quality`, or float32 (the type every scoring stage
+    writes, whatever the user named the column)."""
     found: list[str] = []
     for node in nodes:
         for schema_field in node.schema:
             numeric = pa.types.is_floating(schema_field.type) or pa.types.is_integer(schema_field.type)
-            named = schema_field.name.endswith(("_score", "quality")) or schema_field.name in declared
-            if numeric and named and schema_field.name not in found and not schema_field.name.startswith("rewrite_"):
+            named = schema_field.name.endswith(("_score", "quality"))
+            if numeric and (named or pa.types.is_float32(schema_field.type)) and schema_field.name not in found:
                 found.append(schema_field.name)
     return found
 
@@ -513,28 +500,27 @@ def choose_profiled(nodes: list[DatasetNode]) -> tuple[DatasetNode | None, list[
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Dedup clusters, buckets, rewrites and neighbours of the run
+# Sections stages contribute, and files other commands leave in the run
 
 
-def cluster_sizes(node: DatasetNode) -> dict[str, Any] | None:
-    """Cluster sizes a dedup stage recorded in its work folder, else rebuilt from the ledger (detail = survivor id)."""
-    recorded = sorted((node.dataset.path / "_work").glob("*/cluster_sizes.json"))
-    if recorded and (stats := read_json(recorded[0])) and "sizes" in stats:
-        return {**stats, "from": str(recorded[0].relative_to(node.dataset.path))}
-    if not any(reason.endswith("_duplicate") for record in node.records for reason in record.rejected):
-        return None
-    removed_per_survivor: Counter[str] = Counter()
-    for record, _ in zip(node.records, node.shard_files()):
-        ledger = node.dataset.reject_path(record.name)
-        if not ledger.exists():
+def stage_sections(nodes: list[DatasetNode]) -> tuple[list[tuple[DatasetNode, StageSection]], list[str]]:
+    """Every node's sections from its stage's `report_sections` hook, and the problems met building them: a stage
+    that is not loaded, or a file its hook found corrupt, is a visible warning rather than a missing section."""
+    stages = registered_stages()
+    sections: list[tuple[DatasetNode, StageSection]] = []
+    problems: list[str] = []
+    for node in nodes:
+        stage = stages.get(node.stage)
+        if stage is None:
+            if node.stage != "?":
+                problems.append(f"{node.name}: stage {node.stage!r} is not loaded (name its module with --plugin), "
+                                "so its report sections are missing")
             continue
-        for batch in iter_parquet_batches(ledger, columns=["reason", "detail"]):
-            duplicates = pc.ends_with(pc.fill_null(batch.column("reason"), ""), "_duplicate")
-            removed_per_survivor.update(count_values(pc.filter(batch.column("detail"), duplicates)))
-    sizes = Counter(count + 1 for count in removed_per_survivor.values())
-    return {"clusters": sum(sizes.values()), "documents_in_clusters": sum(size * n for size, n in sizes.items()),
-            "removed": sum((size - 1) * n for size, n in sizes.items()), "largest": max(sizes, default=0),
-            "sizes": {str(size): sizes[size] for size in sorted(sizes)}, "from": "reject ledger"}
+        try:
+            sections += [(node, section) for section in stage.report_sections(node)]
+        except StageReportError as error:
+            problems.append(f"{node.name}: {error}")
+    return sections, problems
 
 
 def source_counts(node: DatasetNode) -> dict[str, int]:
@@ -546,109 +532,32 @@ def source_counts(node: DatasetNode) -> dict[str, int]:
     return dict(counts.most_common())
 
 
-def bucket_tokens(node: DatasetNode) -> dict[str, dict[str, int]]:
-    """Per bucket of a decomposed dataset: pieces, training sequences (segment 0) and tokens."""
-    tallies: dict[int, Counter[str]] = defaultdict(Counter)
-    columns = ["bucket", "num_tokens"] + (["segment"] if node.has("segment") else [])
-    for path in node.shard_files():
-        for batch in iter_parquet_batches(path, columns=columns):
-            table = pa.table({"bucket": batch.column("bucket"), "tokens": batch.column("num_tokens"),
-                              "starts": pc.equal(batch.column("segment"), 0).cast(pa.int64())
-                              if node.has("segment") else pa.array(np.ones(batch.num_rows, np.int64))})
-            grouped = table.group_by("bucket").aggregate([("tokens", "sum"), ("tokens", "count"), ("starts", "sum")])
-            for bucket, tokens, pieces, starts in zip(*(grouped.column(name).to_pylist() for name in
-                                                        ("bucket", "tokens_sum", "tokens_count", "starts_sum"))):
-                tallies[int(bucket)].update({"tokens": tokens or 0, "pieces": pieces, "sequences": starts or 0})
-    return {str(bucket): dict(tallies[bucket]) for bucket in sorted(tallies)}
-
-
-def tokens_per_source(node: DatasetNode) -> dict[str, int]:
-    """Tokens of a decomposed dataset's pieces per source (decompose keeps `source` by default)."""
-    tally = KeyTally()
-    for path in node.shard_files():
-        for batch in iter_parquet_batches(path, columns=["source", "num_tokens"]):
-            tally.add(batch.column("source"), None, batch.column("num_tokens"))
-    return dict(tally.tokens.most_common())
-
-
-def rewrite_summary(node: DatasetNode) -> dict[str, Any]:
-    """Counts by status and reason, throughput by model and prompt, and a few before/after examples."""
-    present = [column for column in REWRITE_COLUMNS if node.has(column)]
-    outcomes: Counter[tuple[str, str]] = Counter()
-    engines: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
-    numeric = [column for column in ("rewrite_tokens_in", "rewrite_tokens_out", "rewrite_seconds") if column in present]
-    for path in node.shard_files():
-        for batch in iter_parquet_batches(path, columns=present):
-            table = pa.Table.from_batches([batch])
-            strings = {column: pc.fill_null(table.column(column).cast(pa.string()), NO_VALUE)
-                       for column in ("rewrite_status", "rewrite_reason", "rewrite_model", "rewrite_prompt_id")
-                       if column in present}
-            frame = pa.table({**strings, **{column: pc.fill_null(table.column(column).cast(pa.float64()), 0.0)
-                                            for column in numeric}})
-            by_outcome = [column for column in ("rewrite_status", "rewrite_reason") if column in strings]
-            grouped = frame.group_by(by_outcome).aggregate([(by_outcome[0], "count")]).to_pylist()
-            for row in grouped:
-                outcomes[(row.get("rewrite_status", NO_VALUE), row.get("rewrite_reason", NO_VALUE))] += \
-                    row[f"{by_outcome[0]}_count"]
-            by_engine = [column for column in ("rewrite_model", "rewrite_prompt_id") if column in strings]
-            if by_engine:
-                aggregations = [(by_engine[0], "count")] + [(column, "sum") for column in numeric]
-                for row in frame.group_by(by_engine).aggregate(aggregations).to_pylist():
-                    key = (row.get("rewrite_model", NO_VALUE), row.get("rewrite_prompt_id", NO_VALUE))
-                    engines[key]["documents"] += row[f"{by_engine[0]}_count"]
-                    for column in numeric:
-                        engines[key][column] += row[f"{column}_sum"]
-    engine_rows = []
-    for (model, prompt), tally in sorted(engines.items()):
-        engine_rows.append({"model": model, "prompt_id": prompt, "documents": int(tally["documents"]),
-                            "tokens_in": int(tally["rewrite_tokens_in"]), "tokens_out": int(tally["rewrite_tokens_out"]),
-                            "seconds": round(tally["rewrite_seconds"], 3),
-                            "tokens_out_per_second": ratio(tally["rewrite_tokens_out"], tally["rewrite_seconds"])})
-    outcome_rows = [{"status": status, "reason": reason, "documents": count}
-                    for (status, reason), count in sorted(outcomes.items(), key=lambda item: (-item[1], item[0]))]
-    rewritten = sum(count for (status, _), count in outcomes.items() if status == "rewritten")
-    counters = {key: value for key, value in node.stats.items() if key.startswith("rewrite_")}  # GPU time, cost…
-    return {"node": node.name, "documents": sum(outcomes.values()), "rewritten": rewritten,
-            "outcomes": outcome_rows, "engines": engine_rows, "counters": counters,
-            "examples": rewrite_examples(node) if rewritten else []}
-
-
-def rewrite_examples(node: DatasetNode) -> list[dict[str, str]]:
-    """The first few rewritten documents, before and after, truncated; stops reading as soon as it has them."""
-    if not (node.has("original_text") and node.has("text")):
-        return []
-    examples: list[dict[str, str]] = []
-    columns = ["original_text", "text", "rewrite_status"] + (["id"] if node.has("id") else [])
-    for path in node.shard_files():
-        for batch in iter_parquet_batches(path, columns=columns, batch_rows=256):
-            chosen = pa.Table.from_batches([batch]).filter(pc.equal(batch.column("rewrite_status"), "rewritten"))
-            for row in chosen.slice(0, EXAMPLES - len(examples)).to_pylist():
-                examples.append({"id": str(row.get("id", "")), "before": truncate(row["original_text"]),
-                                 "after": truncate(row["text"])})
-            if len(examples) >= EXAMPLES:
-                return examples
-    return examples
-
-
-def truncate(text: str | None, limit: int = EXAMPLE_CHARS) -> str:
-    text = " ".join((text or "").split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def find_json_files(run_dir: Path, name: str, format_name: str) -> list[tuple[Path, dict[str, Any]]]:
-    """`name` files one level below the run whose `format` field is format_name (exports, mixture plans)."""
+def find_json_files(run_dir: Path, name: str, format_name: str,
+                    problems: list[str]) -> list[tuple[Path, dict[str, Any]]]:
+    """`name` files one level below the run whose `format` field is format_name (exports, mixture plans); a corrupt
+    one is added to `problems`, so the report says what it could not show."""
     found = []
     for path in sorted(run_dir.glob(f"*/{name}")):
-        payload = read_json(path)
-        if isinstance(payload, dict) and payload.get("format") == format_name:
+        try:
+            payload = read_json(path)
+        except ReportError as error:
+            problems.append(str(error))
+            continue
+        if payload.get("format") == format_name:
             found.append((path, payload))
     return found
 
 
-def tokenizer_comparison(run_dir: Path) -> dict[str, Any] | None:
+def tokenizer_comparison(run_dir: Path, problems: list[str]) -> dict[str, Any] | None:
     path = run_dir / TOKENIZER_EVAL_DIR / "report.json"
-    payload = read_json(path)
-    if not isinstance(payload, dict) or not isinstance(payload.get("summary"), list):
+    if not path.exists():
+        return None
+    try:
+        payload = read_json(path)
+    except ReportError as error:
+        problems.append(str(error))
+        return None
+    if not isinstance(payload.get("summary"), list):
         return None
     rows = [row for row in payload["summary"] if isinstance(row, dict)]
     return {"summary": rows, "html": f"{TOKENIZER_EVAL_DIR}/report.html"} if rows else None
@@ -684,39 +593,40 @@ def collect_distributions(nodes: list[DatasetNode]) -> dict[str, Any]:
                    for column in scores},
         "keys": {column: kept_keys({name: profile.keys[column] for name, profile in profiles.items()
                                     if column in profile.keys}) for column in KEY_COLUMNS},
-        "identified_languages": {node.name: {key.split(":", 1)[1]: int(value) for key, value in node.stats.items()
-                                             if key.startswith("documents_lang:")}
-                                 for node in nodes if any(key.startswith("documents_lang:") for key in node.stats)},
     }
 
 
-def collect(path: str | Path, top: int = 20) -> dict[str, Any]:
-    """Everything the run report shows, as plain data (also written as report.json)."""
+def gather(path: str | Path, top: int = 20) -> tuple[dict[str, Any], list[tuple[DatasetNode, StageSection]]]:
+    """Everything the run report shows: plain data (also written as report.json) and the sections stages hand it."""
     path = Path(path)
     kind, nodes = load_run(path)
     run_dir = path if kind == "run" else None
     # A single dataset inside a run directory still has its wall times in the run's event log.
-    events_dir = run_dir or (path.parent if (path.parent / EVENTS_FILE).exists() else None)
+    events_dir = run_dir or (path.parent if (path.parent / EVENTS_NAME).exists() else None)
     funnel, problems = build_funnel(nodes, events_dir)
     data: dict[str, Any] = {"kind": kind, "path": str(path), "funnel": funnel, "problems": problems}
 
     data |= collect_distributions(nodes)
     data["stage_counters"] = {node.name: node.stats for node in nodes if node.stats}
     data["source_funnel"] = {node.name: source_counts(node) for node in nodes if node.is_documents and node.has("source")}
-    data["clusters"] = {node.name: sizes for node in nodes if (sizes := cluster_sizes(node)) is not None}
-    pieces = [node for node in nodes if node.has("bucket") and node.has("num_tokens")]
-    data["buckets"] = {node.name: bucket_tokens(node) for node in pieces}
-    data["piece_sources"] = {node.name: tokens_per_source(node) for node in pieces if node.has("source")}
-    data["rewrites"] = [rewrite_summary(node) for node in nodes if node.has("rewrite_status")]
+    sections, section_problems = stage_sections(nodes)
+    problems += section_problems
+    data["stage_sections"] = [{"node": node.name, "stage": node.stage, "title": section.title,
+                               "statistics": section.statistics} for node, section in sections]
     data["exports"], data["mixtures"], data["tokenizer_eval"] = {}, {}, None
     if run_dir is not None:
-        data["exports"] = {str(stats_path.parent.relative_to(run_dir)): stats
-                           for stats_path, stats in find_json_files(run_dir, "stats.json", TOKEN_STATS_FORMAT)}
+        data["exports"] = {str(stats_path.parent.relative_to(run_dir)): stats for stats_path, stats
+                           in find_json_files(run_dir, "stats.json", TOKEN_STATS_FORMAT, problems)}
         data["mixtures"] = {str(plan_path.parent.relative_to(run_dir)): plan
-                            for plan_path, plan in find_json_files(run_dir, "plan.json", PLAN_FORMAT)}
-        data["tokenizer_eval"] = tokenizer_comparison(run_dir)
+                            for plan_path, plan in find_json_files(run_dir, "plan.json", PLAN_FORMAT, problems)}
+        data["tokenizer_eval"] = tokenizer_comparison(run_dir, problems)
     data["top"] = top
-    return data
+    return data, sections
+
+
+def collect(path: str | Path, top: int = 20) -> dict[str, Any]:
+    """Everything the run report shows, as plain data (also written as report.json)."""
+    return gather(path, top)[0]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -759,22 +669,6 @@ def plot_lengths(lengths: dict[str, dict[str, Any]]) -> plt.Figure:
     return figure
 
 
-def plot_counts(labels: list[str], series: dict[str, list[float]], xlabel: str, log: bool = False) -> plt.Figure:
-    """Grouped horizontal bars: one group per label, one bar per series."""
-    figure, axes = plt.subplots(figsize=(8, 0.22 * len(labels) * max(1, len(series)) + 1.2))
-    height = 0.8 / max(1, len(series))
-    positions = np.arange(len(labels))[::-1]
-    for index, (name, values) in enumerate(series.items()):
-        axes.barh(positions + (len(series) - 1 - 2 * index) * height / 2, values, height=height, label=name)
-    axes.set_yticks(positions, labels)
-    axes.set_xlabel(xlabel)
-    if log:
-        axes.set_xscale("log")
-    if len(series) > 1:
-        axes.legend(fontsize=8)
-    return figure
-
-
 def plot_scores(column: str, histograms: dict[str, dict[str, Any]]) -> plt.Figure:
     figure, axes = plt.subplots(figsize=(8, 3.2))
     for (name, histogram), style in zip(histograms.items(), itertools.cycle(LINE_STYLES)):
@@ -785,7 +679,7 @@ def plot_scores(column: str, histograms: dict[str, dict[str, Any]]) -> plt.Figur
     return figure
 
 
-def render(data: dict[str, Any]) -> Report:
+def render(data: dict[str, Any], sections: list[tuple[DatasetNode, StageSection]]) -> Report:
     title = f"Gristmill run report: {Path(data['path']).name or data['path']}"
     report = Report(title, data)
     funnel = data["funnel"]
@@ -811,7 +705,7 @@ def render(data: dict[str, Any]) -> Report:
     else:
         report.text("No document was rejected.")
     for name, stats in data["exports"].items():
-        report.text(f"Export {name}: {stats.get('document_tokens', 0):,} document tokens reached decompose, "
+        report.text(f"Export {name}: {stats.get('document_tokens', 0):,} document tokens went in, "
                     f"{stats.get('tokens', 0):,} tokens are in bucket files, "
                     f"{stats.get('dropped_tokens', {}).get('total', 0):,} dropped "
                     f"({stats.get('dropped_tokens', {}).get('remainders', 0):,} remainders, "
@@ -826,6 +720,8 @@ def render(data: dict[str, Any]) -> Report:
     render_distributions(report, data)
     render_sources(report, data)
     render_timings(report, data)
+    for _, section in sections:
+        section.render(report)
     render_extras(report, data)
     return report
 
@@ -846,16 +742,13 @@ def render_distributions(report: Report, data: dict[str, Any]) -> None:
                       for name, histogram in data["lengths"].items()])
 
     languages = data["keys"].get("lang", {})
-    identified = data["identified_languages"]
-    if languages or identified:
-        report.text("Languages: documents per language identified by the language stage (before its threshold) and "
-                    "in each profiled dataset.")
-        columns: dict[str, dict[str, int]] = {f"identified at {name}": counts for name, counts in identified.items()}
-        columns |= {name: tally["documents"] for name, tally in languages.items()}
+    if languages:
+        report.text("Languages: documents per language in each profiled dataset.")
+        columns = {name: tally["documents"] for name, tally in languages.items()}
         labels = top_keys(columns.values(), data["top"])
         report.table([{"lang": label, **{name: counts.get(label, 0) for name, counts in columns.items()}}
                       for label in labels])
-        report.figure(plot_counts(labels, {name: [counts.get(label, 0) for label in labels]
+        report.figure(bar_chart(labels, {name: [counts.get(label, 0) for label in labels]
                                            for name, counts in columns.items()}, "documents", log=True),
                       "Documents per language")
 
@@ -869,68 +762,25 @@ def render_distributions(report: Report, data: dict[str, Any]) -> None:
                                                                            "p50", "p90", "max")}}
                       for name, histogram in histograms.items()])
 
-    render_clusters(report, data["clusters"])
-    render_buckets(report, data)
+    render_exports(report, data["exports"])
 
 
-def size_bin(size: int) -> str:
-    """Cluster sizes 2, 3 and 4 as they are, larger ones in power-of-two ranges (5-8, 9-16, ...)."""
-    if size <= 4:
-        return str(size)
-    upper = 1 << (size - 1).bit_length()
-    return f"{upper // 2 + 1}-{upper}"
-
-
-def render_clusters(report: Report, clusters: dict[str, dict[str, Any]]) -> None:
-    binned: dict[str, Counter[str]] = {}
-    documents: dict[str, Counter[str]] = {}
-    for name, sizes in clusters.items():
-        report.text(f"Dedup clusters at {name} (from {sizes['from']}): {sizes['clusters']:,} clusters holding "
-                    f"{sizes['documents_in_clusters']:,} documents, {sizes['removed']:,} removed, "
-                    f"largest {sizes['largest']:,}.")
-        binned[name], documents[name] = Counter(), Counter()
-        for size, count in sizes["sizes"].items():
-            binned[name][size_bin(int(size))] += count
-            documents[name][size_bin(int(size))] += count * int(size)
-    labels = sorted({label for counts in binned.values() for label in counts}, key=lambda label: int(label.split("-")[0]))
-    if not labels:
-        return
-    figure = plot_counts(labels, {name: [counts.get(label, 0) for label in labels] for name, counts in binned.items()},
-                         "clusters", log=max(max(counts.values(), default=0) for counts in binned.values()) > 1000)
-    figure.axes[0].set_ylabel("cluster size (documents)")
-    report.figure(figure, "Duplicate cluster sizes")
-    report.table([{"cluster size": label, **{f"clusters ({name})": binned[name].get(label, 0) for name in binned},
-                   **{f"documents ({name})": documents[name].get(label, 0) for name in binned}} for label in labels])
-
-
-def render_buckets(report: Report, data: dict[str, Any]) -> None:
-    """Tokens per bucket of every decomposed dataset and every export, one plot for all of them."""
-    tokens: dict[str, dict[str, int]] = {}
-    for name, buckets in data["buckets"].items():
-        tokens[f"dataset {name}"] = {bucket: tally["tokens"] for bucket, tally in buckets.items()}
-        rows = [{"bucket": int(bucket), "capacity": (1 << int(bucket)) + 1, "pieces": tally["pieces"],
-                 "sequences": tally["sequences"], "tokens": tally["tokens"]} for bucket, tally in buckets.items()]
-        render_bucket_table(report, f"dataset {name}", rows)
-    for name, stats in data["exports"].items():
+def render_exports(report: Report, exports: dict[str, dict[str, Any]]) -> None:
+    """Tokens per bucket of every export's bucket files, from the stats file the export wrote."""
+    for name, stats in exports.items():
         buckets = stats.get("buckets", {})
-        tokens[f"export {name}"] = {bucket: tally.get("tokens", 0) for bucket, tally in buckets.items()}
         rows = [{"bucket": int(bucket), "capacity": (1 << int(bucket)) + 1, "sequences": tally.get("sequences"),
                  "tokens": tally.get("tokens", 0), "average context": tally.get("average_context_length")}
                 for bucket, tally in buckets.items()]
-        render_bucket_table(report, f"export {name}", rows)
-    buckets = sorted({int(bucket) for counts in tokens.values() for bucket in counts})
-    if buckets:
-        labels = [f"D{bucket} (≤{(1 << bucket) + 1})" for bucket in buckets]
-        report.figure(plot_counts(labels, {name: [counts.get(str(bucket), 0) for bucket in buckets]
-                                           for name, counts in tokens.items()}, "tokens"), "Tokens per bucket")
-
-
-def render_bucket_table(report: Report, where: str, rows: list[dict[str, Any]]) -> None:
-    total = sum(row["tokens"] for row in rows)
-    for row in rows:
-        row["share"] = ratio(row["tokens"], total)
-    report.text(f"Bucket tokens in {where}: {total:,} tokens.")
-    report.table(rows)
+        total = sum(row["tokens"] for row in rows)
+        for row in rows:
+            row["share"] = ratio(row["tokens"], total)
+        report.text(f"Bucket tokens in export {name}: {total:,} tokens.")
+        report.table(rows)
+        if rows:
+            report.figure(bar_chart([f"D{row['bucket']} (≤{row['capacity']})" for row in rows],
+                                    {"tokens": [row["tokens"] for row in rows]}, "tokens"),
+                          f"Tokens per bucket (export {name})")
 
 
 def top_keys(counters: Iterable[dict[str, int]], top: int) -> list[str]:
@@ -972,10 +822,9 @@ def render_sources(report: Report, data: dict[str, Any]) -> None:
         report.table(rows)
         if column == "source" and len(data["source_funnel"]) > 1:
             continue  # the source funnel above plots them stage by stage
-        report.figure(plot_counts(keys, {name: [tally["documents"].get(key, 0) for key in keys]
+        report.figure(bar_chart(keys, {name: [tally["documents"].get(key, 0) for key in keys]
                                          for name, tally in tallies.items()}, "documents"), f"Documents per {label}")
-    token_sources = {f"dataset {name}": sources for name, sources in data["piece_sources"].items()}
-    token_sources |= {f"export {name}": stats["sources"] for name, stats in data["exports"].items() if stats.get("sources")}
+    token_sources = {f"export {name}": stats["sources"] for name, stats in data["exports"].items() if stats.get("sources")}
     for where, sources in token_sources.items():
         report.text(f"Tokens per source in {where}:")
         total = sum(sources.values())
@@ -1019,7 +868,7 @@ def render_timings(report: Report, data: dict[str, Any]) -> None:
     if wall:
         report.text(f"Total wall time over the stages: {wall:,.1f} s.")
     seconds = {row["node"]: row["wall_seconds"] or row["task_seconds"] for row in funnel}
-    report.figure(plot_counts(list(seconds), {"seconds": list(seconds.values())}, "seconds"),
+    report.figure(bar_chart(list(seconds), {"seconds": list(seconds.values())}, "seconds"),
                   "Seconds per stage (wall where logged, else task)")
     counters = data["stage_counters"]
     if counters:
@@ -1029,17 +878,6 @@ def render_timings(report: Report, data: dict[str, Any]) -> None:
 
 
 def render_extras(report: Report, data: dict[str, Any]) -> None:
-    for rewrite in data["rewrites"]:
-        report.section(f"Rewrite: {rewrite['node']}")
-        report.text(f"{rewrite['rewritten']:,} of {rewrite['documents']:,} documents rewritten.")
-        report.table(rewrite["outcomes"])
-        if rewrite["engines"]:
-            report.table(rewrite["engines"])
-        if rewrite["counters"]:
-            report.table([{"counter": key, "value": value} for key, value in rewrite["counters"].items()])
-        for example in rewrite["examples"]:
-            report.text(f"Example {example['id']}, before: {example['before']}")
-            report.text(f"After: {example['after']}")
     if data["tokenizer_eval"]:
         report.section("Tokenizer comparison")
         report.text(f"Full comparison: {data['tokenizer_eval']['html']} (relative to the run directory).")
@@ -1057,32 +895,10 @@ def render_extras(report: Report, data: dict[str, Any]) -> None:
 
 def build_run_report(path: str | Path, top: int = 20) -> Report:
     """The run report of a run directory or one dataset directory, ready to `.write(directory)`."""
-    return render(collect(path, top))
+    data, sections = gather(path, top)
+    return render(data, sections)
 
 
 def write_run_report(path: str | Path, output: str | Path, top: int = 20) -> dict[str, Path]:
     """Build and write report.html, report.md (with figures/) and report.json into `output`; returns the paths."""
     return build_run_report(path, top).write(output)
-
-
-@click.command("report")
-@input_option("run_or_dataset", "A run directory or one dataset.", metavar="RUN_OR_DATASET", single=True,
-              path_type=Path)
-@click.option("--output", required=True, callback=owned_output, type=click.Path(file_okay=False, path_type=Path),
-              help="Directory for report.html, report.md, figures/ and report.json.")
-@click.option("--top", type=click.IntRange(min=1), default=20, show_default=True,
-              help="Rows in the language, source and domain tables.")
-def report(run_or_dataset: Path, output: Path, top: int) -> None:
-    """Write the run report (funnel, distributions, sources, timings) of a run directory or one dataset."""
-    try:
-        paths = write_run_report(run_or_dataset, output, top)
-    except (ReportError, DatasetError) as error:
-        click.echo(f"error: {error}", err=True)
-        sys.exit(2)
-    problems = json.loads(paths["json"].read_text())["problems"]
-    for problem in problems:
-        click.echo(f"warning: {problem}", err=True)
-    click.echo(f"report: {paths['html']}")
-    click.echo(f"        {paths['markdown']}")
-    click.echo(f"        {paths['json']}")
-
