@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -21,6 +22,7 @@ from gristmill.pipeline.engine.executors import make_executor
 from gristmill.pipeline.engine.graph import load_graph
 from gristmill.pipeline.engine.report import check_html
 from gristmill.pipeline.engine.runner import SUMMARY_NAME, run_graph
+from gristmill.pipeline.engine.stage import registered_stages
 from gristmill.pipeline.reports.run_report import LENGTH_EDGES, Histogram, KeyTally, collect, kept_keys
 from gristmill.pipeline.tokens.export import export_buckets
 from gristmill.stages.dedup.components import CLUSTER_SIZES_FILE, size_bin
@@ -360,12 +362,18 @@ def test_a_plugin_stage_outside_the_package_gets_its_own_section(tmp_path: Path,
 
 
 def test_the_run_report_knows_no_stage_by_name() -> None:
-    """Stage-specific sections come from the stages' hooks: run_report.py names no stage and no stage's columns."""
+    """Stage-specific sections come from the stages' hooks: run_report.py names no stage, no stage's columns or
+    reasons, and copies none of the engine's file names."""
     source = (Path(__file__).parents[1] / "pipeline" / "reports" / "run_report.py").read_text()
-    for word in ("dedup", "duplicate", "cluster", "rewrite", "tokenize", "decompose", "bucket_tokens", "langid",
-                 "quality_score", "documents_lang", "_work", '"_run.json"', '"_summary.json"', '"_events.jsonl"',
-                 '"_failures"', '"gristmill.tokens.stats"', '"gristmill.mixture_plan"'):
+    names = list(registered_stages())
+    assert len(names) > 15 and "rewrite" in names
+    for name in names:
+        assert not re.search(rf"(?<![\w.]){name}(?!\w)", source), name  # `.read_text()` is no stage
+    for word in ("dedup", "duplicate", "cluster", "rewrite_", "documents_lang", "_work"):
         assert word not in source, word
+    for constant in ("_run.json", "_summary.json", "_events.jsonl", "_failures", "gristmill.tokens.stats",
+                     "gristmill.mixture_plan"):
+        assert f'"{constant}"' not in source, constant
 
 
 def test_a_directory_that_is_not_a_run_is_one_clear_error(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from gristmill.pipeline.engine.dataset import REJECT_SCHEMA
+from gristmill.pipeline.engine.stage_report import ReportedDataset, StageSection
 
 
 class StageConfig(BaseModel):
@@ -117,6 +118,12 @@ class Stage(ABC):
     def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
         """The schema of output shards (input schema plus any annotation columns)."""
         return input_schema
+
+    @classmethod
+    def report_sections(cls, dataset: ReportedDataset) -> list[StageSection]:
+        """Sections this stage adds to the run report about a dataset it wrote (cluster sizes, before and after,
+        token drops), read through `dataset` one batch at a time; none by default. Contract: docs/REPORTS.md."""
+        return []
 
 
 # A source stage counts the documents an input holds by a check independent of its parser (WARC

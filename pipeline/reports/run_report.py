@@ -1,7 +1,8 @@
-"""`gristmill report`: the run report of a run directory or one dataset, as HTML, Markdown and JSON.
+"""The run report of a run directory or one dataset, as HTML, Markdown and JSON (`gristmill report`).
 
 Funnel, distributions, per-source breakdown and timings are read from what a run leaves on disk (shard records,
-reject ledgers, `_summary.json`, `_events.jsonl`, export stats), a few columns of one shard at a time, never all text.
+reject ledgers, the run summary and event log, export stats), a few columns of one shard at a time, never all text;
+each stage adds its own sections through its `report_sections` hook, so this module knows no stage by name.
 """
 
 from __future__ import annotations
@@ -572,7 +573,7 @@ def collect_distributions(nodes: list[DatasetNode]) -> dict[str, Any]:
     first, outputs = choose_profiled(nodes)
     scores = score_columns(nodes)
     profiled = [first, *[node for node in outputs if node.name != first.name]] if first else []
-    # A score's origin is the first dataset with values in it (ingest may carry an empty lang_score column).
+    # A score's origin is the first dataset with values in it (a source may carry an empty score column).
     score_origins = {column: next((node for node in nodes if node.has(column) and footer_statistics(node, column)[0]),
                                   next(node for node in nodes if node.has(column))) for column in scores}
     edges = {column: score_edges(nodes, column) for column in scores}

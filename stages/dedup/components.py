@@ -28,8 +28,10 @@ import pyarrow.parquet as pq
 
 from gristmill.pipeline.engine.dataset import temporary_name, write_json_atomic
 from gristmill.pipeline.engine.stage import BatchResult, MapStage
+from gristmill.pipeline.engine.stage_report import ReportedDataset, StageSection, bar_chart
 
 ROW_BITS = 32
+CLUSTER_SIZES_FILE = "cluster_sizes.json"  # in `_work/<stage name>/`, read by the stage's report section
 MAX_PARTITIONS = 32
 SURVIVOR_PATTERN = r"^(highest:.+|longest|earliest|smallest_id)$"
 REMOVAL_SCHEMA = pa.schema([("row", pa.uint32()), ("id", pa.string()), ("survivor_id", pa.string()),
@@ -319,15 +321,20 @@ def remove_non_survivors(
     sizes: Counter[int] = Counter()
     for histogram in histograms:
         sizes.update(histogram)
-    stats = {
+    stats = cluster_statistics(sizes)
+    write_json_atomic(directory / CLUSTER_SIZES_FILE, json.dumps(stats, indent=2))
+    return stats
+
+
+def cluster_statistics(sizes: Counter[int]) -> dict[str, Any]:
+    """Clusters, documents in them, documents removed, the largest and the count of clusters per size."""
+    return {
         "clusters": sum(sizes.values()),
         "documents_in_clusters": sum(size * count for size, count in sizes.items()),
         "removed": sum((size - 1) * count for size, count in sizes.items()),
         "largest": max(sizes, default=0),
         "sizes": {str(size): sizes[size] for size in sorted(sizes)},
     }
-    write_json_atomic(directory / "cluster_sizes.json", json.dumps(stats, indent=2))
-    return stats
 
 
 def removal_path(directory: Path, shard_name: str) -> Path:
@@ -356,3 +363,55 @@ class RemovesClusterMembers(MapStage):
         details[rows[inside]] = np.asarray(self.removals.column("survivor_id").to_pylist(), object)[inside]
         return BatchResult.split(batch, pa.array(reasons, pa.string()), pa.array(details, pa.string()))
 
+    @classmethod
+    def report_sections(cls, dataset: ReportedDataset) -> list[StageSection]:
+        """Cluster sizes from the reduce's `cluster_sizes.json`, else (a partial dataset) rebuilt from the ledger."""
+        statistics = recorded_cluster_sizes(cls.name, dataset) or ledger_cluster_sizes(cls.removal_reason, dataset)
+        if not statistics["clusters"]:
+            return []
+        section = StageSection(f"Duplicate clusters: {dataset.name}", statistics)
+        section.text(f"{statistics['clusters']:,} clusters holding {statistics['documents_in_clusters']:,} documents, "
+                     f"{statistics['removed']:,} removed, largest {statistics['largest']:,} "
+                     f"(from {statistics['from']}).")
+        clusters, documents = Counter(), Counter()
+        for size, count in statistics["sizes"].items():
+            clusters[size_bin(int(size))] += count
+            documents[size_bin(int(size))] += count * int(size)
+        labels = list(clusters)  # sizes are sorted, so their bins are too
+
+        def draw():
+            figure = bar_chart(labels, {"clusters": [clusters[label] for label in labels]}, "clusters",
+                               log=max(clusters.values()) > 1000)
+            figure.axes[0].set_ylabel("cluster size (documents)")
+            return figure
+
+        section.figure(draw, f"Duplicate cluster sizes ({dataset.name})")
+        section.table([{"cluster size": label, "clusters": clusters[label], "documents": documents[label]}
+                       for label in labels])
+        return [section]
+
+
+def recorded_cluster_sizes(stage_name: str, dataset: ReportedDataset) -> dict[str, Any] | None:
+    """What the reduce recorded, or None where it has not run; a corrupt file is a StageReportError naming it."""
+    path = dataset.work_dir / stage_name / CLUSTER_SIZES_FILE
+    if not path.exists():
+        return None
+    return {**dataset.read_json(path), "from": str(path.relative_to(dataset.dataset.path))}
+
+
+def ledger_cluster_sizes(removal_reason: str, dataset: ReportedDataset) -> dict[str, Any]:
+    """Cluster sizes rebuilt from the reject ledger, whose detail names each removed document's survivor."""
+    removed_per_survivor: Counter[str] = Counter()
+    if any(removal_reason in record.rejected for record in dataset.records):
+        for batch in dataset.ledger_batches(["reason", "detail"]):
+            removed = pc.fill_null(pc.equal(batch.column("reason"), removal_reason), False)
+            removed_per_survivor.update(pc.filter(batch.column("detail"), removed).to_pylist())
+    return {**cluster_statistics(Counter(count + 1 for count in removed_per_survivor.values())), "from": "reject ledger"}
+
+
+def size_bin(size: int) -> str:
+    """Cluster sizes 2, 3 and 4 as they are, larger ones in power-of-two ranges (5-8, 9-16, ...)."""
+    if size <= 4:
+        return str(size)
+    upper = 1 << (size - 1).bit_length()
+    return f"{upper // 2 + 1}-{upper}"

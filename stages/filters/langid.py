@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 from pydantic import Field, FilePath, field_validator
 
 from gristmill.pipeline.engine.stage import BatchResult, MapStage, StageConfig, register
+from gristmill.pipeline.engine.stage_report import ReportedDataset, StageSection
 
 # lid.176 labels are Wikipedia codes; this one means Alemannic there but Tosk Albanian in ISO 639-3.
 WIKIPEDIA_CODES = {"als": "gsw"}
@@ -42,6 +43,9 @@ def language_code(label: str) -> str:
         if script == usual or script in SCRIPTS_WITHIN.get(usual, ()):
             script = None
     return f"{base}-{script}" if script else base
+
+
+IDENTIFIED_STAT = "documents_lang:"  # + language: documents identified as it, before the thresholds
 
 
 class LangIdConfig(StageConfig):
@@ -114,6 +118,17 @@ class LangId(MapStage):
         model = self.config.model
         self.identifier = FastTextIdentifier(str(model)) if model else Py3LangidIdentifier()
 
+    @classmethod
+    def report_sections(cls, dataset: ReportedDataset) -> list[StageSection]:
+        """Documents per identified language, before the thresholds reject any (from the stage's counters)."""
+        identified = {key.removeprefix(IDENTIFIED_STAT): int(value) for key, value in
+                      sorted(dataset.stats.items(), key=lambda item: -item[1]) if key.startswith(IDENTIFIED_STAT)}
+        if not identified:
+            return []
+        section = StageSection(f"Languages identified: {dataset.name}", {"identified": identified})
+        section.text("Documents per identified language, before the language and score thresholds:")
+        return [section.table([{"lang": lang, "documents": count} for lang, count in identified.items()])]
+
     def process(self, batch: pa.RecordBatch) -> BatchResult:
         # fastText reads one line per document, so newlines become spaces as in FineWeb.
         texts = pc.replace_substring(pc.fill_null(batch.column("text"), ""), "\n", " ")
@@ -133,5 +148,5 @@ class LangId(MapStage):
         score_text = pc.cast(pc.round(lang_score, 2, round_mode="down"), pa.string())
         details = pc.binary_join_element_wise("lang=", lang, " score=", score_text, "")
         result = BatchResult.split(annotated, reasons, details)
-        result.stats = {f"documents_lang:{item['values']}": item["counts"] for item in pc.value_counts(lang).to_pylist()}
+        result.stats = {f"{IDENTIFIED_STAT}{item['values']}": item["counts"] for item in pc.value_counts(lang).to_pylist()}
         return result

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from gristmill.pipeline.engine.config_files import load_yaml
 from gristmill.pipeline.engine.stage import BatchResult, MapStage, ReduceContext, Resources, StageConfig, register
+from gristmill.pipeline.engine.stage_report import ReportedDataset, StageSection
 from gristmill.stages.rewrite.backends import (
     Backend,
     Generation,
@@ -41,6 +42,7 @@ from gristmill.stages.rewrite.backends import (
     require,
     timed_generate,
 )
+from gristmill.stages.rewrite.report import rewrite_sections
 
 PROMPTS_DIR = Path(str(importlib.resources.files("gristmill.configs") / "prompts"))  # shipped in the wheel too
 CACHE_DIR = "rewrite_cache"
@@ -501,6 +503,11 @@ class Rewrite(MapStage):
             raise ValueError(f"rewrite: max_new_tokens {self.config.max_new_tokens} leaves no room for text in a "
                              f"context of {self.backend.context_length} tokens")
         return min(room, max(16, int(self.config.max_new_tokens * 0.8)))  # the rewrite must also fit max_new_tokens
+
+    @classmethod
+    def report_sections(cls, dataset: ReportedDataset) -> list[StageSection]:
+        """Outcomes by status and reason, throughput and cost, and a few documents before and after."""
+        return rewrite_sections(dataset, cost_summary(dataset.stats))
 
     def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
         for output_field in OUTPUT_FIELDS:

@@ -9,6 +9,7 @@ are the baselines it is compared with. Each output row is one piece of one docum
 from __future__ import annotations
 
 from bisect import bisect_left, insort
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,6 +20,7 @@ import xxhash
 from pydantic import Field, model_validator
 
 from gristmill.pipeline.engine.stage import BatchResult, MapStage, StageConfig, register
+from gristmill.pipeline.engine.stage_report import ReportedDataset, StageSection, bar_chart
 
 
 class DecomposeConfig(StageConfig):
@@ -72,6 +74,9 @@ PIECE_SCHEMA = pa.schema([
 
 
 PIECE_FIELDS = ("document", "start", "length", "bucket", "segment")
+SHORT_REASON = "shorter_than_min_bucket"
+SHORT_DETAIL = "num_tokens={} < {}"  # the ledger detail of a short document; its report section reads the count back
+SHORT_DETAIL_TOKENS = r"^num_tokens=(?P<tokens>\d+) "
 
 
 @dataclass
@@ -207,6 +212,54 @@ class Decompose(MapStage):
         kept = [input_schema.field(name) for name in self.config.keep_columns]
         return pa.schema([*PIECE_SCHEMA, *kept], metadata=input_schema.metadata)
 
+    @classmethod
+    def report_sections(cls, dataset: ReportedDataset) -> list[StageSection]:
+        """Pieces, sequences and tokens per bucket, tokens per source, and the tokens dropped on the way."""
+        tallies: dict[int, Counter[str]] = defaultdict(Counter)
+        per_source: Counter[str] = Counter()
+        remainder_tokens = 0
+        columns = ["bucket", "num_tokens", "segment", "dropped_tokens"] + (["source"] if dataset.has("source") else [])
+        for batch in dataset.batches(columns):
+            table = pa.table({"bucket": batch.column("bucket"), "tokens": batch.column("num_tokens"),
+                              "starts": pc.equal(batch.column("segment"), 0).cast(pa.int64())})
+            grouped = table.group_by("bucket").aggregate([("tokens", "sum"), ("tokens", "count"), ("starts", "sum")])
+            for bucket, tokens, pieces, starts in zip(*(grouped.column(name).to_pylist() for name in
+                                                        ("bucket", "tokens_sum", "tokens_count", "starts_sum"))):
+                tallies[int(bucket)].update({"tokens": tokens or 0, "pieces": pieces, "sequences": starts or 0})
+            remainder_tokens += pc.sum(batch.column("dropped_tokens")).as_py() or 0
+            if dataset.has("source"):
+                by_source = pa.table({"source": pc.fill_null(batch.column("source"), "(none)"),
+                                      "tokens": batch.column("num_tokens")}).group_by("source").aggregate(
+                    [("tokens", "sum")])
+                per_source.update(dict(zip(by_source.column("source").to_pylist(),
+                                           by_source.column("tokens_sum").to_pylist())))
+        short_tokens = 0
+        if any(SHORT_REASON in record.rejected for record in dataset.records):
+            for batch in dataset.ledger_batches(["reason", "detail"]):
+                short = pc.fill_null(pc.equal(batch.column("reason"), SHORT_REASON), False)
+                counts = pc.extract_regex(pc.filter(batch.column("detail"), short), SHORT_DETAIL_TOKENS)
+                short_tokens += pc.sum(counts.field("tokens").cast(pa.int64())).as_py() or 0
+        total = sum(tally["tokens"] for tally in tallies.values())
+        buckets = [{"bucket": bucket, "capacity": (1 << bucket) + 1, "pieces": tallies[bucket]["pieces"],
+                    "sequences": tallies[bucket]["sequences"], "tokens": tallies[bucket]["tokens"],
+                    "share": tallies[bucket]["tokens"] / total if total else None} for bucket in sorted(tallies)]
+        statistics = {"tokens": total, "buckets": {str(row["bucket"]): tallies[row["bucket"]] for row in buckets},
+                      "tokens_per_source": dict(per_source.most_common()),
+                      "dropped_tokens": {"remainders": remainder_tokens, "short_documents": short_tokens}}
+        section = StageSection(f"Buckets: {dataset.name}", statistics)
+        section.text(f"{total:,} tokens in bucket pieces; dropped {remainder_tokens:,} tokens of remainders and "
+                     f"{short_tokens:,} in documents shorter than the smallest bucket.")
+        section.table(buckets)
+        if buckets:
+            labels = [f"D{row['bucket']} (≤{row['capacity']})" for row in buckets]
+            section.figure(lambda: bar_chart(labels, {"tokens": [row["tokens"] for row in buckets]}, "tokens"),
+                           f"Tokens per bucket ({dataset.name})")
+        if per_source:
+            section.text("Tokens per source:")
+            section.table([{"source": source, "tokens": tokens, "share": tokens / total if total else None}
+                           for source, tokens in per_source.most_common()])
+        return [section]
+
     def process(self, batch: pa.RecordBatch) -> BatchResult:
         config = self.config
         tokens = batch.column("tokens")
@@ -219,8 +272,8 @@ class Decompose(MapStage):
         if config.mode == "decompose":
             if config.remainders == "drop":
                 short = (lengths > 0) & (lengths < shortest)
-                reasons[short] = "shorter_than_min_bucket"
-                details[short] = [f"num_tokens={length} < {shortest}" for length in lengths[short].tolist()]
+                reasons[short] = SHORT_REASON
+                details[short] = [SHORT_DETAIL.format(length, shortest) for length in lengths[short].tolist()]
             pieces, dropped = self._decompose(batch, lengths, reasons == None)
         else:
             capacity = config.sequence_length + 1
