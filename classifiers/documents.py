@@ -7,7 +7,6 @@ The filter language is `column op literal`, parsed with Python's parser and neve
 from __future__ import annotations
 
 import ast
-import glob
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from gristmill.pipeline.engine.dataset import file_checksum
+from gristmill.pipeline.engine.files import expand_globs
 from gristmill.stages.ingest.read_text import open_text
 
 COMPARISONS = {"==": pc.equal, "!=": pc.not_equal, "<": pc.less, "<=": pc.less_equal, ">": pc.greater,
@@ -74,12 +74,10 @@ def parse_where(expression: str) -> Condition:
 
 def input_files(path: str) -> list[Path]:
     """A dataset directory's shards, a glob's matches, or one file (Parquet or JSONL, maybe .gz/.zst)."""
-    if glob.has_magic(path):
-        files = [Path(match) for match in sorted(glob.glob(path))]
-    elif Path(path).is_dir():
+    if Path(path).is_dir():
         files = sorted(Path(path).glob("*.parquet"))
     else:
-        files = [Path(path)]
+        files = [Path(match) for match in expand_globs([path])]
     missing = [str(file) for file in files if not file.is_file()]
     if not files or missing:
         raise ValueError(f"{path}: no input files found" + (f" ({', '.join(missing)} missing)" if missing else ""))

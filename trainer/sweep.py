@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gristmill.pipeline.engine.files import write_json_atomic
 from gristmill.pipeline.tokens.mixture import (
     Component,
     Mixture,
@@ -229,9 +229,7 @@ class MixtureRun:
 
 
 def write_atomically(payload: dict, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(temporary, path)
+    write_json_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 def run_mixture(run: MixtureRun) -> dict:

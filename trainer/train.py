@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from gristmill.pipeline.engine.files import atomic_path
 from gristmill.trainer.data import (
     IGNORE,
     Batch,
@@ -111,9 +112,8 @@ def bits_per_byte(model: GPT, held_out: HeldOut, rows_per_pass: int, device: tor
 
 
 def save_atomically(payload: Any, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(payload, temporary) if path.suffix == ".pt" else temporary.write_text(json.dumps(payload, indent=2))
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        torch.save(payload, temporary) if path.suffix == ".pt" else temporary.write_text(json.dumps(payload, indent=2))
 
 
 def write_plot(metrics: dict, path: Path) -> None:

@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import re
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -34,13 +33,14 @@ import pyarrow.parquet as pq
 import xxhash
 from pydantic import BaseModel, Field, ValidationError
 
+# Writers elsewhere import these from here too, as they did before the helpers moved to files.py.
+from gristmill.pipeline.engine.files import TEMP_MARK, TEMPORARY_NAME, temporary_name, write_json_atomic
+
 SCHEMA_VERSION = 1
 BaseModelType = TypeVar("BaseModelType", bound=BaseModel)
 MANIFEST_NAME = "_manifest.json"
 REJECTS_DIR = "_rejects"
 SHARDS_DIR = "_shards"
-TEMP_MARK = ".tmp-"
-TEMPORARY_NAME = re.compile(r"\..+" + re.escape(TEMP_MARK) + r"[0-9a-f]{32}")
 WORK_DIR = "_work"
 
 # Row groups of this many rows keep reads parallel and memory bounded.
@@ -180,21 +180,6 @@ def _parse_manifest(path: Path, content: bytes) -> Manifest:
     if manifest.checksum is not None and manifest.checksum != manifest_checksum(manifest):
         raise DatasetError(f"{path}: checksum differs from its contents (damaged)")
     return manifest
-
-
-def temporary_name(path: Path) -> Path:
-    """The hidden name a writer uses until it commits; `remove_temporaries` knows exactly this shape."""
-    return path.with_name(f".{path.name}{TEMP_MARK}{uuid.uuid4().hex}")
-
-
-def write_json_atomic(path: Path, payload: str) -> None:
-    temporary = temporary_name(path)
-    try:
-        temporary.write_text(payload)
-        os.replace(temporary, path)
-    except OSError as error:  # a full disk: leave no half-written temporary, and name the file
-        temporary.unlink(missing_ok=True)
-        raise OSError(error.errno, error.strerror or str(error), str(path)) from None
 
 
 class ParquetShardWriter:

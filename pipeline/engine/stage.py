@@ -11,7 +11,6 @@ and seconds is the runner's job, so a stage only says what it keeps and why it d
 from __future__ import annotations
 
 import functools
-import glob
 import importlib.metadata
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -25,6 +24,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from gristmill.pipeline.engine.dataset import REJECT_SCHEMA
+from gristmill.pipeline.engine.files import expand_globs
 from gristmill.pipeline.engine.stage_report import ReportedDataset, StageSection
 
 
@@ -142,11 +142,7 @@ class SourceStage(Stage):
 
     def list_inputs(self) -> list[str]:
         """Expand the configured paths and globs, sorted, so shard numbering is deterministic."""
-        files: list[str] = []
-        for pattern in self.config.paths:
-            matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-            files.extend(matches)
-        return files
+        return expand_globs(self.config.paths)
 
     @abstractmethod
     def schema(self) -> pa.Schema:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import struct
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import xxhash
+
+from gristmill.pipeline.engine.files import atomic_path, temporary_name
 
 if TYPE_CHECKING:
     from typing import Self
@@ -97,15 +98,11 @@ class IndexedDatasetWriter:
         if self.dtype.type not in DTYPE_CODES or self.dtype.kind not in "iu":
             raise ValueError(f"unsupported token dtype {self.dtype}")
         self._limit = np.iinfo(self.dtype).max
-        self._temporary_bin = self._temporary(bin_path(prefix))
+        self._temporary_bin = temporary_name(bin_path(prefix))
         self._bin = open(self._temporary_bin, "wb")  # noqa: SIM115 - held open until finish() or abort()
         self._digest = xxhash.xxh3_128()
         self._lengths: list[np.ndarray] = []
         self._documents_per_batch: list[np.ndarray] = []
-
-    @staticmethod
-    def _temporary(path: Path) -> Path:
-        return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
 
     def add_batch(self, tokens: np.ndarray, sequence_lengths: np.ndarray, sequences_per_document: np.ndarray) -> None:
         """Append documents: `tokens` back to back, split into sequences, grouped into documents."""
@@ -145,10 +142,9 @@ class IndexedDatasetWriter:
             pointers.astype("<i8").tobytes(),
             document_index.astype("<i8").tobytes(),
         ])
-        temporary_idx = self._temporary(idx_path(self.prefix))
-        temporary_idx.write_bytes(index_bytes)
-        os.replace(self._temporary_bin, bin_path(self.prefix))
-        os.replace(temporary_idx, idx_path(self.prefix))
+        with atomic_path(idx_path(self.prefix)) as temporary_idx:  # the .idx appears last, once its .bin is in place
+            temporary_idx.write_bytes(index_bytes)
+            os.replace(self._temporary_bin, bin_path(self.prefix))
         return WrittenDataset(
             prefix=self.prefix,
             dtype=self.dtype.name,

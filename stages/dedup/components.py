@@ -12,7 +12,6 @@ by the survivor policy (ties to the smallest document id); its cluster id is its
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections import Counter
 from collections.abc import Callable
@@ -26,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from gristmill.pipeline.engine.dataset import temporary_name, write_json_atomic
+from gristmill.pipeline.engine.files import atomic_path, write_json_atomic
 from gristmill.pipeline.engine.stage import BatchResult, MapStage
 from gristmill.pipeline.engine.stage_report import ReportedDataset, StageSection, bar_chart
 
@@ -78,9 +77,8 @@ def survivor_priority(batch: pa.RecordBatch | pa.Table, policy: str) -> pa.Array
 def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> None:
     """Write under a hidden temporary name, then rename: a file that exists is always complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_name(path)
-    frame.write_parquet(temporary, compression="zstd", compression_level=3)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        frame.write_parquet(temporary, compression="zstd", compression_level=3)
 
 
 def write_partitioned(frame: pl.DataFrame, partition: pl.Expr, directory: Path, source: str, partitions: int) -> None:

@@ -6,9 +6,7 @@ Training on a benchmark's items inflates its scores; this is the 13-gram check o
 from __future__ import annotations
 
 import functools
-import glob
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +19,8 @@ import pyarrow.parquet as pq
 import xxhash
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gristmill.pipeline.engine.dataset import TEMP_MARK, TEMPORARY_NAME, Dataset, DatasetError, temporary_name, write_json_atomic
+from gristmill.pipeline.engine.dataset import TEMP_MARK, TEMPORARY_NAME, Dataset, DatasetError, write_json_atomic
+from gristmill.pipeline.engine.files import atomic_path, expand_globs
 from gristmill.pipeline.engine.runner import WORK_DIR
 from gristmill.pipeline.engine.stage import BatchResult, MapStage, ReduceContext, StageConfig, register
 from gristmill.stages.ingest.read_text import open_text
@@ -205,7 +204,7 @@ def read_items(path: str, fields: list[str]) -> tuple[list[str], int]:
 def benchmark_files(benchmark: BenchmarkSource) -> list[str]:
     files = []
     for pattern in benchmark.paths:
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        matches = expand_globs([pattern])
         if not matches:
             raise FileNotFoundError(2, "no file matches", pattern)
         files.extend(matches)
@@ -213,10 +212,8 @@ def benchmark_files(benchmark: BenchmarkSource) -> list[str]:
 
 
 def save_array_atomic(path: Path, array: np.ndarray) -> None:
-    temporary = temporary_name(path)
-    with open(temporary, "wb") as handle:
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
         np.save(handle, array)
-    os.replace(temporary, path)
 
 
 def build_index(config: DecontaminateConfig, index_dir: Path) -> dict[str, Any]:

@@ -6,7 +6,6 @@ and rejects every other page with a named reason.
 
 from __future__ import annotations
 
-import glob
 import gzip
 import io
 import json
@@ -171,20 +170,6 @@ def is_url(path: str) -> bool:
 def open_input(path: str, timeout_s: float, retries: int) -> BinaryIO:
     """A local file as it is; a URL through fsspec with timeouts and retries."""
     return RetryingFile(path, timeout_s, retries) if is_url(path) else open(path, "rb")
-
-
-def expand_paths(patterns: list[str]) -> list[str]:
-    """Each pattern's matches in sorted order; URL globs go through fsspec."""
-    files: list[str] = []
-    for pattern in patterns:
-        if not glob.has_magic(pattern):
-            files.append(pattern)
-        elif is_url(pattern):
-            filesystem, _, matches = fsspec.get_fs_token_paths(pattern)
-            files.extend(sorted(filesystem.unstrip_protocol(match) for match in matches))
-        else:
-            files.extend(sorted(glob.glob(pattern)))
-    return files
 
 
 @dataclass(slots=True)
@@ -379,7 +364,7 @@ class Ingest(SourceStage):
 
     def list_inputs(self) -> list[str]:
         if self.config.crawl is None:
-            return expand_paths(self.config.paths)
+            return super().list_inputs()
         base = self.base_url()
         listing = f"{base}crawl-data/{self.config.crawl}/{self.config.format}.paths.gz"
         with open_input(listing, self.config.network_timeout_s, self.config.network_retries) as stream:
