@@ -31,8 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gristmill.pipeline.engine.config_files import describe_validation_error, load_yaml
 from gristmill.pipeline.engine.dataset import MANIFEST_NAME
+from gristmill.pipeline.engine.plugins import PluginError, import_plugins
 from gristmill.pipeline.engine.stage import MapStage, SourceStage, Stage, StageConfig, registered_stages
-from gristmill.pipeline.engine.tasks import import_plugins
 
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -83,8 +83,9 @@ def format_validation_error(where: str, error: ValidationError, prefix: tuple = 
     return GraphError(f"{where}: {describe_validation_error(error, prefix)}")
 
 
-def load_graph(path: str | Path, output: str | Path | None = None) -> Graph:
-    """Read and validate a YAML graph; raises GraphError naming the file and field."""
+def load_graph(path: str | Path, output: str | Path | None = None, plugins: tuple[str, ...] = ()) -> Graph:
+    """Read and validate a YAML graph; raises GraphError naming the file and field. `plugins` (the command line's)
+    are imported before the graph's own and travel with its tasks like them."""
     path = Path(path)
     where = str(path)
     raw = load_yaml(path, GraphError)
@@ -92,6 +93,7 @@ def load_graph(path: str | Path, output: str | Path | None = None) -> Graph:
         raise GraphError(f"{where}: expected a mapping with a 'stages' field")
     try:
         spec = GraphSpec.model_validate(raw)
+        spec.plugins = list(dict.fromkeys([*plugins, *spec.plugins]))
     except ValidationError as error:
         raise format_validation_error(where, error) from None
     output_dir = Path(output or spec.output or Path("runs") / (spec.name or path.stem))
@@ -112,14 +114,13 @@ def expand_variables(value: Any, variables: dict[str, str]) -> Any:
 
 def build_graph(spec: GraphSpec, where: str, output: Path, config_dir: Path = Path(".")) -> Graph:
     try:
-        import_plugins(tuple(spec.plugins))
-    except ImportError as error:
-        raise GraphError(f"{where}: plugins: cannot import {error.name!r}") from None
-    except SyntaxError as error:
-        raise GraphError(f"{where}: plugins: {error.filename}:{error.lineno}: {error.msg}") from None
-    except Exception as error:  # noqa: BLE001 - a plugin that fails as it loads: one line, not its traceback
-        raise GraphError(f"{where}: plugins: importing failed: {type(error).__name__}: {error}") from None
-    known = registered_stages()
+        import_plugins(spec.plugins)
+    except PluginError as error:
+        raise GraphError(f"{where}: plugins: {error}") from None
+    try:
+        known = registered_stages()
+    except PluginError as error:
+        raise GraphError(f"{where}: {error}") from None
     variables = {"output": str(output), "config_dir": str(config_dir)}
     nodes: dict[str, Node] = {}
     for name, node_spec in spec.stages.items():

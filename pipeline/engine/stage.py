@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gristmill.pipeline.engine.dataset import REJECT_SCHEMA
 from gristmill.pipeline.engine.files import expand_globs
+from gristmill.pipeline.engine.plugins import PluginError, explain_import_failure
 from gristmill.pipeline.engine.stage_report import ReportedDataset, StageSection
 
 
@@ -215,15 +216,21 @@ STAGE_ENTRY_POINTS = "gristmill.stages"
 @functools.cache
 def load_installed_stages() -> None:
     """Import every stage an installed distribution declares in the `gristmill.stages` entry-point group,
-    Gristmill's own included, so built-in and third-party stages are found the same way."""
+    Gristmill's own included, so built-in and third-party stages are found the same way. A stage that cannot
+    load is a PluginError naming its entry point."""
     for entry in importlib.metadata.entry_points(group=STAGE_ENTRY_POINTS):
-        stage = entry.load()
+        where = f"installed stage {entry.name} = {entry.value}"
+        try:
+            stage = entry.load()
+        except Exception as error:  # noqa: BLE001 - one line naming the entry point, not its traceback
+            raise PluginError(where, explain_import_failure(entry.module, error)) from None
         if getattr(stage, "name", None) != entry.name:
-            raise ValueError(f"entry point {entry.name} = {entry.value} names a stage called {getattr(stage, 'name', None)!r}")
+            raise PluginError(where, f"names a stage called {getattr(stage, 'name', None)!r}")
         register(stage)
 
 
 def registered_stages() -> dict[str, type[Stage]]:
+    """Every stage by name: the installed ones, and those that imported modules (plugins) registered."""
     load_installed_stages()
     return dict(sorted(_REGISTRY.items()))
 

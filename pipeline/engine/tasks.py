@@ -8,7 +8,6 @@ done. A task whose record exists is skipped, which is all that resuming needs.
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import threading
 import time
@@ -33,6 +32,7 @@ from gristmill.pipeline.engine.dataset import (
     write_json_atomic,
 )
 from gristmill.pipeline.engine.native_threads import single_threaded_blas
+from gristmill.pipeline.engine.plugins import import_plugins
 from gristmill.pipeline.engine.stage import INPUT_DOCUMENTS_STAT, BatchResult, MapStage, SourceStage, Stage, stage_class
 
 
@@ -65,11 +65,6 @@ class TaskOutcome:
     record: ShardRecord | None = None
     skipped: bool = False
     error: str | None = None
-
-
-def import_plugins(plugins: tuple[str, ...]) -> None:
-    for module in plugins:
-        importlib.import_module(module)
 
 
 @functools.lru_cache(maxsize=16)
