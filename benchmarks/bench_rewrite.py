@@ -90,11 +90,13 @@ def main() -> None:
 
     model = args.model or str(export_smollm2(Path(tempfile.gettempdir()) / "gristmill-smollm2"))
     on_cpu = args.backend == "vllm" and not __import__("torch").cuda.is_available()
+    dtype = args.dtype or ("float32" if on_cpu else "auto")
+    backend = ({"kind": "vllm", "tensor_parallel_size": args.tensor_parallel_size, "enforce_eager": on_cpu, "dtype": dtype}
+               if args.backend == "vllm" else {"kind": "transformers", "cpu_threads": args.cpu_threads, "dtype": dtype})
     config = RewriteConfig(
-        backend=args.backend, model=model, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        backend=backend, model=model, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
         batch_size=1_000_000,  # one generate call, as the raw baseline makes
-        cpu_threads=args.cpu_threads, tensor_parallel_size=args.tensor_parallel_size,
-        enforce_eager=on_cpu, max_model_len=2048, checks=["refusal"], dtype=args.dtype or ("float32" if on_cpu else "auto"),
+        max_model_len=2048, checks=["refusal"],
     )
     stage = Rewrite(config)
     stage.setup()
@@ -106,7 +108,7 @@ def main() -> None:
 
     def run_stage(round_index: int, batch: pa.RecordBatch) -> tuple[dict, float]:
         with tempfile.TemporaryDirectory() as cache:  # a fresh cache each round: every chunk is generated
-            stage.bind(cache, f"part-{round_index:05d}")
+            stage.open_shard(f"part-{round_index:05d}", Path(cache))
             started = time.perf_counter()
             result = stage.process(batch)
             return result.stats, time.perf_counter() - started

@@ -184,7 +184,7 @@ stages:
     params: {{benchmarks: [{{name: bench, paths: ['{benchmark}']}}], ngram_words: 8}}
   scored: {{stage: quality_score, input: clean_bench, params: {{models: [{{column: quality, model: '{quality}', label: hq}}]}}}}
   labelled: {{stage: domain_label, input: scored, params: {{model: '{domains}'}}}}
-  kept: {{stage: quality_filter, input: labelled, params: {{column: quality, mode: top_fraction, fraction: 0.8}}}}
+  kept: {{stage: quality_filter, input: labelled, params: {{column: quality, keep: {{mode: top_fraction, fraction: 0.8}}}}}}
   tokens: {{stage: tokenize, input: kept, params: {{tokenizer: '{tokenizer}'}}}}
   buckets: {{stage: decompose, input: tokens, params: {{min_bucket: 5, max_bucket: 9}}}}
 """)

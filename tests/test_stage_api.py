@@ -17,8 +17,9 @@ from gristmill.pipeline.engine.documents import DOCUMENT_SCHEMA
 from gristmill.pipeline.engine.executors import InProcessExecutor, make_executor
 from gristmill.pipeline.engine.graph import load_graph
 from gristmill.pipeline.engine.runner import run_graph
-from gristmill.pipeline.engine.stage import BatchResult, register, stage_class
+from gristmill.pipeline.engine.stage import BatchResult, MapStage, StageConfig, register, stage_class
 from gristmill.stages.filters.length_filter import LengthFilter, LengthFilterConfig
+from gristmill.stages.ingest.ingest import IngestConfig
 from tests.conftest import write_graph
 
 
@@ -60,6 +61,13 @@ def test_rejections_carry_their_detail() -> None:
 def test_config_rejects_inverted_bounds() -> None:
     with pytest.raises(ValueError, match="max_chars must be at least min_chars"):
         LengthFilterConfig(min_chars=10, max_chars=5)
+
+
+@pytest.mark.parametrize("options", [{"format": "wet"}, {"base_url": "https://mirror.example/"}, {"segments": 1}])
+def test_ingest_refuses_crawl_listing_options_beside_explicit_paths(options: dict) -> None:
+    with pytest.raises(ValueError, match=f"{next(iter(options))} needs crawl; with paths it would be ignored"):
+        IngestConfig(paths=["a.warc.gz"], **options)
+    assert IngestConfig(crawl="CC-MAIN-2024-10", **options).crawl == "CC-MAIN-2024-10"
 
 
 def test_registering_a_second_stage_under_a_taken_name_fails() -> None:
@@ -119,6 +127,32 @@ def test_a_stage_with_a_global_view_sees_every_shard(tmp_path: Path, corpus: Pat
     assert after["text"].str.len_chars().min() >= cutoff
     assert Dataset(tmp_path / "run" / "longest").manifest().rejected == {"below_global_cutoff": before.height - after.height}
     assert len(list((tmp_path / "run" / "longest" / "_work" / "summaries").glob("*.parquet"))) == 4
+
+
+@register
+class NoteShards(MapStage):
+    """Keeps every document and notes each shard's document count in the work folder: no global view needed."""
+
+    name = "test_note_shards"
+    Config = StageConfig
+
+    def process(self, batch: pa.RecordBatch) -> BatchResult:
+        notes = self.work_dir / "notes"
+        notes.mkdir(parents=True, exist_ok=True)
+        with open(notes / f"{self.shard_name}.txt", "a") as handle:
+            handle.write(f"{batch.num_rows}\n")
+        return BatchResult.keep_all(batch)
+
+
+def test_any_stage_gets_a_work_folder_per_shard_without_a_global_view(tmp_path: Path, corpus: Path) -> None:
+    extra = "  noted:\n    stage: test_note_shards\n    input: long\n"
+    graph = load_graph(write_graph(tmp_path / "g.yaml", corpus, extra), tmp_path / "run")
+    run_graph(graph, InProcessExecutor())
+    long = Dataset(tmp_path / "run" / "long").manifest()
+    work = tmp_path / "run" / "noted" / "_work"
+    notes = {path.stem: sum(map(int, path.read_text().split())) for path in (work / "notes").glob("*.txt")}
+    assert notes == {shard.name: shard.rows for shard in long.shards} and len(notes) == 4
+    assert sorted(path.name for path in work.iterdir()) == ["notes"]  # no summaries: nothing was summarised
 
 
 def test_keep_all_and_split_agree_on_schema() -> None:

@@ -241,7 +241,7 @@ def run_node(
             {"config_hash": plan.config_hash, "stage": plan.node.stage.name, "environment": byte_shaping_environment()}))
 
     tasks = plan.tasks
-    if issubclass(plan.node.stage, MapStage) and plan.node.stage.needs_global_view and tasks:
+    if issubclass(plan.node.stage, MapStage) and plan.node.stage.needs_global_view_for(plan.node.config) and tasks:
         try:
             tasks = _with_global_view(plan, executor)
         except Exception:  # noqa: BLE001 - reported like a failed shard, with its traceback

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import json
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +35,30 @@ class StageConfig(BaseModel):
     """Base of every stage config: unknown fields are errors, values are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def tagged_options(config: type[StageConfig], field: str, data: Any) -> Any:
+    """For a `mode="before"` validator of a config whose `field` holds one of several option models, told apart
+    by a discriminator (`backend: {kind: vllm, tensor_parallel_size: 2}`): a bare name stands for that kind with
+    its defaults (`backend: vllm`), and an option written at the top of the config, the flat spelling of earlier
+    releases, is refused in one line that spells out where it goes now."""
+    if not isinstance(data, dict):
+        return data
+    info = config.model_fields[field]
+    tag = info.discriminator
+    data = dict(data)
+    if isinstance(data.get(field), str):
+        data[field] = {tag: data[field]}
+    options = {name for member in typing.get_args(info.annotation) for name in member.model_fields}
+    flat = {name: value for name, value in data.items() if name in options and name not in config.model_fields}
+    if flat:
+        chosen = data.get(field) or {}
+        default = info.default if isinstance(info.default, BaseModel) else None
+        names = ", ".join(flat)
+        kind = flat.pop(tag, None) or (chosen.get(tag) if isinstance(chosen, dict) else None) or getattr(default, tag, "...")
+        spelled = "".join(f", {name}: {json.dumps(value)}" for name, value in flat.items())
+        raise ValueError(f"{names}: now inside {field}; write {field}: {{{tag}: {kind}{spelled}}}")
+    return data
 
 
 class SourceConfig(StageConfig):
@@ -176,9 +202,19 @@ class ReduceContext:
 
 
 class MapStage(Stage):
-    """Transforms one dataset shard into one output shard, batch by batch."""
+    """Transforms one dataset shard into one output shard, batch by batch.
 
+    Before a shard, the runner calls `open_shard` with its name and the dataset's work folder, so any stage can
+    keep intermediate files (a cache, an index) without a global view. A stage that needs one says so per config
+    in `needs_global_view_for`; it then gets `bind` with the reduced view as well."""
+
+    # The default of `needs_global_view_for`; a stage whose need depends on its config overrides that instead.
     needs_global_view: ClassVar[bool] = False
+
+    @classmethod
+    def needs_global_view_for(cls, config: StageConfig) -> bool:
+        """Whether this config needs summaries of every shard and a reduce before any shard is processed."""
+        return cls.needs_global_view
 
     def summarize(self, batch: pa.RecordBatch) -> pa.Table:
         """Per-batch facts for the global view, written to disk per shard; a stage whose view
@@ -189,8 +225,15 @@ class MapStage(Stage):
         """Combine every shard's summaries into the global view; the result must pickle and stay small."""
         raise NotImplementedError
 
+    def open_shard(self, shard_name: str, work_dir: Path) -> None:
+        """Receive the name of the shard about to be processed and the dataset's `_work/` folder, for
+        intermediate files kept after the run (create what you use in it); called before every shard."""
+        self.shard_name = shard_name
+        self.work_dir = work_dir
+
     def bind(self, global_view: Any, shard_name: str) -> None:
-        """Receive the reduced global view, and the name of the shard about to be processed."""
+        """Receive the reduced global view, and the name of the shard about to be processed (after `open_shard`,
+        only when the config needs a global view)."""
         self.global_view = global_view
         self.shard_name = shard_name
 

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from gristmill.pipeline.engine.dataset import (
     REJECT_SCHEMA,
+    WORK_DIR,
     Dataset,
     ParquetShardWriter,
     ShardRecord,
@@ -147,7 +148,8 @@ def _execute(task: ShardTask) -> ShardRecord:
         results: Iterator[BatchResult] = stage.read(task.source)
     else:
         assert isinstance(stage, MapStage)
-        if stage.needs_global_view:
+        stage.open_shard(task.name, Path(task.output) / WORK_DIR)
+        if stage.needs_global_view_for(stage.config):
             stage.bind(task.global_view, task.name)
         schema = stage.output_schema(pq.read_schema(verified_input(task.source)))  # before any byte is used
         results = _map_batches(stage, task.source, counted_input)

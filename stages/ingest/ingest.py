@@ -50,6 +50,9 @@ SCHEMA = DOCUMENT_SCHEMA.append(pa.field("warc_record_id", pa.string())).append(
 ).append(pa.field("warc_file", pa.string()))
 
 
+CRAWL_ONLY = ("segments", "base_url", "format")  # options of the crawl listing, meaningless with explicit paths
+
+
 class IngestConfig(SourceConfig):
     paths: list[str] | None = Field(
         None, min_length=1,
@@ -78,8 +81,8 @@ class IngestConfig(SourceConfig):
     def one_input_kind(self) -> IngestConfig:
         if (self.paths is None) == (self.crawl is None):
             raise ValueError("give exactly one of paths and crawl")
-        if self.segments is not None and self.crawl is None:
-            raise ValueError("segments needs crawl")
+        if self.crawl is None and (crawl_only := [name for name in CRAWL_ONLY if name in self.model_fields_set]):
+            raise ValueError(f"{crawl_only[0]} needs crawl; with paths it would be ignored")
         return self
 
 

@@ -7,7 +7,7 @@ same documents survive whatever the executor, worker count or shard order.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -16,30 +16,45 @@ import pyarrow.parquet as pq
 import xxhash
 from pydantic import Field, model_validator
 
-from gristmill.pipeline.engine.stage import BatchResult, MapStage, ReduceContext, StageConfig, register
+from gristmill.pipeline.engine.stage import BatchResult, MapStage, ReduceContext, StageConfig, register, tagged_options
 
 SUMMARY_SCHEMA = pa.schema([pa.field("score", pa.float32())])
 HALF_BITS = 16
 
 
+class Threshold(StageConfig):
+    """Keep documents whose score is at least `threshold`."""
+
+    mode: Literal["threshold"]
+    threshold: float = Field(description="Lowest score kept.")
+
+
+class TopFraction(StageConfig):
+    """Keep the highest-scoring `fraction` of all shards' documents: the only mode with a global view."""
+
+    mode: Literal["top_fraction"]
+    fraction: float = Field(gt=0, le=1, description="Share of scored documents kept; ties at the cutoff are kept.")
+
+
+class Pareto(StageConfig):
+    """Keep a document when a seeded pareto(alpha) draw exceeds 1 - score (GPT-3, NeMo Curator)."""
+
+    mode: Literal["pareto"]
+    alpha: float = Field(9.0, gt=0, description="Pareto shape; GPT-3 used 9, larger keeps fewer low scores.")
+    seed: int = Field(0, description="Seed of the per-document draws.")
+
+
 class QualityFilterConfig(StageConfig):
     column: str = Field(description="Score column to select on (written by quality_score).")
-    mode: Literal["threshold", "top_fraction", "pareto"] = Field(
-        description="threshold: keep score >= threshold; top_fraction: keep the highest-scoring fraction of all "
-        "shards; pareto: keep when pareto(alpha) > 1 - score (GPT-3, NeMo Curator)."
+    keep: Annotated[Threshold | TopFraction | Pareto, Field(discriminator="mode")] = Field(
+        description="Which documents to keep, with that mode's own parameters: {mode: threshold, threshold: 0.5}, "
+        "{mode: top_fraction, fraction: 0.1} or {mode: pareto, alpha: 9, seed: 0}."
     )
-    threshold: float | None = Field(None, description="Lowest score kept (mode threshold).")
-    fraction: float | None = Field(None, gt=0, le=1, description="Share of scored documents kept (mode top_fraction); ties at the cutoff are kept.")
-    alpha: float = Field(9.0, gt=0, description="Pareto shape (mode pareto); GPT-3 used 9, larger keeps fewer low scores.")
-    seed: int = Field(0, description="Seed of the per-document Pareto draws (mode pareto).")
 
-    @model_validator(mode="after")
-    def mode_has_its_parameter(self) -> QualityFilterConfig:
-        if (self.mode == "threshold") != (self.threshold is not None):
-            raise ValueError("threshold is required with mode threshold, and only with it")
-        if (self.mode == "top_fraction") != (self.fraction is not None):
-            raise ValueError("fraction is required with mode top_fraction, and only with it")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def parameters_inside_keep(cls, data: Any) -> Any:
+        return tagged_options(cls, "keep", data)
 
 
 def sortable_keys(scores: np.ndarray) -> np.ndarray:
@@ -87,11 +102,12 @@ class QualityFilter(MapStage):
 
     name = "quality_filter"
     Config = QualityFilterConfig
-    needs_global_view = True  # only mode top_fraction uses it; the other modes summarise nothing
+
+    @classmethod
+    def needs_global_view_for(cls, config: QualityFilterConfig) -> bool:
+        return isinstance(config.keep, TopFraction)
 
     def summarize(self, batch: pa.RecordBatch) -> pa.Table:
-        if self.config.mode != "top_fraction":
-            return SUMMARY_SCHEMA.empty_table()
         scores = pc.cast(batch.column(self.config.column), pa.float32())
         return pa.table({"score": pc.drop_null(pc.if_else(pc.is_nan(scores), None, scores))}, schema=SUMMARY_SCHEMA)
 
@@ -101,41 +117,39 @@ class QualityFilter(MapStage):
         Two passes of tasks over the summary files: count keys per high half, then collect the low halves
         inside the one high half that holds rank k. Memory stays at 65,536 counters plus that one bucket.
         """
-        if self.config.mode != "top_fraction":
-            return None
         files = [path for path in context.summary_files if path is not None]
         counts = np.sum(context.run(count_high_halves, files), axis=0) if files else np.zeros(1, np.int64)
         total = int(counts.sum())
         if total == 0:
             return None
-        keep = max(1, round(self.config.fraction * total))
+        rank = max(1, round(self.config.keep.fraction * total))
         from_top = np.cumsum(counts[::-1])
-        bucket = int(np.searchsorted(from_top, keep))
+        bucket = int(np.searchsorted(from_top, rank))
         high = len(counts) - 1 - bucket
         above = int(from_top[bucket - 1]) if bucket else 0
         lows = np.sort(np.concatenate(context.run(low_halves_under, [(path, high) for path in files])))[::-1]
-        return score_of_key((high << HALF_BITS) | int(lows[keep - above - 1]))
+        return score_of_key((high << HALF_BITS) | int(lows[rank - above - 1]))
 
     def process(self, batch: pa.RecordBatch) -> BatchResult:
-        config = self.config
-        scores = pc.cast(batch.column(config.column), pa.float32())
+        column, keep = self.config.column, self.config.keep
+        scores = pc.cast(batch.column(column), pa.float32())
         missing = pc.fill_null(pc.is_nan(scores), True)
         reasons = pc.if_else(missing, "missing_score", pa.nulls(batch.num_rows, pa.string()))
-        details = pc.if_else(missing, f"{config.column} is null or NaN", pa.nulls(batch.num_rows, pa.string()))
-        if config.mode == "threshold":
-            failing, reason = pc.less(scores, config.threshold), "below_threshold"
-            detail = _detail(config.column, scores, f" < {config.threshold}")
-        elif config.mode == "top_fraction":
+        details = pc.if_else(missing, f"{column} is null or NaN", pa.nulls(batch.num_rows, pa.string()))
+        if isinstance(keep, Threshold):
+            failing, reason = pc.less(scores, keep.threshold), "below_threshold"
+            detail = _detail(column, scores, f" < {keep.threshold}")
+        elif isinstance(keep, TopFraction):
             cutoff = np.inf if self.global_view is None else self.global_view
             failing, reason = pc.less(scores, pa.scalar(cutoff, pa.float32())), "below_top_fraction"
-            detail = _detail(config.column, scores, f" < {cutoff:.6g}, the cutoff of the top {config.fraction:.2%}")
+            detail = _detail(column, scores, f" < {cutoff:.6g}, the cutoff of the top {keep.fraction:.2%}")
         else:
-            draws = np.power(1.0 - uniform_draws(batch.column("id"), config.seed), -1.0 / config.alpha) - 1.0
+            draws = np.power(1.0 - uniform_draws(batch.column("id"), keep.seed), -1.0 / keep.alpha) - 1.0
             values = scores.to_numpy(zero_copy_only=False).astype(np.float64)
             failing, reason = pa.array(~(draws > 1.0 - values)), "pareto_not_sampled"
             detail = pc.binary_join_element_wise(
-                _detail(config.column, scores, ", pareto draw "), pc.cast(pc.round(pa.array(draws), 4), pa.string()),
-                f" <= 1 - {config.column}", "")
+                _detail(column, scores, ", pareto draw "), pc.cast(pc.round(pa.array(draws), 4), pa.string()),
+                f" <= 1 - {column}", "")
         failing = pc.and_(pc.fill_null(failing, False), pc.invert(missing))
         reasons = pc.if_else(failing, reason, reasons)
         details = pc.if_else(failing, detail, details)

@@ -14,9 +14,12 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
 import xxhash
+from pydantic import Field
+
+from gristmill.pipeline.engine.stage import StageConfig
 
 # Files up to this size (configs, tokenizers, small models) are hashed whole; larger ones (weights) are sampled.
 FULL_HASH_BYTES = 16 << 20
@@ -333,6 +336,71 @@ def parse_completion(response: Any) -> Generation:
                           choice.get("finish_reason"))
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
         return Generation("", 0, 0, error=f"not a chat completion ({type(error).__name__}: {error}): {response.text[:200]}")
+
+
+# ---------------------------------------------------------------- options: one model per backend, tagged by `kind`
+
+
+class TransformersOptions(StageConfig):
+    """transformers: small models on CPU or one GPU, loaded in each worker."""
+
+    kind: Literal["transformers"] = "transformers"
+    device: str = Field("auto", description="cpu, cuda, cuda:1 or auto.")
+    dtype: str = Field("auto", description="Weights dtype (float32, bfloat16, float16 or auto: float32 on CPU).")
+    gguf_file: str | None = Field(None, description="GGUF file inside the model folder to load.")
+    cpu_threads: int | None = Field(
+        None, ge=1, description="On CPU: torch threads per worker (default: torch's); set 1 when several workers share the cores."
+    )
+    library: ClassVar[str] = "transformers"
+
+    def worker_gpus(self) -> float:
+        return 1.0 if self.device.startswith("cuda") else 0.0
+
+    def build(self, model: str, max_model_len: int | None, seed: int) -> Backend:
+        return TransformersBackend(model, self.gguf_file, self.device, self.dtype, max_model_len, self.cpu_threads)
+
+
+class VllmOptions(StageConfig):
+    """vllm: the offline engine in each worker, tensor parallel over the worker's GPUs."""
+
+    kind: Literal["vllm"]
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per model.")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Share of GPU memory for the engine.")
+    enforce_eager: bool = Field(False, description="No CUDA graphs (needed on CPU).")
+    dtype: str = Field("auto", description="Weights dtype (float32, bfloat16, float16 or auto).")
+    library: ClassVar[str] = "vllm"
+
+    def worker_gpus(self) -> float:
+        return float(self.tensor_parallel_size)
+
+    def build(self, model: str, max_model_len: int | None, seed: int) -> Backend:
+        return VllmBackend(model, self.tensor_parallel_size, max_model_len, self.dtype, self.gpu_memory_utilization,
+                           self.enforce_eager, seed)
+
+
+class OpenAIOptions(StageConfig):
+    """openai: an OpenAI-compatible HTTP server that someone else runs; workers need no GPU."""
+
+    kind: Literal["openai"]
+    base_url: str = Field(description="Server address up to /v1, e.g. http://127.0.0.1:8000/v1.")
+    tokenizer: str | None = Field(None, description="Tokenizer folder for exact token counts when chunking.")
+    concurrency: int = Field(16, ge=1, description="Requests in flight at once.")
+    timeout_seconds: float = Field(120.0, gt=0, description="Time limit of one request.")
+    request_retries: int = Field(4, ge=0, description="Extra attempts after a timeout, connection error, 429 or 5xx.")
+    backoff_seconds: float = Field(1.0, ge=0, description="First retry delay, doubled each time.")
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key, if any.")
+    server_gpus: float = Field(0.0, ge=0, description="GPUs behind the server, for GPU-seconds and cost.")
+    library: ClassVar[str] = "httpx"
+
+    def worker_gpus(self) -> float:
+        return 0.0
+
+    def build(self, model: str, max_model_len: int | None, seed: int) -> Backend:
+        return OpenAIBackend(self.base_url, model, self.concurrency, self.timeout_seconds, self.request_retries,
+                             self.backoff_seconds, max_model_len, self.tokenizer, self.api_key_env, self.server_gpus)
+
+
+BackendOptions = Annotated[TransformersOptions | VllmOptions | OpenAIOptions, Field(discriminator="kind")]
 
 
 def timed_generate(backend: Backend, requests: list[Request], sampling: SamplingSettings) -> tuple[list[Generation], float]:

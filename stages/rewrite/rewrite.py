@@ -28,16 +28,15 @@ import xxhash
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gristmill.pipeline.engine.config_files import load_yaml
-from gristmill.pipeline.engine.stage import BatchResult, MapStage, ReduceContext, Resources, StageConfig, register
+from gristmill.pipeline.engine.stage import BatchResult, MapStage, Resources, StageConfig, register, tagged_options
 from gristmill.pipeline.engine.stage_report import ReportedDataset, StageSection
 from gristmill.stages.rewrite.backends import (
     Backend,
+    BackendOptions,
     Generation,
-    OpenAIBackend,
     Request,
     SamplingSettings,
-    TransformersBackend,
-    VllmBackend,
+    TransformersOptions,
     model_fingerprint,
     require,
     timed_generate,
@@ -114,13 +113,12 @@ def load_prompt(name: str) -> Prompt:
 
 
 class RewriteConfig(StageConfig):
-    backend: Literal["transformers", "vllm", "openai"] = Field(
-        "transformers", description="transformers (small models, CPU or GPU), vllm (offline engine) or openai (HTTP server)."
+    backend: BackendOptions = Field(
+        TransformersOptions(),
+        description="Where text is generated, with that backend's own options: {kind: transformers} (small models, "
+        "CPU or GPU), {kind: vllm} (offline engine) or {kind: openai, base_url: ...} (HTTP server); see docs/REWRITE.md.",
     )
     model: str = Field(description="Model folder (transformers, vllm), or the model name a server serves (openai).")
-    gguf_file: str | None = Field(None, description="transformers: GGUF file inside the model folder to load.")
-    base_url: str | None = Field(None, description="openai: server address up to /v1, e.g. http://127.0.0.1:8000/v1.")
-    tokenizer: str | None = Field(None, description="openai: tokenizer folder for exact token counts when chunking.")
     prompt: str = Field("wrap_wikipedia", description="Prompt id from configs/prompts/ or path to a prompt YAML file.")
     temperature: float = Field(0.7, ge=0, description="Sampling temperature; 0 is greedy.")
     top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling mass.")
@@ -130,21 +128,7 @@ class RewriteConfig(StageConfig):
     chunk_tokens: int | None = Field(
         None, ge=16, description="Most source tokens per chunk; default: what fits the context and max_new_tokens."
     )
-    max_model_len: int | None = Field(None, ge=64, description="Context length; default: the model's.")
-    device: str = Field("auto", description="transformers: cpu, cuda, cuda:1 or auto.")
-    cpu_threads: int | None = Field(
-        None, ge=1, description="transformers on CPU: torch threads per worker (default: torch's); set 1 when several workers share the cores."
-    )
-    dtype: str = Field("auto", description="Weights dtype (float32, bfloat16, float16 or auto).")
-    tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs per model.")
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vllm: share of GPU memory for the engine.")
-    enforce_eager: bool = Field(False, description="vllm: no CUDA graphs (needed on CPU).")
-    concurrency: int = Field(16, ge=1, description="openai: requests in flight at once.")
-    timeout_seconds: float = Field(120.0, gt=0, description="openai: time limit of one request.")
-    request_retries: int = Field(4, ge=0, description="openai: extra attempts after a timeout, connection error, 429 or 5xx.")
-    backoff_seconds: float = Field(1.0, ge=0, description="openai: first retry delay, doubled each time.")
-    api_key_env: str | None = Field(None, description="openai: environment variable holding the API key, if any.")
-    server_gpus: float = Field(0.0, ge=0, description="openai: GPUs behind the server, for GPU-seconds and cost.")
+    max_model_len: int | None = Field(None, ge=64, description="Context length; default: the model's (openai: 4096).")
     checks: list[Check] = Field(list(ALL_CHECKS), description="Fidelity checks to apply.")
     min_length_ratio: float = Field(0.3, ge=0, description="Shortest output, as a share of the source's characters.")
     max_length_ratio: float = Field(3.0, gt=0, description="Longest output, as a multiple of the source's characters.")
@@ -164,10 +148,13 @@ class RewriteConfig(StageConfig):
     lint: bool = Field(False, description="Code prompts: also require `ruff check` (syntax, undefined names) to pass.")
     price_per_gpu_hour: float = Field(2.0, ge=0, description="Price of one GPU-hour, for cost in the stats.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def options_inside_backend(cls, data: Any) -> Any:
+        return tagged_options(cls, "backend", data)
+
     @model_validator(mode="after")
     def consistent(self) -> RewriteConfig:
-        if self.backend == "openai" and not self.base_url:
-            raise ValueError("backend openai needs base_url")
         if self.min_length_ratio >= self.max_length_ratio:
             raise ValueError("min_length_ratio must be below max_length_ratio")
         load_prompt(self.prompt)
@@ -450,48 +437,46 @@ class Rewrite(MapStage):
     def resources_for(cls, config: RewriteConfig) -> Resources:
         """vLLM needs its GPUs on the worker (Dask routes the task to a worker started with `--resources GPU=N`);
         transformers on an explicit CUDA device needs one; the server backend and CPU need none."""
-        if config.backend == "vllm":
-            return cls.resources.model_copy(update={"gpus": float(config.tensor_parallel_size)})
-        if config.backend == "transformers" and config.device.startswith("cuda"):
-            return cls.resources.model_copy(update={"gpus": 1.0})
-        return cls.resources
-    needs_global_view = True  # only to learn the dataset's work folder, where the cache lives
+        return cls.resources.model_copy(update={"gpus": config.backend.worker_gpus()})
 
     def setup(self) -> None:
         """Cheap checks only: the model loads on the first batch, so the planning process never loads it."""
         self.prompt = load_prompt(self.config.prompt)
-        module = {"transformers": "transformers", "vllm": "vllm", "openai": "httpx"}[self.config.backend]
-        require(module, "see docs/REWRITE.md for the backends' installs")
+        require(self.config.backend.library, "see docs/REWRITE.md for the backends' installs")
         self._backend: Backend | None = None
         self.cache: RewriteCache | None = None
         self.sampling = SamplingSettings(self.config.temperature, self.config.top_p, self.config.max_new_tokens, self.config.seed)
         self.params_json = json.dumps(self.sampling.__dict__, sort_keys=True)
         self.documents_seen = 0  # in the current shard, for max_documents
-        self.model_name = self.config.model + (f"::{self.config.gguf_file}" if self.config.gguf_file else "")
+        self.model_name = self.config.model + self.weights_file_suffix
+
+    @property
+    def weights_file_suffix(self) -> str:
+        """`::FILE` when the backend loads one GGUF file from the model folder, so two files of one folder differ."""
+        gguf_file = getattr(self.config.backend, "gguf_file", None)
+        return f"::{gguf_file}" if gguf_file else ""
 
     @functools.cached_property
     def model_identity(self) -> str:
         """The model's fingerprint (with the GGUF file loaded from it): the cache key's model, unlike its path,
         which moves with the folder and is kept only as provenance. Computed on first use, never while planning."""
-        return model_fingerprint(self.config.model) + (f"::{self.config.gguf_file}" if self.config.gguf_file else "")
-
-    def reduce(self, context: ReduceContext) -> str:
-        return str(context.work_dir / CACHE_DIR)
+        return model_fingerprint(self.config.model) + self.weights_file_suffix
 
     @property
     def python(self) -> bool:
         """Whether the prompt rewrites Python: only Python is parsed, cut between statements and linted."""
         return self.prompt.kind == "code" and (self.prompt.language or "python").lower() == "python"
 
-    def bind(self, global_view: str, shard_name: str) -> None:
-        super().bind(global_view, shard_name)
+    def open_shard(self, shard_name: str, work_dir: Path) -> None:
+        """A shard starts: count its documents afresh and keep its generations in `_work/rewrite_cache/`."""
+        super().open_shard(shard_name, work_dir)
         self.documents_seen = 0
-        self.cache = RewriteCache(Path(global_view) / f"{shard_name}.jsonl")
+        self.cache = RewriteCache(work_dir / CACHE_DIR / f"{shard_name}.jsonl")
 
     @property
     def backend(self) -> Backend:
         if self._backend is None:
-            self._backend = build_backend(self.config)
+            self._backend = self.config.backend.build(self.config.model, self.config.max_model_len, self.config.seed)
         return self._backend
 
     def chunk_budget(self) -> int:
@@ -705,14 +690,3 @@ class Rewrite(MapStage):
             annotated = annotated.set_column(index, name, values) if index >= 0 else annotated.append_column(name, values)
         return annotated
 
-
-def build_backend(config: RewriteConfig) -> Backend:
-    if config.backend == "transformers":
-        return TransformersBackend(config.model, config.gguf_file, config.device, config.dtype, config.max_model_len,
-                                  config.cpu_threads)
-    if config.backend == "vllm":
-        return VllmBackend(config.model, config.tensor_parallel_size, config.max_model_len, config.dtype,
-                           config.gpu_memory_utilization, config.enforce_eager, config.seed)
-    return OpenAIBackend(config.base_url, config.model, config.concurrency, config.timeout_seconds, config.request_retries,
-                         config.backoff_seconds, config.max_model_len, config.tokenizer, config.api_key_env,
-                         config.server_gpus)
