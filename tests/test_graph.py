@@ -44,24 +44,24 @@ def test_a_good_graph_loads_in_order(tmp_path: Path) -> None:
 
 def test_unknown_stage(tmp_path: Path) -> None:
     check(tmp_path, GOOD.replace("stage: length_filter", "stage: lenght_filter"),
-          "gristmill.stages.long.stage", "unknown stage 'lenght_filter'", "length_filter")
+          "stages.long.stage", "unknown stage 'lenght_filter'", "length_filter")
 
 
 def test_unknown_param_field(tmp_path: Path) -> None:
-    check(tmp_path, GOOD.replace("min_chars: 10", "min_char: 10"), "gristmill.stages.long.params.min_char: unknown field")
+    check(tmp_path, GOOD.replace("min_chars: 10", "min_char: 10"), "stages.long.params.min_char: unknown field")
 
 
 def test_unknown_node_field(tmp_path: Path) -> None:
-    check(tmp_path, GOOD.replace("    input: read", "    inputs: read"), "gristmill.stages.long.inputs: unknown field")
+    check(tmp_path, GOOD.replace("    input: read", "    inputs: read"), "stages.long.inputs: unknown field")
 
 
 def test_wrong_type(tmp_path: Path) -> None:
     check(tmp_path, GOOD.replace("min_chars: 10", "min_chars: lots"),
-          "gristmill.stages.long.params.min_chars", "valid integer", "'lots'")
+          "stages.long.params.min_chars", "valid integer", "'lots'")
 
 
 def test_value_out_of_range(tmp_path: Path) -> None:
-    check(tmp_path, GOOD.replace("min_chars: 10", "min_chars: -1"), "gristmill.stages.long.params.min_chars", "greater than or equal")
+    check(tmp_path, GOOD.replace("min_chars: 10", "min_chars: -1"), "stages.long.params.min_chars", "greater than or equal")
 
 
 def test_cycle(tmp_path: Path) -> None:
@@ -71,20 +71,20 @@ def test_cycle(tmp_path: Path) -> None:
 
 def test_missing_input(tmp_path: Path) -> None:
     check(tmp_path, GOOD.replace("input: read", "input: raed"),
-          "gristmill.stages.long.input", "'raed' is neither a stage of this graph nor a complete dataset directory")
+          "stages.long.input", "'raed' is neither a stage of this graph nor a complete dataset directory")
 
 
 def test_map_stage_without_input(tmp_path: Path) -> None:
-    check(tmp_path, GOOD.replace("    input: read\n", ""), "gristmill.stages.long.input", "needs an input")
+    check(tmp_path, GOOD.replace("    input: read\n", ""), "stages.long.input", "needs an input")
 
 
 def test_source_stage_with_input(tmp_path: Path) -> None:
     check(tmp_path, GOOD.replace("    params: {paths: [in.jsonl]}", "    input: long\n    params: {paths: [in.jsonl]}"),
-          "gristmill.stages.read.input", "reads params.paths")
+          "stages.read.input", "reads params.paths")
 
 
 def test_missing_required_param(tmp_path: Path) -> None:
-    check(tmp_path, GOOD.replace("params: {paths: [in.jsonl]}", "params: {}"), "gristmill.stages.read.params.paths: Field required")
+    check(tmp_path, GOOD.replace("params: {paths: [in.jsonl]}", "params: {}"), "stages.read.params.paths: Field required")
 
 
 def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
@@ -107,5 +107,5 @@ def test_cli_reports_config_errors_in_one_line(tmp_path: Path) -> None:
         result = run_cli(command, str(path), "--output", str(tmp_path / "out"), check=False)
         assert result.returncode == 2
         assert result.stderr.strip().count("\n") == 0
-        assert result.stderr.startswith(f"error: {path}: gristmill.stages.long.params.min_chars")
+        assert result.stderr.startswith(f"error: {path}: stages.long.params.min_chars")
     assert not (tmp_path / "out").exists()

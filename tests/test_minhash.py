@@ -50,9 +50,9 @@ def test_bulk_signatures_are_bit_identical_to_datasketch(texts, kind, n, num_per
 def test_bit_identical_on_real_prose_across_chunk_boundaries(monkeypatch) -> None:
     from pydoc_data.topics import topics
 
-    import gristmill.stages.dedup.minhash
+    from gristmill.stages.dedup import minhash
 
-    monkeypatch.setattr(stages.minhash, "SHINGLES_PER_CHUNK", 500)  # force many chunks
+    monkeypatch.setattr(minhash, "SHINGLES_PER_CHUNK", 500)  # force many chunks
     texts = [text[:3000] for text in sorted(topics.values())[:40]] + ["", None]
     shingler = Shingler()
     signatures = MinHasher(64, 42).signatures_of(pa.array(texts), shingler)

@@ -106,7 +106,7 @@ def test_an_empty_input_file_is_a_warning_in_the_summary(tmp_path: Path) -> None
 @pytest.mark.parametrize("yaml_text, expected", [
     ("name: t\nname: u\nstages: {a: {stage: read_text, params: {paths: [x]}}}\n", "line 2: not valid YAML (duplicate key 'name')"),
     ("stages:\n  a: {stage: read_text, params: {paths: [x], paths: [y]}}\n", "duplicate key 'paths'"),
-    ("stages:\n  _summary.json: {stage: read_text, params: {paths: [x]}}\n", "gristmill.stages._summary.json: node names start with"),
+    ("stages:\n  _summary.json: {stage: read_text, params: {paths: [x]}}\n", "stages._summary.json: node names start with"),
     ("plugins: [broken_plugin]\nstages: {a: {stage: read_text, params: {paths: [x]}}}\n", "broken_plugin.py:1: "),
     ("stages: !!python/object:os.system {a: 1}\n", "not valid YAML"),
 ])

@@ -70,6 +70,12 @@ def test_ingest_refuses_crawl_listing_options_beside_explicit_paths(options: dic
     assert IngestConfig(crawl="CC-MAIN-2024-10", **options).crawl == "CC-MAIN-2024-10"
 
 
+def test_an_ingest_config_survives_the_round_trip_every_task_makes() -> None:
+    """Tasks carry the config as its full dump, every field set; that must not read as options beside paths."""
+    config = IngestConfig(paths=["a.warc.gz"])
+    assert IngestConfig.model_validate(config.model_dump(mode="json")) == config
+
+
 def test_registering_a_second_stage_under_a_taken_name_fails() -> None:
     class Impostor(LengthFilter):
         name = "length_filter"

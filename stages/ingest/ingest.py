@@ -81,7 +81,9 @@ class IngestConfig(SourceConfig):
     def one_input_kind(self) -> IngestConfig:
         if (self.paths is None) == (self.crawl is None):
             raise ValueError("give exactly one of paths and crawl")
-        if self.crawl is None and (crawl_only := [name for name in CRAWL_ONLY if name in self.model_fields_set]):
+        # Compared with the defaults, not model_fields_set: a task rebuilds the config from its full dump.
+        changed = [name for name in CRAWL_ONLY if getattr(self, name) != type(self).model_fields[name].default]
+        if self.crawl is None and (crawl_only := changed):
             raise ValueError(f"{crawl_only[0]} needs crawl; with paths it would be ignored")
         return self
 
