@@ -25,11 +25,11 @@ from pathlib import Path
 
 from rich.console import Console
 
+from gristmill.pipeline.demo.sample import write_sample
 from gristmill.pipeline.engine.dataset import Dataset
 from gristmill.pipeline.engine.executors import make_executor
 from gristmill.pipeline.engine.graph import GraphSpec, NodeSpec, build_graph
 from gristmill.pipeline.engine.runner import run_graph
-from gristmill.pipeline.demo.sample import write_sample
 
 REPO = Path(__file__).resolve().parent.parent
 FILTERS = ("gopher_repetition", "gopher_quality")
@@ -49,10 +49,6 @@ def write_inputs(directory: Path, files: int, pages: int) -> list[Path]:
     return paths
 
 
-def filters_available() -> bool:
-    return all((REPO / "stages" / f"{name}.py").exists() for name in FILTERS)
-
-
 def run_gristmill(inputs: Path, output: Path, workers: int, extractor: str, filters: bool) -> int:
     """Run ingest (and the filters) through the real runner and a local process pool; returns documents in."""
     nodes = {"ingest": NodeSpec(stage="ingest", params={"paths": [str(inputs / "*.warc.gz")], "extractor": extractor})}
@@ -60,7 +56,7 @@ def run_gristmill(inputs: Path, output: Path, workers: int, extractor: str, filt
     upstream = "ingest"
     for name in FILTERS if filters else ():
         nodes[name] = NodeSpec(stage=name, input=upstream)
-        plugins.append(f"stages.{name}")
+        plugins.append(f"gristmill.stages.filters.{name}")
         upstream = name
     graph = build_graph(GraphSpec(name="bench", plugins=plugins, stages=nodes), "bench_ingest", output)
     with make_executor("local", workers) as executor:
@@ -199,8 +195,6 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="where to write (default: system temp dir)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here as JSON")
     args = parser.parse_args()
-    if args.filters and not filters_available():
-        sys.exit("--filters needs stages/filters/gopher_repetition.py and stages/filters/gopher_quality.py")
 
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()}
     with tempfile.TemporaryDirectory(prefix="bench-ingest-", dir=args.workdir) as workdir:

@@ -19,39 +19,17 @@ from unittest import mock
 
 import pyarrow as pa
 import xxhash
-from rich.console import Console
 from bench_io import generate_batches, split_into_shards
+from rich.console import Console
+from source_dataset import write_source_dataset
 
 import gristmill.pipeline.engine.tasks
-from gristmill.pipeline.engine.dataset import REJECT_SCHEMA, Dataset, ParquetShardWriter, ShardRecord, config_digest, file_checksum
-from gristmill.pipeline.engine.documents import DOCUMENT_SCHEMA
+from gristmill.pipeline.engine.dataset import Dataset, file_checksum
 from gristmill.pipeline.engine.executors import make_executor
 from gristmill.pipeline.engine.graph import load_graph
 from gristmill.pipeline.engine.runner import run_graph
 
 MODES = ("verified", "unverified")
-
-
-def write_dataset(directory: Path, megabytes: float, shards: int, seed: int) -> Dataset:
-    """A finished dataset of generated documents, written as a source stage would (records, ledgers, manifest)."""
-    dataset = Dataset(directory)
-    dataset.prepare()
-    records = []
-    for index, batches in enumerate(split_into_shards(generate_batches(megabytes, 8_192, seed), shards)):
-        name = f"part-{index:05d}"
-        data, ledger = ParquetShardWriter(dataset.shard_path(name), DOCUMENT_SCHEMA), ParquetShardWriter(
-            dataset.reject_path(name), REJECT_SCHEMA)
-        for batch in batches:
-            data.write(batch)
-        rows = sum(batch.num_rows for batch in batches)
-        ledger_bytes, ledger_checksum = ledger.commit()
-        size, checksum = data.commit()
-        records.append(ShardRecord(name=name, source="generated", rows=rows, documents_out=rows, bytes=size,
-                                   checksum=checksum, rows_in=rows, ledger_bytes=ledger_bytes,
-                                   ledger_checksum=ledger_checksum))
-        dataset.record_path(name).write_text(records[-1].model_dump_json(indent=2))
-    dataset.finalize("generated", {}, config_digest("generated", {}), [], records, DOCUMENT_SCHEMA)
-    return dataset
 
 
 def run_filter(source: Path, work: Path, verified: bool) -> tuple[float, float]:
@@ -62,7 +40,7 @@ def run_filter(source: Path, work: Path, verified: bool) -> tuple[float, float]:
     output = work / "out"
     shutil.rmtree(output, ignore_errors=True)
     graph = load_graph(graph_path, output)
-    skipping = mock.patch.object(pipeline.tasks, "verified_input", Path) if not verified else mock.MagicMock()
+    skipping = mock.patch.object(gristmill.pipeline.engine.tasks, "verified_input", Path) if not verified else mock.MagicMock()
     with skipping, make_executor("inprocess") as executor:
         wall, cpu = time.perf_counter(), time.process_time()
         run_graph(graph, executor, console=Console(file=io.StringIO()))
@@ -89,7 +67,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as temporary:
         work = Path(temporary)
         started = time.perf_counter()
-        dataset = write_dataset(work / "documents", args.megabytes, args.shards, args.seed)
+        dataset = write_source_dataset(work / "documents", split_into_shards(
+            generate_batches(args.megabytes, 8_192, args.seed), args.shards), "generated", {})
         manifest = dataset.manifest()
         print(f"data: {manifest.rows:,} documents in {args.shards} shards, {manifest.bytes / 1e6:.1f} MB on disk "
               f"(generated in {time.perf_counter() - started:.0f} s)")

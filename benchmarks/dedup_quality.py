@@ -16,13 +16,12 @@ import re
 import tempfile
 import time
 from pathlib import Path
+from pydoc_data.topics import topics
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from pydoc_data.topics import topics
 
-import gristmill.stages.dedup.near_dedup  # noqa: F401  (registers near_dedup)
 from gristmill.pipeline.engine.executors import make_executor
 from gristmill.pipeline.engine.graph import load_graph
 from gristmill.pipeline.engine.runner import run_graph

@@ -23,12 +23,12 @@ import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from source_dataset import write_source_dataset
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from gristmill.pipeline.engine.dataset import Dataset
+from gristmill.pipeline.engine.documents import DOCUMENT_SCHEMA
 
-from gristmill.pipeline.engine.dataset import Dataset, ParquetShardWriter, ShardRecord, config_digest  # noqa: E402
-from gristmill.pipeline.engine.documents import DOCUMENT_SCHEMA  # noqa: E402
+BENCHMARKS = Path(__file__).resolve().parent
 
 DOCS_PER_SHARD = 62_500
 NEAR_SHARE, EXACT_SHARE = 0.10, 0.03
@@ -60,7 +60,7 @@ class PeakMemory:
 
 def measured(command: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
     started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=REPO, env=env)
+    process = subprocess.Popen(command, cwd=BENCHMARKS.parent, env=env)
     monitor = PeakMemory(process.pid)
     if process.wait() != 0:
         raise SystemExit(f"{' '.join(command)} exited {process.returncode}")
@@ -97,19 +97,9 @@ def write_documents(path: Path, documents: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     vocabulary = pa.array(["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), rng.integers(2, 9)))
                            for _ in range(50_000)])
-    dataset = Dataset(path)
-    dataset.prepare()
-    records = []
-    for shard, first in enumerate(range(0, documents, DOCS_PER_SHARD)):
-        table = synthetic_shard(rng, vocabulary, min(DOCS_PER_SHARD, documents - first), first)
-        name = f"part-{shard:05d}"
-        writer = ParquetShardWriter(dataset.shard_path(name), DOCUMENT_SCHEMA)
-        writer.write(table)
-        size, checksum = writer.commit()
-        records.append(ShardRecord(name=name, source="synthetic", rows=table.num_rows, documents_out=table.num_rows, bytes=size,
-                                   checksum=checksum, rows_in=table.num_rows))
-    dataset.finalize("synthetic", {"documents": documents, "seed": seed},
-                     config_digest("synthetic", {"documents": documents, "seed": seed}), [], records, DOCUMENT_SCHEMA)
+    tables = (synthetic_shard(rng, vocabulary, min(DOCS_PER_SHARD, documents - first), first)
+              for first in range(0, documents, DOCS_PER_SHARD))
+    write_source_dataset(path, ([table] for table in tables), "synthetic", {"documents": documents, "seed": seed})
 
 
 def run_documents(documents: int, work: Path) -> dict:
@@ -123,9 +113,8 @@ def run_documents(documents: int, work: Path) -> dict:
         "plugins: [gristmill.stages.dedup.exact_dedup, gristmill.stages.dedup.near_dedup]\nstages:\n"
         f"  exact:\n    stage: exact_dedup\n    input: '{corpus}'\n    params: {{}}\n"
         "  near:\n    stage: near_dedup\n    input: exact\n    params: {survivor: 'highest:lang_score'}\n")
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    seconds, peak = measured([sys.executable, "-m", "pipeline", "run", str(graph), "--output", str(output),
-                              "--executor", "local", "--workers", "2"], env)
+    seconds, peak = measured([sys.executable, "-m", "gristmill.pipeline", "run", str(graph), "--output", str(output),
+                              "--executor", "local", "--workers", "2"])
     summary = json.loads((output / "_summary.json").read_text())
     sizes = json.loads((output / "near" / "_work" / "near_dedup" / "cluster_sizes.json").read_text())
     text_bytes = int(pc.sum(pc.binary_length(pa.concat_arrays(
@@ -170,9 +159,22 @@ def bands_and_components(directory: str, documents: int) -> None:
     """The near_dedup reduce without verification, over precomputed summaries, on a 2-process local pool."""
     from gristmill.pipeline.engine.executors import make_executor
     from gristmill.pipeline.engine.runner import run_all
-    from gristmill.stages.dedup.components import MembersTask, connected_components, gather_members, partition_count, remove_non_survivors
+    from gristmill.stages.dedup.components import (
+        MembersTask,
+        connected_components,
+        gather_members,
+        partition_count,
+        remove_non_survivors,
+    )
     from gristmill.stages.dedup.lsh import choose_banding
-    from gristmill.stages.dedup.near_dedup import BandFilesTask, BandJoinTask, VerifyTask, gather_candidates, join_band, write_band_files
+    from gristmill.stages.dedup.near_dedup import (
+        BandFilesTask,
+        BandJoinTask,
+        VerifyTask,
+        gather_candidates,
+        join_band,
+        write_band_files,
+    )
 
     work = Path(directory)
     banding = choose_banding(0.8, 128, 0.05, 0.95)
@@ -204,8 +206,8 @@ def bands_and_components(directory: str, documents: int) -> None:
 
 def run_signatures(documents: int, work: Path) -> dict:
     directory = work / f"signatures-{documents}"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    code = f"from benchmarks.dedup_scale import bands_and_components; bands_and_components({str(directory)!r}, {documents})"
+    env = dict(os.environ, PYTHONPATH=str(BENCHMARKS))
+    code = f"from dedup_scale import bands_and_components; bands_and_components({str(directory)!r}, {documents})"
     seconds, peak = measured([sys.executable, "-c", code], env)
     return {"workload": "signatures", "documents": documents, "seconds_including_generation": round(seconds, 1),
             "peak_rss_gib": round(peak / 2**30, 2)}

@@ -1,22 +1,24 @@
 """Keep/drop agreement and speed of Gristmill's heuristic filters against datatrove's on the same texts.
 
 Needs `pip install datatrove spacy` (datatrove tokenizes English with spaCy); uses gensim's bundled English
-texts too when gensim is installed. Run: python -m benchmarks.parity_datatrove [--speed-docs N] [--seed S]
+texts too when gensim is installed. Run: python benchmarks/parity_datatrove.py [--speed-docs N] [--rounds R] [--seed S]
 """
 
 from __future__ import annotations
 
 import argparse
 import bz2
+import json
 import random
 import re
 import sys
-import time
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
+from rounds import run_rounds, summarise
 
 from gristmill.pipeline.engine.documents import DOCUMENT_SCHEMA
 from gristmill.stages.filters.c4_filter import C4Filter
@@ -236,38 +238,35 @@ def build_corpus(seed: int) -> Corpus:
     return corpus
 
 
-def datatrove_verdicts(filter_class, texts: list[str]) -> tuple[list[str | None], list[str], float]:
-    """datatrove's reason (None = kept) and output text for each text, and the seconds it took."""
+def datatrove_verdicts(filter_class, texts: list[str]) -> tuple[list[str | None], list[str]]:
+    """datatrove's reason (None = kept) and output text for each text."""
     datatrove_filter = filter_class()
     reasons, outputs = [], []
-    started = time.process_time()
     for index, text in enumerate(texts):
         document = Document(text=text, id=str(index))
         verdict = datatrove_filter.filter(document)
         kept = verdict is True or (isinstance(verdict, tuple) and verdict[0])
         reasons.append(None if kept else (verdict[1] if isinstance(verdict, tuple) else "rejected"))
         outputs.append(document.text)
-    return reasons, outputs, time.process_time() - started
+    return reasons, outputs
 
 
-def gristmill_verdicts(stage_class, texts: list[str]) -> tuple[dict[str, tuple[str, str]], dict[str, str], float]:
-    """Gristmill's rejections (id -> reason, detail), kept texts by id, and the seconds it took."""
+def gristmill_verdicts(stage_class, texts: list[str]) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
+    """Gristmill's rejections (id -> reason, detail) and kept texts by id."""
     stage = stage_class(stage_class.Config())
     batch = pa.RecordBatch.from_pylist([{"id": str(i), "text": text} for i, text in enumerate(texts)],
                                        schema=DOCUMENT_SCHEMA)
-    started = time.process_time()
     result = stage.process(batch)
-    seconds = time.process_time() - started
     rejected = result.rejected.to_pydict()
     reasons = {i: (reason, detail) for i, reason, detail in zip(rejected["id"], rejected["reason"], rejected["detail"])}
     kept = dict(zip(result.kept.column("id").to_pylist(), result.kept.column("text").to_pylist()))
-    return reasons, kept, seconds
+    return reasons, kept
 
 
 def compare(name: str, corpus: Corpus) -> float:
     stage_class, filter_class = FILTERS[name]
-    theirs, their_texts, _ = datatrove_verdicts(filter_class, corpus.texts)
-    ours, our_texts, _ = gristmill_verdicts(stage_class, corpus.texts)
+    theirs, their_texts = datatrove_verdicts(filter_class, corpus.texts)
+    ours, our_texts = gristmill_verdicts(stage_class, corpus.texts)
     disagreements = [index for index, reason in enumerate(theirs) if (reason is None) != (str(index) not in ours)]
     agreement = 1 - len(disagreements) / len(corpus.texts)
     print(f"\n## {name}: {agreement:.2%} keep/drop agreement on {len(corpus.texts)} documents "
@@ -305,18 +304,28 @@ def two_kilobyte_documents(corpus: Corpus, count: int) -> list[str]:
     return documents[:count]
 
 
-def measure_speed(corpus: Corpus, count: int, datatrove_count: int) -> None:
+def measure_speed(corpus: Corpus, count: int, rounds: int) -> dict:
+    """Both filters of each pair on the same documents, from the texts to verdicts inside the timer (each side
+    builds its own input: a record batch or datatrove Documents), in alternating rounds on one core."""
     pa.set_cpu_count(1)
     documents = two_kilobyte_documents(corpus, count)
     mean_size = sum(map(len, documents)) / len(documents)
-    print(f"\n## Speed on {len(documents)} documents of {mean_size:.0f} characters, one core (docs per CPU second)")
-    print("| filter | Gristmill | datatrove | speed-up |\n|---|---|---|---|")
+    datatrove_verdicts(GopherQualityFilter, documents[:5])  # loads spaCy, outside the timing
+    summaries = {}
     for name, (stage_class, filter_class) in FILTERS.items():
-        seconds = min(gristmill_verdicts(stage_class, documents)[2] for _ in range(3))
-        datatrove_verdicts(filter_class, documents[:5])  # loads spaCy, outside the timing
-        their_seconds = datatrove_verdicts(filter_class, documents[:datatrove_count])[2]
-        ours, theirs = len(documents) / seconds, datatrove_count / their_seconds
-        print(f"| {name} | {ours:,.0f} | {theirs:,.0f} | {ours / theirs:.0f}x |")
+        results = run_rounds({"gristmill": partial(gristmill_verdicts, stage_class, documents),
+                              "datatrove": partial(datatrove_verdicts, filter_class, documents)},
+                             rounds, label=f"{name} ")
+        summaries[name] = summarise(results, len(documents), "gristmill")
+    print(f"\n## Speed on {len(documents)} documents of {mean_size:.0f} characters for both, one core, "
+          f"medians of {rounds} alternating rounds (docs per CPU second; speed-up = median per-round ratio)")
+    print("| filter | Gristmill | datatrove | speed-up (range) |\n|---|---|---|---|")
+    for name, summary in summaries.items():
+        rates, speedup = summary["rates"], summary["speedups"]["datatrove"]
+        low, high = speedup["cpu_range"]
+        print(f"| {name} | {rates['gristmill']['cpu_median']:,.0f} | {rates['datatrove']['cpu_median']:,.0f} | "
+              f"{speedup['cpu_median']:.1f}x ({low:.1f}–{high:.1f}) |")
+    return {"documents": len(documents), "mean_characters": mean_size, "filters": summaries}
 
 
 def main() -> None:
@@ -324,8 +333,9 @@ def main() -> None:
     parser.add_argument("--filters", nargs="+", choices=list(FILTERS), default=list(FILTERS), help="filters to compare")
     parser.add_argument("--seed", type=int, default=0, help="seed for grouping paragraphs and generated documents")
     parser.add_argument("--speed-only", action="store_true", help="only time the filters")
-    parser.add_argument("--speed-docs", type=int, default=8192, help="~2 KB documents to time Gristmill on (0: skip)")
-    parser.add_argument("--datatrove-speed-docs", type=int, default=300, help="of those, how many to time datatrove on")
+    parser.add_argument("--speed-docs", type=int, default=800, help="~2 KB documents both sides filter (0: skip)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating speed rounds; medians are reported")
+    parser.add_argument("--json", type=Path, help="also write the speed rounds' summary here")
     args = parser.parse_args()
     corpus = build_corpus(args.seed)
     if not args.speed_only:
@@ -335,7 +345,9 @@ def main() -> None:
         for name, agreement in agreements.items():
             print(f"| {name} | {agreement:.2%} |")
     if args.speed_docs:
-        measure_speed(corpus, args.speed_docs, min(args.datatrove_speed_docs, args.speed_docs))
+        speed = measure_speed(corpus, args.speed_docs, args.rounds)
+        if args.json:
+            args.json.write_text(json.dumps(speed, indent=2) + "\n")
 
 
 if __name__ == "__main__":
