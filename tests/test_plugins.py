@@ -1,8 +1,10 @@
 """A stage written in one file outside Gristmill is a first-class stage: a subcommand with generated help, a
-graph node on every executor, and a plain module its author tests with pytest; no edit to Gristmill."""
+graph node on every executor with its own run report section, and a plain module its author tests with pytest;
+no edit to Gristmill."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -24,6 +26,7 @@ MY_STAGE = textwrap.dedent('''
     from pydantic import Field
 
     from gristmill.pipeline.engine.stage import BatchResult, MapStage, StageConfig, register
+    from gristmill.pipeline.engine.stage_report import ReportedDataset, StageSection
 
 
     class BannedWordConfig(StageConfig):
@@ -42,6 +45,11 @@ MY_STAGE = textwrap.dedent('''
             hits = pc.match_substring(batch.column("text"), self.config.word, ignore_case=self.config.ignore_case)
             reasons = pc.if_else(hits, "banned_word", pa.nulls(len(batch), pa.string()))
             return BatchResult.split(batch, reasons, pc.if_else(hits, self.config.word, pa.nulls(len(batch), pa.string())))
+
+        @classmethod
+        def report_sections(cls, dataset: ReportedDataset) -> list[StageSection]:
+            word = dataset.config.get("word")
+            return [StageSection(f"Banned word: {dataset.name}", {"word": word}).text(f"Pages naming {word!r} are gone.")]
 
 
     def test_pages_holding_the_word_are_dropped_with_a_reason():
@@ -125,7 +133,7 @@ def test_a_plugin_stage_runs_as_one_command_on_worker_processes(plugin_dir: Path
 
 
 @pytest.mark.slow
-def test_a_graph_naming_a_plugin_stage_plans_and_runs_on_dask(plugin_dir: Path) -> None:
+def test_a_graph_naming_a_plugin_stage_plans_runs_on_dask_and_reports(plugin_dir: Path) -> None:
     write_corpus(plugin_dir / "corpus", files=3, docs_per_file=60)
     (plugin_dir / "graph.yaml").write_text(textwrap.dedent("""
         name: mine
@@ -143,6 +151,21 @@ def test_a_graph_naming_a_plugin_stage_plans_and_runs_on_dask(plugin_dir: Path) 
     with_grain = documents_with(plugin_dir / "run" / "read", "grain")
     assert with_grain > 0
     assert Dataset(plugin_dir / "run" / "no_grain").manifest().rejected == {"banned_word": with_grain}
+
+    report = gristmill("--plugin", "my_stage", "report", "--input", "run", "--output", "report", cwd=plugin_dir)
+    assert report.returncode == 0, report.stderr
+    assert "warning" not in report.stderr
+    contents = json.loads((plugin_dir / "report" / "report.json").read_text())
+    funnel = {row["node"]: row for row in contents["funnel"]}
+    assert funnel["no_grain"]["stage"] == "my_stage"
+    assert funnel["no_grain"]["reasons"] == {"banned_word": with_grain}
+    assert funnel["no_grain"]["documents_in"] - funnel["no_grain"]["documents_out"] == with_grain
+    assert contents["stage_sections"] == [{"node": "no_grain", "stage": "my_stage", "title": "Banned word: no_grain",
+                                           "statistics": {"word": "grain"}}]
+    assert "## Banned word: no_grain" in (plugin_dir / "report" / "report.md").read_text()
+
+    unloaded = gristmill("report", "--input", "run", "--output", "report_without_plugin", cwd=plugin_dir)
+    assert "warning: no_grain: stage 'my_stage' is not loaded (name its module with --plugin)" in unloaded.stderr
 
 
 @pytest.mark.parametrize("module, source, expected", [
@@ -171,3 +194,11 @@ def test_the_top_level_help_imports_no_model_library() -> None:
     assert result.returncode == 0, result.stderr
     assert "length-filter" in result.stdout
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_plugin_stage_named_like_a_command_is_refused_in_one_line(plugin_dir: Path) -> None:
+    (plugin_dir / "clashing_stage.py").write_text(MY_STAGE.replace('name = "my_stage"', 'name = "report"'))
+    result = gristmill("--plugin", "clashing_stage", "report", "--help", cwd=plugin_dir)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: stage 'report' (clashing_stage) has the name of the command `gristmill report`; rename the stage"]

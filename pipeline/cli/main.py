@@ -85,10 +85,13 @@ def open_executor(executor: str, workers: int | None, scheduler: str | None):
         raise
 
 
+PLUGINS_META_KEY = "gristmill.plugins"  # where the root context keeps the --plugin modules
+
+
 def plugin_modules(ctx: click.Context) -> tuple[str, ...]:
     """The plugin modules this command names (GRISTMILL_PLUGINS, then each --plugin), imported; one line and
     exit 2 for a module that cannot load."""
-    given = ctx.find_root().meta.get("gristmill.plugins", ())
+    given = ctx.find_root().meta.get(PLUGINS_META_KEY, ())
     modules = tuple(dict.fromkeys([*plugins_from_environment(), *given]))
     try:
         import_plugins(modules)
@@ -99,7 +102,7 @@ def plugin_modules(ctx: click.Context) -> tuple[str, ...]:
 
 def remember_plugins(ctx: click.Context, param: click.Parameter, modules: tuple[str, ...]) -> None:
     """Eager, so `gristmill --plugin MODULE --help` lists the module's stages."""
-    ctx.meta["gristmill.plugins"] = modules
+    ctx.meta[PLUGINS_META_KEY] = modules
     plugin_modules(ctx)
 
 
@@ -123,8 +126,9 @@ class StageCommandGroup(click.Group):
         return sorted([*self.commands, *self.stage_commands(ctx)])
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name in self.commands:  # `gristmill run`, `inspect`... import no stage before they need one
-            plugin_modules(ctx)
+        if name in self.commands:  # `gristmill run`, `inspect`... import no stage before they need one,
+            if plugin_modules(ctx):  # but a plugin's stage may not hide a command
+                self.stage_commands(ctx)
             return self.commands[name]
         stage = self.stage_commands(ctx).get(name)
         return stage_command(stage) if stage else None
