@@ -1,8 +1,8 @@
 """Reports in a real browser: headless Chromium opens the HTML and every plot must be decoded, laid out and painted.
 
-Skips when no Chromium or Chrome binary is installed (Debian: `apt-get install chromium`); without one, the
-report tests still validate the HTML and the embedded PNGs with `check_html`. `assert_plots_visible(path)` takes any
-report's HTML, so each report adds one test here.
+Skips when no Chromium or Chrome binary is installed (Debian: `apt-get install chromium`, which `.ci/run` does, so
+this skip fails CI); without one, the report tests still validate the HTML and the embedded PNGs with `check_html`.
+`assert_plots_visible(path)` takes any report's HTML, so each report adds one test here.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ PROBE = """<script>addEventListener('load', () => {
   document.body.appendChild(out);
 });</script>"""
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(BROWSER is None, reason="no chromium or chrome binary")]
+NO_BROWSER = "no chromium or chrome binary (Debian: apt-get install chromium)"
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(BROWSER is None, reason=NO_BROWSER)]
 
 
 def run_browser(*arguments: str) -> subprocess.CompletedProcess:
