@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from gristmill.pipeline.cli.main import stage_command
 from gristmill.pipeline.engine.dataset import Dataset
 from gristmill.pipeline.engine.documents import DOCUMENT_SCHEMA
+from gristmill.stages.words import whitespace_words
 from gristmill.pipeline.engine.executors import make_executor
 from gristmill.pipeline.engine.graph import load_graph
 from gristmill.pipeline.engine.runner import run_graph
@@ -30,7 +31,6 @@ from gristmill.stages.dedup.decontaminate import (  # importing registers the st
     DecontaminateConfig,
     build_index,
     decontamination_report,
-    split_words,
 )
 from tests.conftest import WORDS, data_files
 
@@ -174,7 +174,7 @@ def test_a_text_ending_in_whitespace_splits_the_same_whatever_bytes_follow_it_in
     # Arrow's utf8_split_whitespace alone splits "x² x² " into ["x²", "x² "] here: it reads past the text's end.
     endings = ["x² x² ", "river mill x² x²\u2003", "which planet is known as the red planet\n", "grain\xa0", "  "]
     for ending in endings:
-        texts = split_words(strings_followed_by(["Our village newsletter", ending], b"\xff")).to_pylist()
+        texts = whitespace_words(strings_followed_by(["Our village newsletter", ending], b"\xff")).to_pylist()
         assert [[word for word in words if word] for words in texts] == [["Our", "village", "newsletter"], ending.split()]
 
 
@@ -306,7 +306,7 @@ texts_from_vocabulary = st.lists(st.tuples(st.sampled_from(VOCABULARY), st.sampl
 
 @settings(max_examples=60, deadline=None)
 @given(items=st.lists(texts_from_vocabulary, min_size=1, max_size=6), documents=st.lists(texts_from_vocabulary, max_size=12))
-@example(items=["x² x² "], documents=["river river river river river Mill Mill Mill Mill 42 42 x² x² "])  # see split_words
+@example(items=["x² x² "], documents=["river river river river river Mill Mill Mill Mill 42 42 x² x² "])  # see gristmill.stages.words
 def test_hits_agree_with_a_plain_python_reference(tmp_path_factory, items: list[str], documents: list[str]) -> None:
     directory = tmp_path_factory.mktemp("reference")
     write_jsonl(directory / "items.jsonl", [{"text": item} for item in items] + [{"text": "river mill grain flour"}])

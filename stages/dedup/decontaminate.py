@@ -24,6 +24,7 @@ from gristmill.pipeline.engine.files import atomic_path, expand_globs
 from gristmill.pipeline.engine.runner import WORK_DIR
 from gristmill.pipeline.engine.stage import BatchResult, MapStage, ReduceContext, StageConfig, register
 from gristmill.stages.ingest.read_text import open_text
+from gristmill.stages.words import whitespace_words
 
 INDEX_DIR = "decontamination_index"
 INDEX_MANIFEST = "index.json"
@@ -100,22 +101,11 @@ def normalise(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
     return pc.replace_substring_regex(pc.utf8_lower(pc.fill_null(texts, "")), PUNCTUATION, "")
 
 
-def split_words(texts: pa.Array) -> pa.ListArray:
-    """Each text's runs of non-whitespace, with trailing whitespace trimmed first.
-
-    Arrow's `utf8_split_whitespace` (pyarrow 26) decodes one character past a text that ends in
-    whitespace; when the bytes after it in memory are not UTF-8 it keeps that whitespace on the
-    last word ("x² " instead of "x²"), so whether a text's last n-gram matched depended on
-    leftover memory. A text that ends in a word never sends it past the end.
-    """
-    return pc.utf8_split_whitespace(pc.utf8_rtrim_whitespace(texts))
-
-
 def hash_words(texts: pa.Array | pa.ChunkedArray) -> Words:
     """Hash each distinct word once with xxh3 and gather; the splitting is all Arrow."""
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
-    split = split_words(normalise(texts))
+    split = whitespace_words(normalise(texts))
     words = pc.list_flatten(split)
     text_of_word = np.repeat(np.arange(len(texts)), pc.list_value_length(split).to_numpy(zero_copy_only=False))
     real = pc.greater(pc.binary_length(words), 0)  # splitting "" or " a" yields empty words

@@ -20,6 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
+from gristmill.stages.words import whitespace_words
+
 ShingleKind = Literal["word", "char"]
 
 MAX_HASH32 = np.uint32(0xFFFFFFFF)
@@ -121,7 +123,7 @@ class Shingler:
             code_points = np.frombuffer("".join(normalized.to_pylist()).encode("utf-32-le"), np.uint32)
             distinct, inverse = np.unique(code_points, return_inverse=True)
             return hash_strings([chr(point) for point in distinct.tolist()])[inverse], offsets
-        words = pc.utf8_split_whitespace(_as_array(texts))
+        words = whitespace_words(_as_array(texts))
         offsets = words.offsets.to_numpy().astype(np.int64)
         flat = words.values.slice(offsets[0], offsets[-1] - offsets[0])
         offsets -= offsets[0]
@@ -144,7 +146,7 @@ class Shingler:
     def shingles(self, text: str) -> list[bytes]:
         """One document's shingles as bytes, in order: what to feed datasketch with `hashfunc=self.hash_shingle`."""
         if self.kind == "word":
-            words = pc.utf8_split_whitespace(pa.array([text], pa.string()))[0].values
+            words = whitespace_words(pa.array([text], pa.string()))[0].values
             tokens = [word.encode() for word in self.normalization.apply_to_words(words).to_pylist() if word]
             joiner = b" "
         else:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from gristmill.stages.words import whitespace_words
 
 
 def char_class(characters: str, extra: str = "", negated: bool = False) -> str:
@@ -414,7 +415,7 @@ def _needs_rules(chunks: pa.Array) -> np.ndarray:
 def split_words(texts: pa.Array) -> Pieces:
     """Words of every text, as datatrove's spaCy tokenizer would split them (whitespace never a word)."""
     texts = _texts(texts)
-    chunks = _pieces(pc.utf8_split_whitespace(texts), len(texts))
+    chunks = _pieces(whitespace_words(texts), len(texts))
     nonempty = to_numpy(pc.not_equal(chunks.values, ""))
     needs_rules = _needs_rules(chunks.values) & nonempty
     if not needs_rules.any():
