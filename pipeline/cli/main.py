@@ -291,8 +291,8 @@ def _unwrap_optional(annotation: Any) -> Any:
 
 
 def in_command_line_terms(message: str, stage: type[Stage]) -> str:
-    """A graph error as the user of `gristmill STAGE` typed it: `gristmill.stages.S.params.min_words` is `--min-words`,
-    `gristmill.stages.S.params.benchmarks.0.fields` is `--benchmarks (value 1, fields)`, field names in the text are flags."""
+    """A graph error as the user of `gristmill STAGE` typed it: `stages.S.params.min_words` is `--min-words`,
+    `stages.S.params.benchmarks.0.fields` is `--benchmarks (value 1, fields)`, field names in the text are flags."""
     where, found, rest = message.partition(f"stages.{stage.name}.")
     if not found:
         return message
