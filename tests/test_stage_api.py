@@ -65,7 +65,7 @@ def test_config_rejects_inverted_bounds() -> None:
 
 @pytest.mark.parametrize("options", [{"format": "wet"}, {"base_url": "https://mirror.example/"}, {"segments": 1}])
 def test_ingest_refuses_crawl_listing_options_beside_explicit_paths(options: dict) -> None:
-    with pytest.raises(ValueError, match=f"{next(iter(options))} needs crawl; with paths it would be ignored"):
+    with pytest.raises(ValueError, match=f"{next(iter(options))} needs crawl, and paths are given; it would be ignored"):
         IngestConfig(paths=["a.warc.gz"], **options)
     assert IngestConfig(crawl="CC-MAIN-2024-10", **options).crawl == "CC-MAIN-2024-10"
 

@@ -248,16 +248,15 @@ def test_random_long_document_cuts_are_seeded_by_document_id() -> None:
 @st.composite
 def decompose_cases(draw):
     lengths = draw(st.lists(st.integers(0, 700), min_size=1, max_size=25))
-    min_bucket = draw(st.integers(0, 5))
-    max_bucket = draw(st.integers(min_bucket, 7))
     mode = draw(st.sampled_from(["decompose", "concat_chunk", "best_fit"]))
-    extra = {}
     if mode == "decompose":
-        extra = {"long_documents": draw(st.sampled_from(["max_bucket", "random"])),
-                 "remainders": draw(st.sampled_from(["drop", "pack"]))}
+        min_bucket = draw(st.integers(0, 5))
+        options = {"min_bucket": min_bucket, "max_bucket": draw(st.integers(min_bucket, 7)),
+                   "long_documents": draw(st.sampled_from(["max_bucket", "random"])),
+                   "remainders": draw(st.sampled_from(["drop", "pack"]))}
     else:
-        extra = {"sequence_length": 1 << draw(st.integers(0, 7))}
-    return lengths, DecomposeConfig(mode=mode, min_bucket=min_bucket, max_bucket=max_bucket, **extra)
+        options = {"sequence_length": 1 << draw(st.integers(0, 7))}
+    return lengths, DecomposeConfig(mode=mode, **options)
 
 
 @settings(max_examples=150, deadline=None)
@@ -307,6 +306,18 @@ def test_every_piece_is_a_slice_of_one_document_and_tokens_are_conserved(case) -
         if config.mode == "decompose" and len(sequence) == 1 and sequence[0]["num_tokens"] >= shortest:
             assert sequence[0]["num_tokens"] == (1 << sequence[0]["bucket"]) + 1
             assert config.min_bucket <= sequence[0]["bucket"] <= config.max_bucket
+
+
+@pytest.mark.parametrize("mode, options, field", [
+    ("decompose", {"sequence_length": 512}, "sequence_length"),
+    ("concat_chunk", {"max_bucket": 9}, "max_bucket"),
+    ("best_fit", {"remainders": "pack"}, "remainders"),
+    ("best_fit", {"seed": 3}, "seed"),
+])
+def test_config_refuses_options_of_another_mode(mode: str, options: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=f"{field} applies to mode.*it would be ignored"):
+        DecomposeConfig(mode=mode, **options)
+    assert DecomposeConfig.model_validate(DecomposeConfig(mode=mode).model_dump(mode="json")).mode == mode
 
 
 def test_config_refuses_inverted_buckets_and_odd_lengths() -> None:

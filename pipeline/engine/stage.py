@@ -36,6 +36,12 @@ class StageConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    def refuse_unused(self, names: tuple[str, ...], why: str) -> None:
+        """For an `after` validator: fields that only apply in another mode must keep their defaults, so a value the
+        stage would ignore is an error. Defaults, not `model_fields_set`: a task rebuilds a config from its full dump."""
+        if changed := [name for name in names if getattr(self, name) != type(self).model_fields[name].default]:
+            raise ValueError(f"{changed[0]} {why}; it would be ignored")
+
 
 def tagged_options(config: type[StageConfig], field: str, data: Any) -> Any:
     """For a `mode="before"` validator of a config whose `field` holds one of several option models, told apart

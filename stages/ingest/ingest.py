@@ -81,10 +81,8 @@ class IngestConfig(SourceConfig):
     def one_input_kind(self) -> IngestConfig:
         if (self.paths is None) == (self.crawl is None):
             raise ValueError("give exactly one of paths and crawl")
-        # Compared with the defaults, not model_fields_set: a task rebuilds the config from its full dump.
-        changed = [name for name in CRAWL_ONLY if getattr(self, name) != type(self).model_fields[name].default]
-        if self.crawl is None and (crawl_only := changed):
-            raise ValueError(f"{crawl_only[0]} needs crawl; with paths it would be ignored")
+        if self.crawl is None:
+            self.refuse_unused(CRAWL_ONLY, "needs crawl, and paths are given")
         return self
 
 

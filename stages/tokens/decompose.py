@@ -23,6 +23,10 @@ from gristmill.pipeline.engine.stage import BatchResult, MapStage, StageConfig, 
 from gristmill.pipeline.engine.stage_report import ReportedDataset, StageSection, bar_chart
 
 
+DECOMPOSE_ONLY = ("min_bucket", "max_bucket", "long_documents", "remainders", "seed")
+PACKING_ONLY = ("sequence_length",)
+
+
 class DecomposeConfig(StageConfig):
     mode: Literal["decompose", "concat_chunk", "best_fit"] = Field(
         "decompose",
@@ -52,6 +56,10 @@ class DecomposeConfig(StageConfig):
 
     @model_validator(mode="after")
     def consistent(self) -> DecomposeConfig:
+        if self.mode == "decompose":
+            self.refuse_unused(PACKING_ONLY, "applies to modes concat_chunk and best_fit, not decompose")
+        else:
+            self.refuse_unused(DECOMPOSE_ONLY, f"applies to mode decompose, not {self.mode}")
         if self.max_bucket < self.min_bucket:
             raise ValueError("max_bucket must be at least min_bucket")
         if self.sequence_length & (self.sequence_length - 1):
