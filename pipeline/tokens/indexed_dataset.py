@@ -63,14 +63,6 @@ def idx_path(prefix: str | Path) -> Path:
     return Path(f"{prefix}.idx")
 
 
-def file_digest(path: Path) -> str:
-    digest = xxhash.xxh3_128()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 22):
-            digest.update(chunk)
-    return "xxh3_128:" + digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class WrittenDataset:
     """What a finished writer produced: counts and checksums, for sidecars and `verify`."""
