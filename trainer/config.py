@@ -52,6 +52,7 @@ class TrainConfig(BaseModel):
     compile: bool = Field(False, description="torch.compile the model.")
     eval_every: int = Field(0, ge=0, description="Score the held-out sets every N steps (0: only at the end).")
     eval_tokens: int = Field(65_536, ge=1, description="Tokens scored per held-out set.")
+    eval_seq_len: int | None = Field(None, ge=1, description="Length of held-out rows (default: seq_len for concat and best_fit, the longest bucket for dd); proxy comparisons fix it so every run is scored alike.")
     checkpoint_every: int = Field(0, ge=0, description="Save a checkpoint every N steps (0: only at the end).")
     log_every: int = Field(10, ge=1, description="Report progress every N steps.")
     peak_flops: float | None = Field(None, gt=0, description="Peak FLOP/s of one device for MFU (default: known GPUs; CPU reports n/a).")

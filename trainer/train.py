@@ -185,7 +185,8 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     recorded_vocabulary = int(plan.tokenizer["vocab_size"]) if plan.tokenizer else None
     if config.vocab_size and (recorded_vocabulary is None or config.vocab_size < recorded_vocabulary):
         check_vocabulary(config.vocab_size, largest_token_id(plan.files), "the data")  # a full scan, only when in doubt
-    model_config = GPTConfig.named(config.model, vocab_size, max_seq_len=longest)
+    scored_length = config.eval_seq_len or longest
+    model_config = GPTConfig.named(config.model, vocab_size, max_seq_len=max(longest, scored_length))
 
     torch.manual_seed(config.seed)
     model = GPT(model_config).to(device)
@@ -220,11 +221,12 @@ def train(config: TrainConfig, on_step: Callable[[dict], None] | None = None) ->
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16)
 
-    held_out = [HeldOut(name, prefix, longest, config.eval_tokens) for name, prefix in config.heldout.items()] if rank == 0 else []
+    held_out = [HeldOut(name, prefix, scored_length, config.eval_tokens) for name, prefix in config.heldout.items()] if rank == 0 else []
     for held in held_out:
         check_vocabulary(vocab_size, int(held.inputs.max()) if held.inputs.numel() else -1, f"held-out set {held.name}")
     # Held-out rows are document-masked: a pass holds rows × T² mask booleans, kept under 256 MiB.
-    eval_rows = max(1, min((config.micro_batch_tokens or config.tokens_per_step) // longest, (1 << 28) // longest**2))
+    eval_rows = max(1, min((config.micro_batch_tokens or config.tokens_per_step) // scored_length,
+                           (1 << 28) // scored_length**2))
 
     def evaluate(step: int) -> None:
         if held_out:
