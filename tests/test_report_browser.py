@@ -124,3 +124,12 @@ def test_run_report_plots_render_in_chromium(tmp_path):
     paths = write_run_report(build_small_run(tmp_path / "run"), tmp_path / "report")
     seen = assert_plots_visible(paths["html"], tmp_path, minimum_images=4)
     assert {"Funnel", "Distributions", "Sources", "Timings"} <= set(seen["headings"])
+
+
+def test_ablation_report_plots_render_in_chromium(tmp_path):
+    from gristmill.pipeline.reports.ablation_report import SECTIONS, write_ablation_report
+    from tests.test_ablation_report import synthetic_ablation
+
+    paths = write_ablation_report(synthetic_ablation(), tmp_path / "report")
+    seen = assert_plots_visible(paths["html"], tmp_path, minimum_images=4)
+    assert seen["headings"] == ["Ablation: web-recipe", *SECTIONS]
