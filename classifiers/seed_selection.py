@@ -1,22 +1,24 @@
 """Choose a quality classifier's positive seed set by short proxy training runs (the Ultra-FineWeb recipe).
 
 A seed set is judged by what training on it does to a small model, not by how it reads. `ProxyRunner` is the
-interface; `TrainerProxyRunner` implements it with the bundled trainer (`gristmill classifier select-seeds`).
+interface; `TrainerProxyRunner` implements it with the bundled trainer under the one proxy-run protocol
+(trainer/protocol.py), as `gristmill classifier select-seeds`.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import statistics
 import traceback
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
+from pydantic import ValidationError
 
 from gristmill.classifiers.documents import read_documents
+from gristmill.pipeline.engine.config_files import describe_validation_error
+from gristmill.trainer.protocol import ProxyProtocol, ProxyRun, candidate_scores, run_all, write_heldout_documents
 
 
 @dataclass(frozen=True)
@@ -87,24 +89,12 @@ def select_seed_set(candidates: list[SeedCandidate], runner: ProxyRunner) -> See
     return SeedSelection(runner.metric, runner.higher_is_better, ranked + failed)
 
 
-def write_token_documents(tables: list[Any], tokenizer: Any, prefix: Path, batch_size: int = 1024) -> dict[str, Any]:
-    """Tokenizes the `text` of each table into one indexed dataset (a document per text, EOS-terminated) with a
-    sidecar naming the tokenizer, so the trainer reads it like an export and can score bits per byte on it."""
-    from gristmill.pipeline.tokens.indexed_dataset import IndexedDatasetWriter, token_dtype
-
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    writer = IndexedDatasetWriter(prefix, token_dtype(tokenizer.vocab_size))
+def text_batches(tables: list[Any], batch_size: int = 1024) -> Iterator[list[str]]:
+    """The `text` column of each table, in lists of at most `batch_size` texts."""
     for table in tables:
         texts = table.column("text").to_pylist()
         for start in range(0, len(texts), batch_size):
-            encoded = tokenizer.encode(texts[start:start + batch_size])
-            lengths = np.diff(encoded.offsets.to_numpy())
-            writer.add_batch(encoded.values.to_numpy(), lengths, np.ones(len(lengths), np.int64))
-    written = writer.finish()
-    sidecar = {"prefix": prefix.name, "mode": "documents", "tokens": written.tokens, "sequences": written.documents,
-               "tokenizer": tokenizer.describe(), "checksums": {"bin": written.bin_checksum, "idx": written.idx_checksum}}
-    Path(f"{prefix}.json").write_text(json.dumps(sidecar, indent=2))
-    return sidecar
+            yield texts[start:start + batch_size]
 
 
 @dataclass
@@ -113,8 +103,9 @@ class TrainerProxyRunner:
     budget, seeds and held-out sets, and returns the mean held-out bits per byte (lower is better).
 
     The candidate's documents are read exactly as `classifier train --positive` reads them (with `where`), so the
-    winner's inputs can be passed on unchanged. Concat-and-chunk batching is the default: seed sets are small
-    and unbucketed; any TrainConfig setting can be overridden through `training`.
+    winner's inputs can be passed on unchanged; held-out sets are scored as whole documents. Concat-and-chunk
+    batching is the default: seed sets are small and unbucketed; any TrainConfig setting can be overridden through
+    `training`.
     """
 
     tokenizer: str
@@ -133,32 +124,28 @@ class TrainerProxyRunner:
         loaded = load_tokenizer(self.tokenizer)
         read = [read_documents(path, where, ["text"], name) for path in inputs]
         directory = self.work_dir / "tokens" / name
-        sidecar = write_token_documents([table for table, _ in read], loaded, directory / "documents")
+        sidecar = write_heldout_documents(text_batches([table for table, _ in read]), loaded, directory / "documents")
         if sidecar["sequences"] == 0:
             raise ValueError(f"{name}: no documents with text in {', '.join(inputs)}")
         return directory, [record for _, record in read]
 
     def __post_init__(self) -> None:
-        from gristmill.trainer.config import TrainConfig
-
         # Validated once up front, so a bad setting is one error, not a failed run per candidate.
-        self._settings = TrainConfig(**{"batching": "concat", **self.training}, data=["-"], steps=1,
-                                     output="-").model_dump(exclude={"data", "steps", "output"})
-        if self.tokens < self._settings["tokens_per_step"]:
-            raise ValueError(f"--tokens {self.tokens} is less than one step of {self._settings['tokens_per_step']} tokens")
+        try:
+            self._protocol = ProxyProtocol(tokens=self.tokens, seeds=list(self.seeds),
+                                           training={"batching": "concat", **self.training})
+        except ValidationError as error:
+            raise ValueError(describe_validation_error(error).removeprefix("(top level): ")
+                             .replace("Value error, ", "")) from None
 
     def run(self, candidate: SeedCandidate) -> float:
-        from gristmill.trainer.config import TrainConfig
-        from gristmill.trainer.train import train
-
         if self._heldout_directories is None:  # tokenized once, shared by every candidate
             self._heldout_directories = {name: str(self.tokenize(f"heldout-{name}", inputs, None)[0])
                                          for name, inputs in self.heldout.items()}
         data, _ = self.tokenize(f"candidate-{candidate.name}", candidate.inputs, candidate.where)
-        per_seed = []
-        for seed in self.seeds:
-            settings = self._settings | {"heldout": self._heldout_directories, "seed": seed}
-            metrics = train(TrainConfig(**settings, data=[str(data)], steps=self.tokens // settings["tokens_per_step"],
-                                        output=str(self.work_dir / "runs" / candidate.name / f"seed-{seed}")))
-            per_seed.append(statistics.fmean(metrics["final_bits_per_byte"].values()))
-        return statistics.fmean(per_seed)
+        runs = [ProxyRun(candidate.name, seed, self._protocol.train_config(
+                    self.work_dir / "runs" / candidate.name / f"seed-{seed}", seed, self._heldout_directories,
+                    None, data=[str(data)]))
+                for seed in self._protocol.seeds]
+        results = run_all(runs)
+        return candidate_scores(results, candidate.name, self._protocol.seeds)["target_bits_per_byte"]["mean"]

@@ -176,8 +176,9 @@ def test_a_rerun_run_is_bitwise_identical_and_others_are_reused(sweep):
     kept_path = output / "runs" / "mix-005" / RUN_RESULT
     kept_time = kept_path.stat().st_mtime_ns
     result_path.unlink()
-    for checkpoint in (output / "runs" / "mix-004").glob("seed-*/checkpoint.pt"):
-        checkpoint.unlink()  # no resume: a run from scratch
+    for seed_run in (output / "runs" / "mix-004").glob("seed-*"):
+        (seed_run / "checkpoint.pt").unlink()  # neither a checkpoint to resume nor a finished seed: from scratch
+        (seed_run / RUN_RESULT).unlink()
     retrained = []
     summary = run_sweep(load_sweep(sweep["config_path"]), output, on_run=lambda result: retrained.append(
         result["name"]) if not result["reused"] else None)
@@ -282,7 +283,7 @@ def test_config_errors_name_the_field(tmp_path):
     with pytest.raises(SweepError, match="target 'nowhere' is not a held-out set"):
         load_sweep(path)
     path.write_text(yaml.safe_dump(SWEEP | {"training": {"steps": 5}}))
-    with pytest.raises(SweepError, match="the sweep sets steps itself"):
+    with pytest.raises(SweepError, match="training: the proxy protocol sets steps itself"):
         load_sweep(path)
     path.write_text(yaml.safe_dump(SWEEP | {"gpus_per_run": 1}))
     result = CliRunner().invoke(sweep_command, ["--input", str(path), "--output", str(tmp_path / "out"), "--executor", "dask"])

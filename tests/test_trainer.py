@@ -418,3 +418,74 @@ def test_train_command_refuses_a_vocabulary_smaller_than_the_data_in_one_line(co
     assert result.output.strip() == (f"error: --vocab-size 100 is too small for the data: its largest token id is "
                                      f"{largest}; give at least {largest + 1} or leave it out")
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_one_protocol_under_every_proxy_command(corpus, tokenizer, tmp_path, monkeypatch):
+    """`proxy`, `classifier select-seeds` and `sweep` all train through trainer.protocol.run_one, which writes a
+    result.json in every run directory."""
+    from gristmill.classifiers.seed_selection import SeedCandidate, TrainerProxyRunner, select_seed_set
+    from gristmill.trainer import protocol
+    from gristmill.trainer.sweep import SweepConfig, run_sweep
+
+    trained = []
+
+    def recorded(run: protocol.ProxyRun) -> dict:
+        trained.append(Path(run.config.output))
+        return real_run_one(run)
+
+    real_run_one = protocol.run_one
+    monkeypatch.setattr(protocol, "run_one", recorded)
+    training = {"tokens_per_step": 512, "warmup_steps": 1, "eval_tokens": 1024, "log_every": 1000}
+    budget = ["--tokens-per-step", "512", "--warmup-steps", "1", "--eval-tokens", "1024"]
+
+    cli = {command.name: command for command in commands}
+    result = CliRunner().invoke(cli["proxy"], [
+        "--candidate", f"shuffled={corpus['shuffled']}", "--candidate", f"clean={corpus['clean']}",
+        "--heldout", f"clean={corpus['heldout']}", "--tokens", str(3 * 512), "--output", str(tmp_path / "proxy"),
+        *budget])
+    assert result.exit_code == 0, result.output
+    assert "margin_interval" in json.loads((tmp_path / "proxy" / "proxy.json").read_text())
+    proxy_runs = {tmp_path / "proxy" / name / "seed-0" for name in ("clean", "shuffled")}
+
+    rng = random.Random(7)
+    for name in ("plain", "other", "heldout"):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"text": sentences(rng, 8)}) + "\n"
+                                                        for _ in range(40)))
+    runner = TrainerProxyRunner(tokenizer=tokenizer.path, heldout={"h": (str(tmp_path / "heldout.jsonl"),)},
+                                tokens=3 * 512, work_dir=tmp_path / "seeds", training=training | {"seq_len": 64})
+    selection = select_seed_set([SeedCandidate(name, (str(tmp_path / f"{name}.jsonl"),)) for name in ("plain", "other")],
+                                runner)
+    assert all(outcome.value is not None for outcome in selection.outcomes), selection.outcomes
+    heldout_sidecar = json.loads((tmp_path / "seeds" / "tokens" / "heldout-h" / "documents.json").read_text())
+    assert heldout_sidecar["mode"] == "documents" and heldout_sidecar["sequences"] == 40  # one row per document
+    seed_runs = {tmp_path / "seeds" / "runs" / name / "seed-0" for name in ("plain", "other")}
+
+    sweep = SweepConfig(mixtures=3, data=[str(corpus["clean"]), str(corpus["shuffled"])], tokens=3 * 512,
+                        components={"clean": {"source": "clean"}, "shuffled": {"source": "shuffled"}},
+                        heldout={"clean": str(corpus["heldout"])}, training=training)
+    summary = run_sweep(sweep, tmp_path / "sweep")
+    assert len(summary["runs"]) == 3
+    sweep_runs = {tmp_path / "sweep" / "runs" / f"mix-{index:03d}" / "seed-0" for index in range(3)}
+
+    assert sorted(trained) == sorted(proxy_runs | seed_runs | sweep_runs)
+    for directory in trained:
+        result = json.loads((directory / "result.json").read_text())
+        assert result["steps"] == 3 and result["tokens_trained"] == 3 * 512
+        assert set(result["bits_per_byte"]) in ({"clean"}, {"h"})
+
+
+def test_compare_gives_the_paired_difference_its_interval_and_whether_seeds_separate():
+    from gristmill.trainer.protocol import compare
+
+    this = {0: 1.00, 1: 1.10, 2: 0.95, 3: 1.05}
+    apart = {0: 1.30, 1: 1.45, 2: 1.20, 3: 1.40}  # every seed worse than every seed of `this`
+    overlapping = {0: 1.20, 1: 0.90, 2: 1.15, 3: 1.00}
+    for that, separated in ((apart, True), (overlapping, False)):
+        result = compare(this, that)
+        mean = float(np.mean([this[seed] - that[seed] for seed in this]))
+        low, high = result["interval"]
+        assert result["delta"] == pytest.approx(mean) and low <= mean <= high and low < high
+        assert result["separated"] is separated and result["seeds"] == 4
+    assert compare(this, apart)["interval"][1] < 0  # each seed's difference is negative, so is every resampled mean
+    with pytest.raises(ValueError, match="share no seed"):
+        compare({0: 1.0}, {1: 1.0})

@@ -1,8 +1,11 @@
-"""Settings of training and proxy runs, importable without torch so the CLI starts fast."""
+"""Settings of a training run, importable without torch so the CLI starts fast.
+
+A proxy comparison's settings (`ProxyProtocol`, `PER_RUN`) are in trainer/protocol.py, which builds on these.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -65,35 +68,3 @@ class TrainConfig(BaseModel):
             raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_SHAPES)}")
         return self
 
-
-# Settings a proxy run decides itself, per candidate and seed.
-PER_RUN = {"output", "data", "plan", "heldout", "steps", "seed", "vocab_size"}
-
-
-class ProxyConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    output: str = Field(description="Directory for one run per candidate and seed, and proxy.json.")
-    candidates: dict[str, list[str]] = Field(description="NAME=PATH[,PATH...]: export directories, or one mixture plan directory.")
-    heldout: dict[str, str] = Field(min_length=1, description="Held-out sets NAME=PATH, scored in bits per byte.")
-    tokens: int = Field(ge=1, description="Training tokens per run, the same for every candidate.")
-    seeds: list[int] = Field([0], min_length=1, description="Seeds; each candidate is trained once per seed.")
-    training: dict[str, Any] = Field(default_factory=dict, description="Other TrainConfig settings, shared by all runs.")
-
-    @model_validator(mode="after")
-    def comparable(self) -> ProxyConfig:
-        if len(self.candidates) < 2:
-            raise ValueError("a proxy comparison needs at least two candidates")
-        if fixed := PER_RUN & set(self.training):
-            raise ValueError(f"the proxy sets {', '.join(sorted(fixed))} itself")
-        if self.steps < 1:
-            raise ValueError(f"--tokens {self.tokens} is less than one step of {self.tokens_per_step} tokens")
-        return self
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.training.get("tokens_per_step", TrainConfig.model_fields["tokens_per_step"].default)
-
-    @property
-    def steps(self) -> int:
-        return self.tokens // self.tokens_per_step

@@ -1,7 +1,8 @@
 """`gristmill sweep`: sample mixtures around the natural token prior (RegMix), train a proxy run on each, collect bits per byte.
 
-Every mixture is compiled by the ordinary mixture compiler, so budgets and repetition caps hold exactly; each run keeps
-its own directory and result file, so an interrupted sweep resumes and reuses the runs it finished.
+Every mixture is compiled by the ordinary mixture compiler, so budgets and repetition caps hold exactly; its seeds
+train under the one proxy-run protocol (trainer/protocol.py), and each mixture and seed keeps its own directory and
+result file, so an interrupted sweep resumes and reuses the runs it finished.
 """
 
 from __future__ import annotations
@@ -29,12 +30,11 @@ from gristmill.pipeline.tokens.mixture import (
 from gristmill.pipeline.engine.config_files import validated_yaml
 from gristmill.pipeline.engine.dataset import DatasetError
 from gristmill.pipeline.engine.ownership import claim
-from gristmill.trainer.config import PER_RUN, TrainConfig
 from gristmill.trainer.predict import PredictConfig
+from gristmill.trainer.protocol import RUN_RESULT, ProxyProtocol, ProxyRun, run_all
 
 STATE = "_sweep.json"
 RESULTS = "sweep.json"
-RUN_RESULT = "result.json"
 # Settings that change how the results are read, how many runs there are (mixture i depends only on the seed and
 # i, so a longer sweep extends a shorter one) or where runs go, not what a run computes: a resumed sweep may change them.
 READING_SETTINGS = {"predict", "cmr", "mixtures", "gpus_per_run"}
@@ -71,19 +71,17 @@ class CMRConfig(BaseModel):
     tolerance: float = Field(0.01, gt=0, description="Relative rise of general loss allowed at the critical ratio.")
 
 
-class SweepConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class SweepConfig(ProxyProtocol):
+    """The mixtures to sample and how; `tokens`, `seeds` and `training` are the proxy protocol's, shared by every run."""
+
     seed: int = Field(0, ge=0, description="Seeds the mixtures, their plans and the predictors.")
     mixtures: int = Field(ge=3, description="Mixtures to sample and train.")
     data: list[str] = Field(min_length=1, description="Export directories (relative paths: to the YAML file).")
     components: dict[str, dict[str, Any]] = Field(
         min_length=2, description="Selections as in a mixture (source, buckets, quality, max_epochs), without amounts.")
-    tokens: int = Field(gt=0, description="Training tokens per run; each mixture's plan holds this many.")
     heldout: dict[str, str] = Field(min_length=1, description="Held-out sets NAME: PATH, scored in bits per byte.")
     target: str | None = Field(None, description="Held-out set whose bits per byte the predictors minimise "
                                                  "(default: the mean over all held-out sets).")
-    seeds: list[int] = Field([0], min_length=1, description="Model seeds per mixture; the scores are averaged.")
-    training: dict[str, Any] = Field(default_factory=dict, description="Other TrainConfig settings, shared by all runs.")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     predict: PredictConfig = Field(default_factory=PredictConfig)
     cmr: CMRConfig | None = Field(None, description="General against domain groups for the critical mixture ratio.")
@@ -97,10 +95,6 @@ class SweepConfig(BaseModel):
             if {"tokens", "weight"} & set(selection):
                 raise ValueError(f"components.{name}: the sweep chooses the amounts; give no tokens or weight")
             Component.model_validate(selection | {"weight": 1.0})
-        if fixed := PER_RUN & set(self.training):
-            raise ValueError(f"training: the sweep sets {', '.join(sorted(fixed))} itself")
-        if self.steps < 1:
-            raise ValueError(f"tokens {self.tokens} is less than one step of {self.tokens_per_step} tokens")
         if self.target is not None and self.target not in self.heldout:
             raise ValueError(f"target {self.target!r} is not a held-out set ({', '.join(self.heldout)})")
         if self.sampling.prior is not None and set(self.sampling.prior) != set(self.components):
@@ -114,15 +108,6 @@ class SweepConfig(BaseModel):
             if set(self.cmr.domain) == set(self.components):
                 raise ValueError("cmr: the general group is empty")
         return self
-
-    @property
-    def tokens_per_step(self) -> int:
-        """From the shared training settings, validated as a run would be."""
-        return TrainConfig(**self.training, output=".", plan="plan").tokens_per_step
-
-    @property
-    def steps(self) -> int:
-        return self.tokens // self.tokens_per_step
 
     @property
     def names(self) -> list[str]:
@@ -218,14 +203,13 @@ def simulated_mixtures(config: SweepConfig, prior: np.ndarray, caps: np.ndarray)
 
 @dataclass(frozen=True)
 class MixtureRun:
-    """One mixture's proxy runs: a plan already written, and one training config per seed."""
+    """One mixture's proxy runs: a plan already written, and one protocol run per seed."""
 
     name: str
     index: int
     weights: tuple[float, ...]
     directory: str
-    trainings: tuple[TrainConfig, ...]
-    threads: int | None
+    seeds: tuple[ProxyRun, ...]
 
 
 def write_atomically(payload: dict, path: Path) -> None:
@@ -233,22 +217,15 @@ def write_atomically(payload: dict, path: Path) -> None:
 
 
 def run_mixture(run: MixtureRun) -> dict:
-    """Train every seed of one mixture (each resuming its checkpoint) and write the run's result; reuse a finished one."""
+    """Train every seed of one mixture through the protocol (each resuming its checkpoint, a finished seed read
+    back) and write the mixture's result; reuse a finished one."""
     result_path = Path(run.directory) / RUN_RESULT
     if result_path.exists():
         return json.loads(result_path.read_text()) | {"reused": True}
-    import torch
-
-    from gristmill.trainer.train import train  # torch loads only where runs train
-
-    threads = torch.get_num_threads()
-    if run.threads:
-        torch.set_num_threads(run.threads)
     started = time.perf_counter()
-    try:
-        per_seed = {str(training.seed): train(training)["final_bits_per_byte"] for training in run.trainings}
-    finally:
-        torch.set_num_threads(threads)
+    results = run_all(list(run.seeds))  # one after another in this task
+    per_seed = {str(seed_run.seed): results[seed_run.candidate, seed_run.seed]["bits_per_byte"]
+                for seed_run in run.seeds}
     header = json.loads((Path(run.directory) / "plan" / "plan.json").read_text())
     planned = {item["name"]: item["tokens"] for item in header["components"]}
     heldout = list(next(iter(per_seed.values())))
@@ -299,12 +276,11 @@ def prepare_runs(config: SweepConfig, output: Path, mixtures: np.ndarray) -> lis
             write_plan(header, rows, plan_dir)
             if vocab_size is None:
                 vocab_size = 64 * -(-int(header["tokenizer"]["vocab_size"]) // 64)  # one vocabulary for every run
-        trainings = tuple(
-            TrainConfig(**config.training, plan=str(plan_dir), output=str(directory / f"seed-{seed}"),
-                        heldout=config.heldout, steps=config.steps, seed=seed, vocab_size=vocab_size)
+        seeds = tuple(
+            ProxyRun(name, seed, config.train_config(directory / f"seed-{seed}", seed, config.heldout, vocab_size,
+                                                     plan=str(plan_dir)), config.threads)
             for seed in config.seeds)
-        runs.append(MixtureRun(name, index, tuple(float(value) for value in weights), str(directory), trainings,
-                               config.threads))
+        runs.append(MixtureRun(name, index, tuple(float(value) for value in weights), str(directory), seeds))
     return runs
 
 
@@ -341,7 +317,7 @@ def run_sweep(config: SweepConfig, output: str | Path, executor: Any = None,
     summary = {
         "format": "gristmill.sweep", "version": 1, "seed": config.seed, "components": config.names,
         "heldout": list(config.heldout), "target": config.target or "mean",
-        "tokens_per_run": config.steps * config.tokens_per_step, "steps": config.steps, "seeds": config.seeds,
+        "tokens_per_run": config.tokens_per_run, "steps": config.steps, "seeds": config.seeds,
         "available_tokens": dict(zip(config.names, available.tolist())),
         "natural_prior": dict(zip(config.names, prior.tolist())),
         "weight_caps": dict(zip(config.names, np.minimum(caps, 1).tolist())),

@@ -14,8 +14,9 @@ import click
 from pydantic import BaseModel, ValidationError
 
 from gristmill.pipeline.cli.options import PathsOption, claim_output, fail, fields_as_flags, input_option, option_flag, option_location, owned_output
-from gristmill.trainer.config import PER_RUN, ProxyConfig, TrainConfig
-
+from gristmill.trainer.config import TrainConfig
+from gristmill.trainer.protocol import PER_RUN, ProxyError, ProxyRun
+from gristmill.trainer.proxy import ProxyConfig, run_proxy
 
 
 def field_option(name: str, info: Any, flag: str | None = None) -> click.Option:
@@ -134,22 +135,23 @@ def proxy_command() -> click.Command:
                        training=given(training), **({"seeds": list(seeds)} if seeds else {}))
         claim_output(config.output)
 
-        def on_run(name: str, seed: int, metrics: dict) -> None:
-            scores = ", ".join(f"{held}: {value:.4f}" for held, value in metrics["final_bits_per_byte"].items())
-            click.echo(f"{name:<16} seed {seed:<4} loss {metrics['final_loss']:.4f}  bits/byte {scores}")
+        def on_run(run: ProxyRun, result: dict) -> None:
+            scores = ", ".join(f"{held}: {value:.4f}" for held, value in result["bits_per_byte"].items())
+            reused = "  (reused)" if result["reused"] else ""
+            click.echo(f"{run.candidate:<16} seed {run.seed:<4} loss {result['final_loss']:.4f}  bits/byte {scores}{reused}")
 
         try:
-            from gristmill.trainer.proxy import run_proxy  # torch loads only when training
-
-            report = run_proxy(config, on_run)
-        except (ValueError, OSError) as error:
+            report = run_proxy(config, on_run)  # torch loads only in the runs
+        except (ProxyError, ValueError, OSError) as error:
             fail(str(error))
         click.echo(f"{'candidate':<16} {'mean bits/byte':>14} {'spread':>8}")
         for name in report["ranking"]:
             candidate = report["candidates"][name]
             click.echo(f"{name:<16} {candidate['mean_bits_per_byte']:>14.4f} {candidate['mean_spread']:>8.4f}")
         separated = "separated on every seed" if report["separated_across_seeds"] else "not separated on every seed"
-        click.echo(f"winner: {report['winner']} by {report['margin_bits_per_byte']:.4f} bits/byte ({separated})")
+        low, high = report["margin_interval"]
+        click.echo(f"winner: {report['winner']} by {report['margin_bits_per_byte']:.4f} bits/byte "
+                   f"(95% interval over seeds {low:.4f} to {high:.4f}; {separated})")
 
     return click.Command("proxy", callback=callback, params=params,
                          help="Train the same small model on each candidate dataset or mixture, with equal token "
