@@ -123,6 +123,14 @@ def run_one(run: ProxyRun) -> dict[str, Any]:
     return result | {"reused": False}
 
 
+def run_one_or_error(run: ProxyRun) -> dict[str, Any] | BaseException:
+    """`run_one`, with a failure returned instead of raised, so the other runs of an in-process comparison go on."""
+    try:
+        return run_one(run)
+    except Exception as error:  # noqa: BLE001 - reported with the run's name once every run has been tried
+        return error
+
+
 def uses_cuda(config: TrainConfig) -> bool:
     if config.device.startswith("cuda"):
         return True
@@ -144,7 +152,7 @@ def run_all(runs: list[ProxyRun], executor: Any = None,
     executor = executor or InProcessExecutor()
     resources = {"GPU": 1} if uses_cuda(runs[0].config) else None
     results, failed = {}, []
-    for run, result in executor.map_unordered(run_one, runs, resources):
+    for run, result in executor.map_unordered(run_one_or_error, runs, resources):
         if isinstance(result, BaseException):
             failed.append(f"{run.candidate} seed {run.seed}: {type(result).__name__}: {result}")
             continue

@@ -16,16 +16,16 @@ from typing import Any
 import click
 
 from gristmill.pipeline.cli.classifier import commands as classifier_commands
-from gristmill.pipeline.cli.options import PathsOption, fail, fields_as_flags, input_option, option_flag, option_location, owned_output
+from gristmill.pipeline.cli.options import PathsOption, fail, fields_as_flags, input_option, open_executor, option_flag, option_location, owned_output
 from gristmill.pipeline.cli.tokens import commands as token_commands
 from gristmill.pipeline.engine.dataset import Dataset, DatasetError
-from gristmill.pipeline.engine.executors import make_executor
 from gristmill.pipeline.engine.graph import Graph, GraphError, GraphSpec, NodeSpec, build_graph, load_graph
 from gristmill.pipeline.engine.plugins import PLUGINS_VARIABLE, PluginError, import_plugins, plugins_from_environment
 from gristmill.pipeline.cli.report import report as run_report_command
 from gristmill.pipeline.engine.runner import RunFailed, check_run_directory, default_console, default_dataset_paths, plan_graph, run_graph
 from gristmill.pipeline.engine.stage import SourceStage, Stage, registered_stages
 from gristmill.pipeline.cli.trainer import commands as trainer_commands
+from gristmill.pipeline.cli.ablate import commands as ablate_commands
 
 EXECUTORS = ["inprocess", "local", "dask"]
 
@@ -72,17 +72,6 @@ def execute(graph: Graph, executor: str, workers: int | None, scheduler: str | N
     console.print("outputs:")
     for node in graph.nodes:
         console.print(f"  {node.name:<16} {outputs[node.name]}")
-
-
-def open_executor(executor: str, workers: int | None, scheduler: str | None):
-    """The executor, or one line saying why a scheduler could not be reached."""
-    try:
-        return make_executor(executor, workers, scheduler)
-    except (OSError, TimeoutError, ValueError) as error:
-        if scheduler:
-            fail(f"--scheduler {scheduler}: cannot reach the Dask scheduler ({type(error).__name__}: "
-                 f"{str(error).splitlines()[0] if str(error) else 'no answer'})")
-        raise
 
 
 PLUGINS_META_KEY = "gristmill.plugins"  # where the root context keeps the --plugin modules
@@ -374,7 +363,7 @@ def stage_command(stage: type[Stage]) -> click.Command:
     return executor_options(command)
 
 
-for _command in [*token_commands, *trainer_commands, *classifier_commands, run_report_command]:
+for _command in [*token_commands, *trainer_commands, *ablate_commands, *classifier_commands, run_report_command]:
     cli.add_command(_command)
 
 

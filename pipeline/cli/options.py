@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 import click
 
 from gristmill.pipeline.engine.dataset import DatasetError
+from gristmill.pipeline.engine.executors import make_executor
 from gristmill.pipeline.engine.ownership import claim, release_if_unused
 
 
@@ -144,3 +145,14 @@ def fields_as_flags(text: str, fields: Sequence[str]) -> str:
     """Config field names in an explanation as flags ("max_chars must be at least min_chars"); only names with an
     underscore are touched, so ordinary words that happen to be field names stay words."""
     return UNDERSCORED_NAME.sub(lambda name: option_flag(name[0]) if name[0] in fields else name[0], text)
+
+
+def open_executor(executor: str, workers: int | None, scheduler: str | None):
+    """The executor, or one line saying why a scheduler could not be reached."""
+    try:
+        return make_executor(executor, workers, scheduler)
+    except (OSError, TimeoutError, ValueError) as error:
+        if scheduler:
+            fail(f"--scheduler {scheduler}: cannot reach the Dask scheduler ({type(error).__name__}: "
+                 f"{str(error).splitlines()[0] if str(error) else 'no answer'})")
+        raise
