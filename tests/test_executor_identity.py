@@ -25,6 +25,7 @@ from gristmill.pipeline.engine.runner import run_graph
 from gristmill.pipeline.demo.sample import write_sample
 from gristmill.pipeline.engine.stage import registered_stages
 from gristmill.stages.tokens.tokenization import DEFAULT_EOS, save_tokenizer, train_byte_level_bpe
+from gristmill.stages.filters.exclude import text_hash
 from gristmill.stages.filters.langid import Py3LangidIdentifier
 from tests.conftest import REPO, data_files
 from tests.test_dask_cluster import loopback_cluster  # noqa: F401  (fixture)
@@ -154,6 +155,8 @@ def every_cpu_stage_graph(root: Path, sample_dir: Path, pages: list[dict]) -> Pa
     archive = write_jsonl(root / "archive.jsonl", long_mixed_pages(pages, 24))
     prose = [page["text"].split("\n")[0] for page in pages if page["kind"] == "prose"]
     benchmark = write_jsonl(root / "benchmark.jsonl", [{"text": paragraph} for paragraph in prose[:6]])
+    archived = [json.loads(line)["text"] for line in archive.read_text().splitlines()[:10]]
+    listed = write_jsonl(root / "listed.jsonl", [{"text_hash": text_hash(text)} for text in archived])
     quality = train_model(root / "quality.bin", pages, {"prose": "hq", "spam": "lq", "low_quality": "lq"})
     domains = train_model(root / "domains.bin", pages, {"prose": "web", "code": "code", "math": "math"})
     tokenizer = root / "tokenizer"
@@ -184,7 +187,8 @@ stages:
     params: {{benchmarks: [{{name: bench, paths: ['{benchmark}']}}], ngram_words: 8}}
   scored: {{stage: quality_score, input: clean_bench, params: {{models: [{{column: quality, model: '{quality}', label: hq}}]}}}}
   labelled: {{stage: domain_label, input: scored, params: {{model: '{domains}'}}}}
-  kept: {{stage: quality_filter, input: labelled, params: {{column: quality, keep: {{mode: top_fraction, fraction: 0.8}}}}}}
+  unlisted: {{stage: exclude, input: labelled, params: {{list: '{listed}'}}}}
+  kept: {{stage: quality_filter, input: unlisted, params: {{column: quality, keep: {{mode: top_fraction, fraction: 0.8}}}}}}
   tokens: {{stage: tokenize, input: kept, params: {{tokenizer: '{tokenizer}'}}}}
   buckets: {{stage: decompose, input: tokens, params: {{min_bucket: 5, max_bucket: 9}}}}
 """)
