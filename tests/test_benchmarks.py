@@ -3,6 +3,7 @@ and a headline that is the median of per-round ratios."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -69,3 +71,73 @@ def test_bench_minhash_runs_alternating_rounds(tmp_path):
     first, second = (list(round_) for round_ in report["rounds"])
     assert sorted(first) == sorted(second) and first != second and second[-1] == first[0]
     assert set(report["summary"]["speedups"]) == set(first) - {"gristmill signatures_of"}
+
+
+def _documentation_tree(share: Path) -> None:
+    """A tiny stand-in for the Debian documentation packages: English pages of pydoc prose, two translations."""
+    from pydoc_data.topics import topics
+
+    paragraphs = [" ".join(p.split()) for key in sorted(topics) for p in topics[key].split("\n\n")
+                  if len(p.split()) > 40]
+    english = {
+        "debian-reference": ["ch01.en.html", "ch02.en.html"],
+        "doc/debian-handbook/html/en-US": ["apt.html", "sect.backup.html"],
+        "doc/python3.11/html/library": [f"module{i}.html" for i in range(16)],
+        "doc/git-doc": [f"git-command{i}.html" for i in range(8)],
+        "doc/postgresql-doc-15/html": [f"sql-statement{i}.html" for i in range(12)],
+    }
+    for index, (directory, name) in enumerate((d, n) for d, names in english.items() for n in names):
+        body = "".join(f"<p>{p}</p>" for p in paragraphs[index * 4:index * 4 + 4])
+        page = f"<html><head><title>Page {index}</title></head><body><h1>Page {index}</h1>{body}</body></html>"
+        (share / directory).mkdir(parents=True, exist_ok=True)
+        (share / directory / name).write_text(page)
+    (share / "doc/python3.11/html/whatsnew").mkdir(parents=True)
+    (share / "doc/python3.11/html/whatsnew/changelog.html.gz").write_bytes(
+        gzip.compress(f"<html><body><p>{paragraphs[-1]}</p></body></html>".encode()))
+    french = "Le paquet est installé avec apt et la configuration reste dans le répertoire du système. " * 30
+    german = "Das Paket wird mit apt installiert und die Konfiguration bleibt im Verzeichnis des Systems. " * 30
+    (share / "debian-reference/ch01.fr.html").write_text(f"<html><body><p>{french}</p></body></html>")
+    (share / "debian-reference/ch01.de.html").write_text(f"<html><body><p>{german}</p></body></html>")
+    (share / "doc/debian-handbook/html/fr-FR").mkdir(parents=True)
+    (share / "doc/debian-handbook/html/fr-FR/apt.html").write_text(f"<html><body><p>{french}</p></body></html>")
+
+
+def test_ablation_corpus_is_reproducible_and_keeps_its_pools_apart(benchmarks_on_path, tmp_path):
+    from ablation_debian import KIND_SHARES, build_corpus, plan_counts, write_configs
+    from gristmill.pipeline.engine.documents import document_id
+    from warcio.archiveiterator import ArchiveIterator
+
+    share = tmp_path / "share"
+    _documentation_tree(share)
+    summary = build_corpus(tmp_path / "a", seed=3, pages=24, share_dir=share, workers=1)
+    assert summary["kinds"] == {kind: n for kind, n in sorted(plan_counts(24, KIND_SHARES).items()) if n}
+    pages = [json.loads(line) for line in (tmp_path / "a/pages.jsonl").read_text().splitlines()]
+    with open(tmp_path / "a/crawl.warc.gz", "rb") as fh:
+        responses = [record.rec_headers.get_header("WARC-Record-ID") for record in ArchiveIterator(fh)
+                     if record.rec_type == "response"]
+    assert [page["id"] for page in pages] == [document_id(record) for record in responses]
+
+    crawl = {page["url"] for page in pages} | {page["duplicate_of"] for page in pages if page["duplicate_of"]}
+    train = [json.loads(line) for line in (tmp_path / "a/quality_train.jsonl").read_text().splitlines()]
+    positives = {row["url"] for row in train if row["label"] == "good"}
+    reference = {json.loads(line)["id"] for line in (tmp_path / "a/reference.jsonl").read_text().splitlines()}
+    assert positives and reference and {row["label"] for row in train} == {"good", "bad"}
+    assert not crawl & positives and not crawl & reference and not positives & reference
+    assert {page["lang"] for page in pages if page["kind"] == "non_english"} <= {"fr", "de"}
+
+    build_corpus(tmp_path / "b", seed=3, pages=24, share_dir=share, workers=1)
+    for name in ("crawl.warc.gz", "pages.jsonl", "quality_train.jsonl", "reference.jsonl"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    nodes = write_configs(tmp_path / "a")
+    ablation = yaml.safe_load((tmp_path / "a/ablation.yaml").read_text())
+    variants = ablation["variants"]
+    named = [*variants["cumulative"], *variants["leave_one_out"], variants["threshold"]["quality"]["node"],
+             ablation["recipe"]["source"], ablation["recipe"]["final"]]
+    assert set(named) <= set(nodes) == set(yaml.safe_load((tmp_path / "a/recipe.yaml").read_text())["stages"])
+
+
+def test_ablation_corpus_names_the_apt_command_when_the_docs_are_missing(benchmarks_on_path, tmp_path, capsys):
+    from ablation_debian import APT_COMMAND, main
+
+    assert main(["--output", str(tmp_path / "out"), "--share-dir", str(tmp_path), "--no-run"]) == 2
+    assert capsys.readouterr().out.strip().endswith(APT_COMMAND)
