@@ -29,7 +29,7 @@ install-dev: $(VENV)/.installed-dev
 
 demo: $(VENV)/.installed
 	rm -rf $(DEMO_DIR)  # from scratch: a retrained model must not meet outputs scored by the previous one
-	$(BIN)/gristmill sample --output $(DEMO_DIR)/sample
+	$(BIN)/gristmill sample --output $(DEMO_DIR)/sample --pages 1200
 	$(BIN)/gristmill classifier train --positive $(DEMO_DIR)/sample/pages.jsonl --positive-where 'kind == "prose"' \
 		--negative $(DEMO_DIR)/sample/pages.jsonl --negative-where 'kind in ["spam", "low_quality"]' \
 		--epoch 25 --lr 0.5 --output $(DEMO_DIR)/quality_model
@@ -43,12 +43,16 @@ demo: $(VENV)/.installed
 	$(BIN)/python -c 'import sys; from gristmill.stages.rewrite.backends import main; sys.exit(main(sys.argv[1:]))' \
 		export-smollm2 $(DEMO_DIR)/smollm2
 	$(BIN)/gristmill rewrite --input $(DEMO_DIR)/clean --output $(DEMO_DIR)/rewrite --model $(DEMO_DIR)/smollm2 \
-		--max-documents 4 --max-new-tokens 256 --temperature 0 --executor inprocess
-	$(BIN)/gristmill inspect --input $(DEMO_DIR)/rewrite --sample 4
+		--prompt wrap_easy --languages en --max-documents 4 --chunk-tokens 128 --max-new-tokens 192 --temperature 0.7 --executor inprocess
+	@echo "a rewritten document, before (original_text) and after (text):"
+	$(BIN)/gristmill inspect --input $(DEMO_DIR)/rewrite --where 'rewrite_status == "rewritten"' \
+		--columns original_text,text --sample 1 | sed -n '/^sample/,$$p'
 	$(BIN)/gristmill report --input $(DEMO_DIR) --output $(DEMO_DIR)/report
+	$(BIN)/gristmill ablate configs/demo-ablation.yaml --recipe-output $(DEMO_DIR) --output $(DEMO_DIR)/ablation
 	@echo "demo outputs: $(DEMO_DIR)/ (one dataset per stage; run summary $(DEMO_DIR)/_summary.json," \
 		"token buckets $(DEMO_DIR)/shards, mixture plan $(DEMO_DIR)/plan)"
 	@echo "run report: $(DEMO_DIR)/report/report.html"
+	@echo "ablation (raw against curated, DD against concat): $(DEMO_DIR)/ablation/report/report.html"
 
 # PYTEST_FLAGS adds pytest options: .ci/run passes -rs to check every skip's reason.
 test: $(VENV)/.installed-dev

@@ -361,6 +361,16 @@ def test_max_documents_rewrites_only_the_first_documents_of_a_shard() -> None:
     assert backend.calls == [1]
 
 
+def test_languages_selects_documents_and_max_documents_counts_only_selected_ones() -> None:
+    stage, backend = scripted_stage(paraphrase, languages=["en"], max_documents=1)
+    rows = [{"id": f"d{index}", "text": text, "lang": lang}
+            for index, (text, lang) in enumerate([(ENGLISH[0], "fr"), (ENGLISH[1], "en"), (ENGLISH[0], "en")])]
+    kept = stage.process(pa.RecordBatch.from_pylist(rows, schema=DOCUMENT_SCHEMA)).kept.to_pylist()
+    assert [row["rewrite_status"] for row in kept] == ["kept_original", "rewritten", "kept_original"]
+    assert [row["rewrite_reason"] for row in kept] == ["not_selected", None, "not_selected"]
+    assert backend.calls == [1]
+
+
 # ---------------------------------------------------------------- cache
 
 

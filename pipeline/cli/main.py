@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import pyarrow as pa
 
 from gristmill.pipeline.cli.classifier import commands as classifier_commands
 from gristmill.pipeline.cli.options import PathsOption, fail, fields_as_flags, input_option, open_executor, option_flag, option_location, owned_output
@@ -180,11 +181,19 @@ def plan(config: str, output: str | None) -> None:
 @input_option("dataset", "The dataset to describe.", metavar="DATASET", single=True, file_okay=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output; keys rows, shards, stage and rejected are stable.")
 @click.option("--sample", "sample_rows", type=click.IntRange(min=0), default=3, show_default=True, help="Rows to show.")
-def inspect(dataset: str, as_json: bool, sample_rows: int) -> None:
+@click.option("--where", default=None, metavar="EXPR",
+              help="Sample only rows matching `column op literal` (op: == != < <= > >= in), e.g. "
+                   "'rewrite_status == \"rewritten\"'.")
+@click.option("--columns", default=None, metavar="A,B,...", help="Show only these columns of the sample rows, in full.")
+def inspect(dataset: str, as_json: bool, sample_rows: int, where: str | None, columns: str | None) -> None:
     """Print a dataset's schema, size, provenance, sample rows and rejects per reason."""
+    from gristmill.classifiers.documents import parse_where
+
+    chosen = [name.strip() for name in columns.split(",") if name.strip()] if columns else None
     try:
-        report = describe_dataset(Dataset(dataset), sample_rows)
-    except DatasetError as error:
+        condition = parse_where(where) if where else None
+        report = describe_dataset(Dataset(dataset), sample_rows, condition, chosen)
+    except (DatasetError, ValueError) as error:
         fail(str(error))
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
@@ -205,16 +214,28 @@ def inspect(dataset: str, as_json: bool, sample_rows: int) -> None:
             click.echo(f"  {name:<24} {value:,}")
     click.echo("sample")
     for row in report["sample"]:
+        if chosen:  # asked-for columns in full, one per line, so long texts read as text
+            click.echo("  " + "-" * 60)
+            for key, value in row.items():
+                click.echo(f"  {key}:\n    " + str(value).replace("\n", "\n    "))
+            continue
         shown = {key: (value[:120] + "…" if isinstance(value, str) and len(value) > 120 else value) for key, value in row.items()}
         click.echo(f"  {json.dumps(shown, ensure_ascii=False, default=str)}")
 
 
-def describe_dataset(dataset: Dataset, sample_rows: int) -> dict[str, Any]:
+def describe_dataset(dataset: Dataset, sample_rows: int, where: Any = None,
+                     columns: list[str] | None = None) -> dict[str, Any]:
     manifest = dataset.manifest()
     dataset.check_sizes()  # a stat per file; the shards sampled below are checksummed as they are opened
+    if unknown := [name for name in columns or [] if name not in manifest.columns]:
+        raise ValueError(f"--columns: {unknown[0]!r} is not a column of {dataset.path} "
+                         f"(columns: {', '.join(manifest.columns)})")
     sample: list[dict[str, Any]] = []
     for batch in dataset.iter_batches():
-        sample.extend(batch.slice(0, sample_rows - len(sample)).to_pylist())
+        table = pa.Table.from_batches([batch])
+        table = table.filter(where.mask(table)) if where else table
+        table = table.select(columns) if columns else table
+        sample.extend(table.slice(0, sample_rows - len(sample)).to_pylist())
         if len(sample) >= sample_rows:
             break
     return {

@@ -142,8 +142,12 @@ class RewriteConfig(StageConfig):
     )
     min_language_chars: int = Field(50, ge=0, description="Sources shorter than this skip the language check.")
     max_documents: int | None = Field(
-        None, ge=0, description="Rewrite only the first N documents of each shard (trials, demos); the rest pass "
-        "through with reason not_selected.",
+        None, ge=0, description="Rewrite only the first N selected documents of each shard (trials, demos); the "
+        "rest pass through with reason not_selected.",
+    )
+    languages: list[str] | None = Field(
+        None, min_length=1, description="Rewrite only documents whose `lang` is one of these (an English prompt on "
+        "a multilingual crawl); the others pass through with reason not_selected.",
     )
     lint: bool = Field(False, description="Code prompts: also require `ruff check` (syntax, undefined names) to pass.")
     price_per_gpu_hour: float = Field(2.0, ge=0, description="Price of one GPU-hour, for cost in the stats.")
@@ -447,7 +451,7 @@ class Rewrite(MapStage):
         self.cache: RewriteCache | None = None
         self.sampling = SamplingSettings(self.config.temperature, self.config.top_p, self.config.max_new_tokens, self.config.seed)
         self.params_json = json.dumps(self.sampling.__dict__, sort_keys=True)
-        self.documents_seen = 0  # in the current shard, for max_documents
+        self.documents_seen = 0  # selected documents in the current shard, for max_documents
         self.model_name = self.config.model + self.weights_file_suffix
 
     @property
@@ -504,14 +508,21 @@ class Rewrite(MapStage):
         code = self.prompt.kind == "code"
         documents = [Document(str(doc_id), text or "") for doc_id, text in
                      zip(batch.column("id").to_pylist(), batch.column("text").to_pylist())]
-        for position, doc in enumerate(documents):
-            if self.config.max_documents is not None and self.documents_seen + position >= self.config.max_documents:
+        wanted = set(self.config.languages or [])
+        languages = batch.column("lang").to_pylist() if wanted else [None] * len(documents)
+        for doc, language in zip(documents, languages):
+            if wanted and language not in wanted:
                 doc.reason = "not_selected"
-            elif not doc.source.strip():
+            elif self.config.max_documents is not None and self.documents_seen >= self.config.max_documents:
+                doc.reason = "not_selected"
+            else:
+                self.documents_seen += 1
+            if doc.reason is not None:
+                continue
+            if not doc.source.strip():
                 doc.reason = "empty"
             elif self.python and "code_parse" in self.config.checks and not parses(doc.source):
                 doc.reason = "code_parse"  # as SwallowCode: a source that does not parse is not worth a generation
-        self.documents_seen += len(documents)
         pending = [doc for doc in documents if doc.reason is None]
         if pending and not code:
             codes, _ = language_identifier().identify([doc.source.replace("\n", " ") for doc in pending])
