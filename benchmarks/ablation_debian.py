@@ -705,7 +705,7 @@ QUALITY_THRESHOLD = 0.5
 
 ABLATION = """\
 # Recipe ablation over the Debian documentation crawl (written by benchmarks/ablation_debian.py).
-#   gristmill ablate ablation.yaml --output ablation
+#   gristmill ablate ablation.yaml --output ablation --executor local
 name: debian-docs
 recipe:
   graph: recipe.yaml            # relative to this file
@@ -713,23 +713,23 @@ recipe:
   source: ingest                # the raw variant
   final: clean                  # the curated output (the held-out slice comes from it)
 tokenizer:
-  train: {vocab_size: 4096}     # trained on the final output minus the held-out slice
+  train: {vocab_size: 2048}     # trained on the final output minus the held-out slice
 heldout:
   slice: {fraction: 0.1, max_documents: 300}
   sets: {reference: reference.jsonl}
 proxy:
   model: tiny
-  tokens: 1000000
+  tokens: 262144
   seeds: [0, 1, 2]
   seq_len: 256
   tokens_per_step: 8192
-  training: {learning_rate: 0.003, warmup_steps: 10}
+  training: {learning_rate: 0.003, warmup_steps: 4}
 variants:
   raw: true
   cumulative: [language, exact_dedup, near_dedup, gopher_quality, gopher_repetition, c4, fineweb, clean]
-  leave_one_out: [near_dedup, gopher_quality]   # without clean is the cumulative fineweb variant (scored adds a column)
+  leave_one_out: [near_dedup, clean]   # without clean holds the same documents as after fineweb (scored adds a column)
   threshold:
-    quality: {node: scored, column: quality, top_percent: [10, 30, 50, 70]}
+    quality: {node: scored, column: quality, top_percent: [10, 30, 60]}
   batching: [dd, concat]
 """
 
@@ -854,7 +854,8 @@ def main(argv: list[str] | None = None) -> int:
         print("gristmill ablate is missing: ran the recipe only; ablation.yaml is written for it")
     else:
         done = timed("ablate", lambda: subprocess.run(
-            [gristmill, "ablate", str(args.output / "ablation.yaml"), "--output", str(args.output / "ablation")],
+            [gristmill, "ablate", str(args.output / "ablation.yaml"), "--output", str(args.output / "ablation"),
+             "--executor", "local"],
             check=False))
         if done.returncode != 0:
             print(f"gristmill ablate failed (exit {done.returncode}); the corpus, recipe run and funnel are complete")
