@@ -26,7 +26,7 @@ import xxhash
 
 from gristmill.pipeline.engine.dataset import MANIFEST_NAME, Dataset, DatasetError
 from gristmill.pipeline.engine.files import atomic_path, write_json_atomic
-from gristmill.pipeline.engine.graph import Graph, GraphSpec, NodeSpec, build_graph
+from gristmill.pipeline.engine.graph import Graph, GraphError, GraphSpec, NodeSpec, build_graph
 from gristmill.pipeline.engine.ownership import claim
 from gristmill.pipeline.engine.runner import RunFailed, run_graph
 from gristmill.pipeline.tokens.export import STATS_FILE, export_buckets
@@ -92,11 +92,11 @@ def as_list(value: str | list[str] | None) -> list[str]:
     return value if isinstance(value, list) else [value] * (value is not None)
 
 
-def without_node(recipe: Recipe, left_out: str, output: Path) -> tuple[GraphSpec, str]:
+def without_node(recipe: Recipe, left_out: str, output: Path) -> tuple[GraphSpec | None, str]:
     """The recipe without one node, as a graph of the nodes downstream of it (the others are the recipe's own
     datasets, read where they are); its consumers read the left-out node's input instead. Returns the spec and
-    the node whose output is the variant's final data."""
-    replacement = recipe.spec.stages[left_out].input
+    the node whose output is the variant's final data; no spec when nothing reads the left-out node."""
+    replacement = as_list(recipe.spec.stages[left_out].input)[0]  # one input (checked), maybe spelled as a list
     changed = downstream_of(recipe, left_out)
 
     def rewired(inputs: str | list[str] | None) -> str | list[str] | None:
@@ -108,7 +108,7 @@ def without_node(recipe: Recipe, left_out: str, output: Path) -> tuple[GraphSpec
     stages = {name: NodeSpec(stage=recipe.spec.stages[name].stage, input=rewired(recipe.spec.stages[name].input),
                              params=recipe.spec.stages[name].params) for name in changed}
     final = recipe.final if recipe.final != left_out else replacement
-    spec = GraphSpec(name=f"without-{left_out}", plugins=recipe.spec.plugins, stages=stages)
+    spec = GraphSpec(name=f"without-{left_out}", plugins=recipe.spec.plugins, stages=stages) if stages else None
     return spec, final
 
 
@@ -153,8 +153,8 @@ def plan_variants(config: AblationConfig, recipe: Recipe, output: Path) -> list[
     for name in config.variants.leave_one_out:
         spec, final = without_node(recipe, name, output)
         key = f"without-{name}"
-        graph = build_variant_graph(spec, recipe, output / "variants" / key) if spec.stages else None
-        path = graph.output / final if spec.stages and final in spec.stages else node_path(recipe, final)
+        graph = build_variant_graph(spec, recipe, output / "variants" / key) if spec else None
+        path = graph.output / final if spec and final in spec.stages else node_path(recipe, final)
         variants.append(Variant(key, "leave_one_out", f"without {name}", Documents(key, path, graph), default,
                                 node=name, compare_to=against))
     for group, family in config.variants.threshold.items():
@@ -202,7 +202,7 @@ def claim_ablation(config: AblationConfig, recipe: Recipe, output: Path) -> None
 def run_quietly(graph: Graph, executor: Any, console: Any) -> None:
     try:
         run_graph(graph, executor, console=console)
-    except RunFailed as error:
+    except (RunFailed, GraphError) as error:  # a failed shard, or an input missing when its node is planned
         raise AblationError(f"{graph.name}: {error}") from None
 
 
@@ -469,7 +469,6 @@ def run_ablation(config: AblationConfig, recipe: Recipe, output: str | Path, exe
     output = Path(output).resolve()
     executor = executor or InProcessExecutor()
     claim_ablation(config, recipe, output)
-    variants = plan_variants(config, recipe, output)  # every variant graph is validated before anything runs
     started = seconds_mark = time.perf_counter()
     seconds: dict[str, float] = {}
 
@@ -482,6 +481,8 @@ def run_ablation(config: AblationConfig, recipe: Recipe, output: str | Path, exe
     echo(f"recipe: {len(recipe.order)} nodes into {recipe.output}")
     run_quietly(build_graph(recipe.spec, recipe.where, recipe.output, recipe.config_dir), executor, console)
     lap("recipe")
+    # Variant graphs read the recipe's datasets, and a graph is only built once its input datasets are complete.
+    variants = plan_variants(config, recipe, output)
 
     heldout_dir = output / "heldout"
     slice_path = take_heldout_slice(config, node_path(recipe, recipe.final), heldout_dir)
