@@ -154,9 +154,11 @@ def plan_variants(config: AblationConfig, recipe: Recipe, output: Path) -> list[
         spec, final = without_node(recipe, name, output)
         key = f"without-{name}"
         graph = build_variant_graph(spec, recipe, output / "variants" / key) if spec else None
-        path = graph.output / final if spec and final in spec.stages else node_path(recipe, final)
-        variants.append(Variant(key, "leave_one_out", f"without {name}", Documents(key, path, graph), default,
-                                node=name, compare_to=against))
+        # Without a graph the variant is a recipe node's own dataset: it shares that node's data and runs.
+        documents = (Documents(key, graph.output / final, graph) if graph and final in spec.stages
+                     else recipe_documents[final])
+        variants.append(Variant(key, "leave_one_out", f"without {name}", documents, default, node=name,
+                                compare_to=against))
     for group, family in config.variants.threshold.items():
         top = family.top_percent is not None
         for value in family.values:
@@ -493,7 +495,9 @@ def run_ablation(config: AblationConfig, recipe: Recipe, output: str | Path, exe
     echo(f"held-out slice: {slice_documents:,} documents of {recipe.final}, excluded from every variant")
     lap("heldout")
 
-    for graph in dict.fromkeys(variant.documents.graph for variant in variants if variant.documents.graph):
+    graphs = {variant.documents.graph.output: variant.documents.graph for variant in variants
+              if variant.documents.graph}
+    for graph in graphs.values():
         echo(f"variant graph {graph.name}")
         run_quietly(graph, executor, console)
     lap("variants")
