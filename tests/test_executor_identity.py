@@ -186,7 +186,8 @@ stages:
     input: pii
     params: {{benchmarks: [{{name: bench, paths: ['{benchmark}']}}], ngram_words: 8}}
   scored: {{stage: quality_score, input: clean_bench, params: {{models: [{{column: quality, model: '{quality}', label: hq}}]}}}}
-  labelled: {{stage: domain_label, input: scored, params: {{model: '{domains}'}}}}
+  levels: {{stage: quality_bucket, input: scored, params: {{column: quality, levels: 20}}}}
+  labelled: {{stage: domain_label, input: levels, params: {{model: '{domains}'}}}}
   unlisted: {{stage: exclude, input: labelled, params: {{list: '{listed}'}}}}
   kept: {{stage: quality_filter, input: unlisted, params: {{column: quality, keep: {{mode: top_fraction, fraction: 0.8}}}}}}
   tokens: {{stage: tokenize, input: kept, params: {{tokenizer: '{tokenizer}'}}}}

@@ -21,7 +21,7 @@ from gristmill.pipeline.engine.dataset import REJECT_SCHEMA, Dataset, ParquetSha
 from gristmill.pipeline.engine.executors import make_executor
 from gristmill.pipeline.engine.graph import load_graph
 from gristmill.pipeline.tokens.indexed_dataset import IndexedDataset
-from gristmill.pipeline.tokens.mixture import MixtureError, compile_plan, load_mixture, sample_component
+from gristmill.pipeline.tokens.mixture import MixtureError, QualityLevels, compile_plan, load_mixture, sample_component
 from gristmill.pipeline.engine.runner import run_graph
 from gristmill.stages.tokens.tokenization import TOKENIZER_METADATA_KEY
 
@@ -33,10 +33,10 @@ TOKENIZED_SCHEMA = pa.schema(
 )
 
 
-def write_tokenized(path: Path) -> None:
+def write_tokenized(path: Path, rows: list[tuple[str, int, str, float | None]] | None = None) -> None:
     """Web pages of high quality (17 tokens: one D_4 piece each), of low quality (9: one D_3 piece), and wiki
     articles of 31 tokens (17 + 9 + 5: one piece in each of D_4, D_3 and D_2), as `tokenize` would leave them."""
-    rows = (
+    rows = rows or (
         [("web-high", 17, "web", 0.9)] * 10 + [("web-low", 9, "web", 0.2)] * 10 + [("wiki", 31, "wiki", None)] * 8
     )
     table = pa.table({
@@ -190,3 +190,53 @@ def test_mix_command_writes_a_plan_the_trainer_can_memory_map(exported: Path, tm
     refused = CliRunner().invoke(mix, ["--input", str(write_mixture(exported, high=400, name="big.yaml")), "--output",
                                        str(tmp_path / "refused")])
     assert refused.exit_code == 2 and "short by 60" in refused.output and not (tmp_path / "refused").exists()
+
+
+def test_components_select_quality_levels_written_by_the_quality_bucket_stage(tmp_path: Path) -> None:
+    """Scores → quality_bucket (4 global levels) → decompose keeps the level → export → a mixture takes levels."""
+    rows = [(f"web{index}", 17, "web", index / 20) for index in range(20)] + [("wiki", 17, "wiki", None)] * 4
+    write_tokenized(tmp_path / "tokens", rows)
+    (tmp_path / "g.yaml").write_text(
+        "stages:\n"
+        f"  levels: {{stage: quality_bucket, input: '{tmp_path / 'tokens'}', params: {{column: quality, levels: 4}}}}\n"
+        "  pieces:\n    stage: decompose\n    input: levels\n"
+        "    params: {min_bucket: 2, max_bucket: 4, keep_columns: [source, quality_bucket]}\n"
+    )
+    run_graph(load_graph(tmp_path / "g.yaml", tmp_path / "run"), make_executor("inprocess"))
+    export_buckets(tmp_path / "run" / "pieces", tmp_path / "export", seed=0)
+    (tmp_path / "levels.yaml").write_text(
+        "data: export\ncomponents:\n"
+        "  top: {quality_bucket: '>= 3', tokens: 85}\n"
+        "  middle: {quality_bucket: {column: quality_bucket, min: 1, max: 2}, tokens: 170}\n"
+        "  wiki: {source: wiki, tokens: 68}\n"
+    )
+    header, plan = compile_plan(*load_mixture(tmp_path / "levels.yaml"))
+    components = {item["name"]: item for item in header["components"]}
+    # Level = floor(4 r / 20) for r lower scores: web15..19 are level 3, web5..14 levels 1 and 2, wiki unscored.
+    assert [components[name]["available_tokens"] for name in ("top", "middle", "wiki")] == [85, 170, 68]
+    assert components["top"]["selection"]["quality_bucket"] == {"column": "quality_bucket", "min": 3}
+    tables = [pq.read_table(f"{file['path']}.sequences.parquet").to_pylist() for file in header["files"]]
+    names = [item["name"] for item in header["components"]]
+    taken = {name: set() for name in names}
+    for component, file, sequence in plan.tolist():
+        row = tables[file][sequence]
+        taken[names[component]].add((row["document_id"], row["quality_bucket"]))
+    assert {level for _, level in taken["top"]} == {3} and len(taken["top"]) == 5
+    assert {level for _, level in taken["middle"]} == {1, 2} and len(taken["middle"]) == 10
+    assert {level for _, level in taken["wiki"]} == {None}
+
+
+@pytest.mark.parametrize("selection,message", [
+    ("'>= fifteen'", "expected a comparison such as '>= 15'"),
+    ("{min: 5, max: 2}", "min 5 is above max 2"),
+    ("{column: quality_bucket}", "give min, max or both"),
+])
+def test_quality_level_selections_are_checked(tmp_path: Path, selection: str, message: str) -> None:
+    (tmp_path / "m.yaml").write_text(f"data: x\ncomponents:\n  web: {{quality_bucket: {selection}, tokens: 1}}\n")
+    with pytest.raises(MixtureError, match=message):
+        load_mixture(tmp_path / "m.yaml")
+
+
+def test_quality_level_comparisons_mean_inclusive_ranges() -> None:
+    spelled = {text: QualityLevels.model_validate(text) for text in (">= 15", "> 14", "<= 4", "< 5", "== 7")}
+    assert [(levels.min, levels.max) for levels in spelled.values()] == [(15, None), (15, None), (None, 4), (None, 4), (7, 7)]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +29,8 @@ from gristmill.pipeline.demo.sample import write_sample
 from gristmill.pipeline.engine.stage import ReduceContext
 from gristmill.stages.quality.domain_label import DomainLabel, DomainLabelConfig
 from gristmill.stages.quality.quality_filter import QualityFilter, QualityFilterConfig, sortable_keys, score_of_key
-from gristmill.stages.quality.quality_score import QualityScore, QualityScoreConfig
+from gristmill.stages.quality import quality_score as quality_score_module
+from gristmill.stages.quality.quality_score import EMBEDDING_MODULE, MANIFEST_FILE, QualityScore, QualityScoreConfig
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = TrainingParameters(epoch=25, lr=0.5, dim=16, bucket=20_000, threads=1)
@@ -321,3 +325,122 @@ def test_quickstart_stages_give_identical_results_on_every_executor(
     truth = {row["id"]: row["kind"] for row in read_pages(sample)}
     kept_kinds = [truth[doc_id] for doc_id in best["id"]]
     assert kept_kinds.count("spam") == 0 and kept_kinds.count("low_quality") == 0
+
+
+# --- quality_score: embedding classifiers and ensembles ----------------------------------------------------------------
+
+
+class LengthClassifier:
+    """A stand-in embedding head: longer texts score higher; it counts the texts it scores."""
+
+    scored: list[int] = []
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def score(self, texts: list[str]) -> np.ndarray:
+        LengthClassifier.scored.append(len(texts))
+        return np.array([min(len(text), 5000) / 5000 for text in texts], np.float32)
+
+
+@pytest.fixture
+def embedding_stub(monkeypatch, tmp_path: Path) -> Path:
+    """A stub `embedding_model` module and a classifier directory whose manifest names the embedding kind."""
+    module = types.ModuleType(EMBEDDING_MODULE)
+    module.load_embedding_classifier = LengthClassifier
+    monkeypatch.setitem(sys.modules, EMBEDDING_MODULE, module)
+    LengthClassifier.scored = []
+    directory = tmp_path / "length-head"
+    directory.mkdir()
+    (directory / MANIFEST_FILE).write_text(json.dumps({"kind": "embedding", "encoder": "stub"}))
+    return directory
+
+
+def test_a_manifest_naming_the_embedding_kind_loads_that_module_lazily(embedding_stub: Path, quality_model: Path,
+                                                                       tmp_path: Path) -> None:
+    config = QualityScoreConfig.model_validate({"models": [f"length={embedding_stub}", f"quality={quality_model}"]})
+    stage = QualityScore(config)
+    stage.setup()
+    assert [kind for _, kind, _, _ in stage.scorers] == ["embedding", "fasttext"]
+    texts = ["short", "a longer text of several words", "", None, "   "]
+    result = stage.process(documents(texts))
+    assert result.kept.column("length").to_pylist()[:2] == pytest.approx([5 / 5000, 30 / 5000])
+    assert result.kept.column("length").null_count == 3 and result.kept.column("quality").null_count == 3
+    assert LengthClassifier.scored == [2]  # texts without a word are never sent to the model
+    fasttext_directory = tmp_path / "fasttext-with-manifest"
+    shutil.copytree(quality_model, fasttext_directory)
+    (fasttext_directory / MANIFEST_FILE).write_text(json.dumps({"kind": "fasttext"}))
+    assert QualityScoreConfig.model_validate({"models": [f"q={fasttext_directory}"]}).models[0].kind == "fasttext"
+
+
+def test_embedding_manifest_errors_name_the_problem(embedding_stub: Path, tmp_path: Path, monkeypatch) -> None:
+    with pytest.raises(ValidationError, match="an embedding classifier gives one score; leave `label` out"):
+        QualityScoreConfig.model_validate({"models": [{"column": "q", "model": str(embedding_stub), "label": "hq"}]})
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / MANIFEST_FILE).write_text(json.dumps({"kind": "svm"}))
+    with pytest.raises(ValidationError, match="kind 'svm' is not one of fasttext, embedding"):
+        QualityScoreConfig.model_validate({"models": [f"q={odd}"]})
+    monkeypatch.setattr(quality_score_module, "embedding_module_available", lambda: False)
+    with pytest.raises(ValidationError, match="is an embedding classifier, and .*embedding_model is not installed"):
+        QualityScoreConfig.model_validate({"models": [f"q={embedding_stub}"]})
+
+
+def test_ensemble_config_forms_and_errors(quality_model: Path) -> None:
+    models = [f"quality={quality_model}"]
+    assert QualityScoreConfig.model_validate({"models": models, "ensemble": "mean"}).ensemble.method == "mean"
+    spelled = QualityScoreConfig.model_validate({"models": models, "ensemble": '{"calibrate": "none"}'})
+    assert (spelled.ensemble.column, spelled.ensemble.method, spelled.ensemble.calibrate) == ("quality_ensemble", "max", "none")
+    assert not QualityScore.needs_global_view_for(spelled)
+    assert QualityScore.needs_global_view_for(QualityScoreConfig.model_validate({"models": models, "ensemble": {}}))
+    assert not QualityScore.needs_global_view_for(QualityScoreConfig.model_validate({"models": models}))
+    with pytest.raises(ValidationError, match="score columns must differ"):
+        QualityScoreConfig.model_validate({"models": models, "ensemble": {"column": "quality"}})
+    with pytest.raises(ValidationError, match="'max' or 'mean'"):
+        QualityScoreConfig.model_validate({"models": models, "ensemble": {"method": "median"}})
+
+
+def rank_calibrated(scores: np.ndarray) -> np.ndarray:
+    """floor(1000 × share of scored documents strictly below) / 1000, NaN stays NaN: by brute force."""
+    scored = np.sort(scores[~np.isnan(scores)])
+    shares = np.searchsorted(scored, scores, side="left") * 1000 // len(scored) / 1000
+    return np.where(np.isnan(scores), np.nan, shares)
+
+
+def test_the_rank_calibrated_ensemble_is_exact_the_same_on_any_sharding_and_scores_once(
+    tmp_path: Path, sample: Path, quality_model: Path, embedding_stub: Path
+) -> None:
+    tables, documents_scored = {}, {}
+    for shards in (1, 3):
+        directory = split_sample(sample, tmp_path / f"sample{shards}", shards)
+        graph_path = tmp_path / f"graph{shards}.yaml"
+        graph_path.write_text(f"""
+stages:
+  read: {{stage: read_text, params: {{paths: ["{directory}/part*.jsonl"]}}}}
+  scored:
+    stage: quality_score
+    input: read
+    params:
+      models: ["quality={quality_model}", "length={embedding_stub}"]
+      ensemble: {{column: best, method: max, calibrate: rank}}
+  averaged:
+    stage: quality_score
+    input: read
+    params: {{models: ["quality={quality_model}", "length={embedding_stub}"], ensemble: {{method: mean, calibrate: none}}}}
+""")
+        LengthClassifier.scored = []
+        run_graph(load_graph(graph_path, tmp_path / f"run{shards}"), make_executor("inprocess", 1))
+        documents_scored[shards] = sum(LengthClassifier.scored)
+        tables[shards] = {node: pl.read_parquet(tmp_path / f"run{shards}" / node / "*.parquet").sort("id")
+                          for node in ("scored", "averaged")}
+    assert tables[1]["scored"].equals(tables[3]["scored"]) and tables[1]["averaged"].equals(tables[3]["averaged"])
+    scored = tables[1]["scored"]
+    worded = int(scored["length"].is_not_null().sum())
+    assert documents_scored[1] == documents_scored[3] == 2 * worded  # once per node: the summary is reused
+    quality, length = (scored[column].to_numpy().astype(np.float64) for column in ("quality", "length"))
+    expected = np.maximum(rank_calibrated(quality), rank_calibrated(length)).astype(np.float32)
+    np.testing.assert_array_equal(scored["best"].to_numpy(), expected)
+    assert scored["best"].n_unique() > 100 and 0.99 < scored["best"].max() < 1
+    averaged = tables[1]["averaged"]
+    np.testing.assert_array_equal(averaged["quality_ensemble"].to_numpy(),
+                                  ((quality + length) / 2).astype(np.float32))

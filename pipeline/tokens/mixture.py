@@ -1,4 +1,4 @@
-"""Mixtures: token budgets (or weights) over sources, quality tiers and buckets, compiled into a sampling plan.
+"""Mixtures: token budgets (or weights) over sources, quality tiers, quality levels and buckets, compiled into a plan.
 
 The plan is the trainer's whole view of the data: which sequence of which exported bucket comes
 next, decided once, seeded, with exact token counts and every repetition cap checked beforehand.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,39 @@ class QualityTier(BaseModel):
     max: float | None = Field(None, description="Keep sequences scoring below this.")
 
 
+LEVEL_COMPARISON = re.compile(r"^\s*(>=|<=|==|>|<)\s*(-?\d+)\s*$")
+
+
+class QualityLevels(BaseModel):
+    """Integer quality levels to take (the `quality_bucket` stage's column), both ends included."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    column: str = Field("quality_bucket", description="Per-sequence integer column (a decompose keep_column).")
+    min: int | None = Field(None, description="Lowest level taken.")
+    max: int | None = Field(None, description="Highest level taken.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def from_comparison(cls, value: Any) -> Any:
+        """Accept one comparison with an integer: `>= 15`, `> 14`, `<= 4`, `< 5` or `== 7`."""
+        if not isinstance(value, str):
+            return value
+        match = LEVEL_COMPARISON.match(value)
+        if match is None:
+            raise ValueError(f"expected a comparison such as '>= 15', got {value!r}")
+        operator, level = match.group(1), int(match.group(2))
+        return {">=": {"min": level}, ">": {"min": level + 1}, "<=": {"max": level}, "<": {"max": level - 1},
+                "==": {"min": level, "max": level}}[operator]
+
+    @model_validator(mode="after")
+    def a_range(self) -> QualityLevels:
+        if self.min is None and self.max is None:
+            raise ValueError("give min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+
 class Component(BaseModel):
     """One slice of the data and how many of its tokens to train on."""
 
@@ -50,6 +84,8 @@ class Component(BaseModel):
     source: list[str] | None = Field(None, description="Sources to take; default: every source.")
     buckets: list[int] | None = Field(None, description="Buckets (k of D_k) to take; default: every bucket.")
     quality: QualityTier | None = Field(None, description="A score range on a per-sequence column.")
+    quality_bucket: QualityLevels | None = Field(
+        None, description="Quality levels on an integer per-sequence column: '>= 15' or {column, min, max}.")
     tokens: int | None = Field(None, gt=0, description="Token budget.")
     weight: float | None = Field(None, gt=0, description="Share of total_tokens left after explicit budgets.")
     max_epochs: float = Field(1.0, gt=0, description="Repetition cap: budget ≤ available tokens × max_epochs.")
@@ -150,6 +186,12 @@ def selection_mask(component: Component, pool: Pool) -> np.ndarray:
             mask &= scores >= component.quality.min
         if component.quality.max is not None:
             mask &= scores < component.quality.max
+    if component.quality_bucket is not None:
+        levels = pool.columns[component.quality_bucket.column].astype(float)  # a null level is NaN: never taken
+        if component.quality_bucket.min is not None:
+            mask &= levels >= component.quality_bucket.min
+        if component.quality_bucket.max is not None:
+            mask &= levels <= component.quality_bucket.max
     return mask
 
 
@@ -186,6 +228,8 @@ def compile_plan(mixture: Mixture, base: Path, source_name: str = "mixture") -> 
     """The plan header and its (component, file, sequence) array; raises MixtureError on any unmeetable budget."""
     needed = {"source"} if any(component.source for component in mixture.components.values()) else set()
     needed |= {component.quality.column for component in mixture.components.values() if component.quality}
+    needed |= {component.quality_bucket.column for component in mixture.components.values()
+               if component.quality_bucket}
     pool = load_pool(mixture, base, needed)
     amounts = budgets(mixture)
     masks = {name: selection_mask(component, pool) for name, component in mixture.components.items()}

@@ -1,19 +1,59 @@
-"""`quality_score`: annotate every document with one score column per fastText classifier, in one pass.
+"""`quality_score`: annotate every document with one score column per classifier (fastText or embedding head), in
+one pass, and optionally an ensemble column: the max or mean of the models' scores calibrated to dataset ranks.
 
-Scores are written beside the text and selection happens later (`quality_filter`), so a threshold can change without rescoring.
+Scores are written beside the text and selection happens later (`quality_filter`, `quality_bucket`), so a threshold
+can change without rescoring.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gristmill.stages.quality.fasttext_model import FastTextClassifier, model_card, model_file
 from gristmill.stages.quality.preprocess import tokenize
-from gristmill.pipeline.engine.stage import BatchResult, MapStage, StageConfig, register
+from gristmill.stages.quality.quality_bucket import level_edges, levels_of
+from gristmill.pipeline.engine.stage import BatchResult, MapStage, ReduceContext, StageConfig, register
+
+MANIFEST_FILE = "gristmill_classifier.json"
+EMBEDDING_MODULE = "gristmill.stages.quality.embedding_model"
+CLASSIFIER_KINDS = ("fasttext", "embedding")
+# Rank calibration: a score becomes floor(RANK_LEVELS × share of the dataset's scores strictly below it) / RANK_LEVELS.
+RANK_LEVELS = 1000
+
+
+def classifier_kind(path: str | Path) -> str:
+    """The kind a classifier directory's manifest names; fastText where there is no manifest (a bare model file,
+    or a directory from before manifests)."""
+    manifest = Path(path) / MANIFEST_FILE
+    if not manifest.is_file():
+        return "fasttext"
+    try:
+        kind = json.loads(manifest.read_text()).get("kind")
+    except (ValueError, AttributeError):
+        raise ValueError(f"{manifest}: not a JSON object with a `kind`") from None
+    if kind not in CLASSIFIER_KINDS:
+        raise ValueError(f"{manifest}: kind {kind!r} is not one of {', '.join(CLASSIFIER_KINDS)}")
+    return kind
+
+
+def embedding_module_available() -> bool:
+    return EMBEDDING_MODULE in sys.modules or importlib.util.find_spec(EMBEDDING_MODULE) is not None
+
+
+def load_embedding_classifier(path: str) -> Any:
+    """Imported only when an embedding classifier is used, so fastText-only runs never load its dependencies."""
+    return importlib.import_module(EMBEDDING_MODULE).load_embedding_classifier(path)
 
 
 class ScoringModel(BaseModel):
@@ -40,14 +80,43 @@ class ScoringModel(BaseModel):
     @field_validator("model")
     @classmethod
     def model_exists(cls, path: str) -> str:
-        model_file(path)
+        if classifier_kind(path) == "fasttext":
+            model_file(path)
+        elif not embedding_module_available():
+            raise ValueError(f"{path} is an embedding classifier, and {EMBEDDING_MODULE} is not installed")
         return path
+
+    @property
+    def kind(self) -> str:
+        return classifier_kind(self.model)
 
     @model_validator(mode="after")
     def label_is_known(self) -> ScoringModel:
-        if self.label is None and (model_card(self.model) or {}).get("positive_label") is None:
+        if self.kind == "embedding":
+            if self.label is not None:
+                raise ValueError(f"{self.model}: an embedding classifier gives one score; leave `label` out")
+        elif self.label is None and (model_card(self.model) or {}).get("positive_label") is None:
             raise ValueError(f"{self.model} has no model card naming a positive label; set `label`")
         return self
+
+
+class Ensemble(BaseModel):
+    """One more column combining every model's score."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    column: str = Field("quality_ensemble", description="Name of the float32 ensemble column.")
+    method: Literal["max", "mean"] = Field("max", description="How calibrated scores combine.")
+    calibrate: Literal["rank", "none"] = Field(
+        "rank", description="rank: each score becomes its share of the dataset's scores strictly below it (needs a "
+        "global view); none: raw scores, only meaningful for models on one scale.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def from_command_line(cls, value: Any) -> Any:
+        """Accept a JSON object or the method alone (`--ensemble max`), the forms the command line passes."""
+        if isinstance(value, str):
+            return json.loads(value) if value.lstrip().startswith("{") else {"method": value}
+        return value
 
 
 class QualityScoreConfig(StageConfig):
@@ -55,43 +124,117 @@ class QualityScoreConfig(StageConfig):
         min_length=1,
         description="Classifiers to apply, each {column, model, label}; on the command line COLUMN=MODEL.",
     )
+    ensemble: Ensemble | None = Field(
+        None, description="Also write {column, method: max|mean, calibrate: rank|none} over every model's score.")
 
-    @field_validator("models")
-    @classmethod
-    def columns_differ(cls, models: list[ScoringModel]) -> list[ScoringModel]:
-        columns = [scoring.column for scoring in models]
+    @model_validator(mode="after")
+    def columns_differ(self) -> QualityScoreConfig:
+        columns = [scoring.column for scoring in self.models] + ([self.ensemble.column] if self.ensemble else [])
         if len(set(columns)) != len(columns):
             raise ValueError(f"score columns must differ, got {columns}")
-        return models
+        return self
 
 
 @register
 class QualityScore(MapStage):
-    """Add one score column per fastText classifier (probability of its positive label); texts are tokenised once."""
+    """Add one score column per classifier (fastText: probability of its positive label; embedding: its head's
+    score), and optionally an ensemble of them; texts are tokenised once."""
 
     name = "quality_score"
     Config = QualityScoreConfig
 
+    @classmethod
+    def needs_global_view_for(cls, config: QualityScoreConfig) -> bool:
+        return config.ensemble is not None and config.ensemble.calibrate == "rank"
+
     def setup(self) -> None:
-        self.scorers: list[tuple[str, FastTextClassifier, int]] = []
+        self.scorers: list[tuple[str, str, Any, int]] = []  # column, kind, model, label index (fastText)
         for scoring in self.config.models:
+            if scoring.kind == "embedding":
+                self.scorers.append((scoring.column, "embedding", load_embedding_classifier(scoring.model), 0))
+                continue
             classifier = FastTextClassifier.load(scoring.model)
             label = scoring.label or model_card(scoring.model)["positive_label"]
             if label not in classifier.labels:
                 raise ValueError(f"{scoring.model}: label {label!r} is not one of {list(classifier.labels)}")
-            self.scorers.append((scoring.column, classifier, classifier.labels.index(label)))
+            self.scorers.append((scoring.column, "fasttext", classifier, classifier.labels.index(label)))
 
     def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
-        for scoring in self.config.models:
-            if scoring.column in input_schema.names:
-                raise ValueError(f"quality_score: column {scoring.column!r} already exists in the input")
-            input_schema = input_schema.append(pa.field(scoring.column, pa.float32()))
+        columns = [scoring.column for scoring in self.config.models]
+        for column in columns + ([self.config.ensemble.column] if self.config.ensemble else []):
+            if column in input_schema.names:
+                raise ValueError(f"quality_score: column {column!r} already exists in the input")
+            input_schema = input_schema.append(pa.field(column, pa.float32()))
         return input_schema
 
-    def process(self, batch: pa.RecordBatch) -> BatchResult:
+    def score(self, batch: pa.RecordBatch) -> dict[str, pa.Array]:
+        """Every model's float32 scores; a text with no word (null, empty, blank) is null for every model."""
         tokens = tokenize(batch.column("text"))
         empty = np.asarray(tokens.value_lengths().fill_null(0)) == 0
-        for column, classifier, label_index in self.scorers:
-            scores = classifier.predict(tokens)[:, label_index]
-            batch = batch.append_column(column, pa.array(scores, pa.float32(), mask=empty | np.isnan(scores)))
+        worded = np.flatnonzero(~empty)
+        scores = {}
+        for column, kind, model, label_index in self.scorers:
+            if kind == "fasttext":
+                values = model.predict(tokens)[:, label_index]
+            else:
+                texts = pc.take(batch.column("text"), pa.array(worded)).to_pylist()
+                classifier_scores = np.asarray(model.score(texts), np.float32) if texts else np.empty(0, np.float32)
+                if classifier_scores.shape != (len(texts),):
+                    raise ValueError(f"{column}: the embedding classifier returned {classifier_scores.shape} scores "
+                                     f"for {len(texts)} texts")
+                values = np.full(batch.num_rows, np.nan, np.float32)
+                values[worded] = classifier_scores
+            scores[column] = pa.array(values, pa.float32(), mask=empty | np.isnan(values))
+        return scores
+
+    def summarize(self, batch: pa.RecordBatch) -> pa.Table:
+        """Ids and every model's scores, in row order: the reduce ranks them, and each shard then reads its own back
+        instead of scoring twice."""
+        return pa.table({"id": batch.column("id"), **self.score(batch)})
+
+    def reduce(self, context: ReduceContext) -> dict[str, Any]:
+        """Per model, the rank calibration's edges; and per shard, its summary file (the scores, in row order)."""
+        edges = {}
+        for scoring in self.config.models:
+            found = level_edges(context, scoring.column, RANK_LEVELS)
+            edges[scoring.column] = found[1] if found else None
+        summaries = {name: None if path is None else str(path)
+                     for name, path in zip(context.shard_names, context.summary_files)}
+        return {"edges": edges, "summaries": summaries}
+
+    def bind(self, global_view: Any, shard_name: str) -> None:
+        super().bind(global_view, shard_name)
+        path = global_view["summaries"].get(shard_name)
+        self.shard_scores = None if path is None else pq.read_table(path)
+        self.next_row = 0
+
+    def summarized_scores(self, batch: pa.RecordBatch) -> dict[str, pa.Array]:
+        """This batch's rows of the shard's summary (the runner reads a shard's batches in the same order twice)."""
+        if self.shard_scores is None:
+            return self.score(batch)
+        rows = self.shard_scores.slice(self.next_row, batch.num_rows)
+        self.next_row += batch.num_rows
+        if not rows.column("id").combine_chunks().equals(batch.column("id")):
+            raise RuntimeError(f"quality_score: shard {self.shard_name}: the summary's ids differ from the input's; "
+                               "remove the dataset's _work/summaries and run again")
+        return {scoring.column: rows.column(scoring.column).combine_chunks() for scoring in self.config.models}
+
+    def combine(self, scores: dict[str, pa.Array]) -> pa.Array:
+        """The ensemble: max or mean of the calibrated scores, null where any model has no score."""
+        ensemble = self.config.ensemble
+        if ensemble.calibrate == "rank":
+            edges = self.global_view["edges"]
+            calibrated = [levels_of(values, edges[column]) / RANK_LEVELS for column, values in scores.items()]
+        else:
+            calibrated = [values.to_numpy(zero_copy_only=False).astype(np.float64) for values in scores.values()]
+        stacked = np.stack(calibrated)
+        combined = (stacked.max(axis=0) if ensemble.method == "max" else stacked.mean(axis=0)).astype(np.float32)
+        return pa.array(combined, pa.float32(), mask=np.isnan(combined))
+
+    def process(self, batch: pa.RecordBatch) -> BatchResult:
+        scores = self.summarized_scores(batch) if self.needs_global_view_for(self.config) else self.score(batch)
+        for column, values in scores.items():
+            batch = batch.append_column(column, values)
+        if self.config.ensemble is not None:
+            batch = batch.append_column(self.config.ensemble.column, self.combine(scores))
         return BatchResult.keep_all(batch)
