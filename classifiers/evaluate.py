@@ -256,3 +256,102 @@ def write_evaluation(metrics: dict[str, Any], directory: Path, title: str) -> di
     paths["markdown"].write_text(metrics_markdown(metrics, title))
     plot_metrics(metrics, paths["plot"], title)
     return paths
+
+
+def grade_metrics(grades: np.ndarray, scores: np.ndarray, threshold: float, output: str,
+                  predicted_grades: np.ndarray | None = None) -> dict[str, Any]:
+    """Metrics of a classifier trained on grades against the true grades of held-out documents.
+
+    `output` is what the score is: "grade" (a predicted or expected grade, positive when >= threshold) or
+    "probability" (of a grade >= threshold, positive when >= 0.5). Accuracy, precision, recall and F1 are of that
+    binarised decision; Spearman is of the score against the grades, whatever the score is. `predicted_grades`
+    (integers) adds a per-grade confusion matrix and the share of exactly right grades. Documents without a score
+    (NaN) count as predicted negative and are reported as `unscored`.
+    """
+    from scipy.stats import spearmanr
+
+    grades = np.asarray(grades, np.float64)
+    scores = np.asarray(scores, np.float64)
+    cut = threshold if output == "grade" else 0.5
+    unscored = np.isnan(scores)
+    is_positive = grades >= threshold
+    predicted = np.where(unscored, False, scores >= cut)
+    true_positive = int((predicted & is_positive).sum())
+    false_positive = int((predicted & ~is_positive).sum())
+    false_negative = int((~predicted & is_positive).sum())
+    true_negative = int((~predicted & ~is_positive).sum())
+    precision = _ratio(true_positive, true_positive + false_positive)
+    recall = _ratio(true_positive, true_positive + false_negative)
+    scored_grades, scored = grades[~unscored], scores[~unscored]
+    varied = len(scored) > 1 and np.ptp(scored) > 0 and np.ptp(scored_grades) > 0
+    below, above = f"grade < {threshold:g}", f"grade >= {threshold:g}"
+    metrics: dict[str, Any] = {
+        "kind": "grades",
+        "score": output,
+        "documents": len(scores),
+        "unscored": int(unscored.sum()),
+        "threshold": threshold,
+        "decision": f"score >= {cut:g}",
+        "positives": int(is_positive.sum()),
+        "negatives": int((~is_positive).sum()),
+        "accuracy": _ratio(true_positive + true_negative, len(scores)),
+        "precision": precision,
+        "recall": recall,
+        "f1": _f1(precision, recall),
+        "spearman": float(spearmanr(scored_grades, scored).statistic) if varied else None,
+        "mean_absolute_error": float(np.abs(scored - scored_grades).mean()) if output == "grade" and len(scored) else None,
+        "confusion_matrix": {"labels": [below, above],
+                             "matrix": [[true_negative, false_positive], [false_negative, true_positive]]},
+    }
+    if predicted_grades is not None:
+        truth = np.rint(grades).astype(np.int64)
+        guess = np.asarray(predicted_grades, np.int64)
+        classes = sorted(set(truth.tolist()) | set(guess[~unscored].tolist()))
+        metrics["grade_accuracy"] = _ratio(int(((truth == guess) & ~unscored).sum()), len(truth))
+        metrics["grade_confusion_matrix"] = {
+            "labels": [str(grade) for grade in classes],
+            "matrix": [[int(((truth == actual) & (guess == said) & ~unscored).sum()) for said in classes]
+                       for actual in classes],
+        }
+    return metrics
+
+
+def write_grade_evaluation(metrics: dict[str, Any], directory: Path, title: str, grades: np.ndarray | None = None,
+                           scores: np.ndarray | None = None) -> dict[str, Path]:
+    """The evaluation of a classifier trained on grades: report.html, report.md (with figures/) and report.json from
+    `Report`, and metrics.json beside them; with the held-out `grades` and `scores`, a plot of scores per grade.
+    Returns the paths."""
+    from gristmill.pipeline.engine.report import Report, plt
+
+    report = Report(title, {"metrics": metrics})
+    report.section("Held-out metrics")
+    what = ("a grade (predicted by a regression head, or expected under a per-grade classifier's probabilities)"
+            if metrics["score"] == "grade" else "the probability of a grade >= threshold")
+    report.text(f"The score is {what}; "
+                f"a document counts as positive when its grade is >= {metrics['threshold']:g} and is predicted positive "
+                f"when {metrics['decision']}." + (f" {metrics['unscored']} document(s) had no score and count as "
+                                                   "predicted negative." if metrics["unscored"] else ""))
+    headline = ("documents", "positives", "negatives", "accuracy", "precision", "recall", "f1", "spearman",
+                "mean_absolute_error", "grade_accuracy")
+    report.table([{key: metrics.get(key) for key in headline if key in metrics}])
+    if "holdout" in metrics:
+        holdout = metrics["holdout"]
+        report.text(f"Held out by {holdout['group']}: documents sharing one stay on the same side of the split.")
+    for key, caption in (("confusion_matrix", "Confusion matrix at the threshold (rows: truth, columns: prediction)"),
+                         ("grade_confusion_matrix", "Confusion matrix per grade (rows: true grade, columns: predicted grade)")):
+        if key in metrics:
+            confusion = metrics[key]
+            report.section(caption)
+            report.table([{"": label, **dict(zip(confusion["labels"], row))}
+                          for label, row in zip(confusion["labels"], confusion["matrix"])], ["", *confusion["labels"]])
+    if grades is not None and scores is not None and len(grades):
+        rounded, scored = np.rint(np.asarray(grades, np.float64)).astype(np.int64), ~np.isnan(scores)
+        present = sorted(set(rounded[scored].tolist()))
+        figure, axis = plt.subplots(figsize=(6, 4))
+        axis.boxplot([scores[scored & (rounded == grade)] for grade in present], tick_labels=[str(g) for g in present])
+        axis.set(xlabel="true grade", ylabel="score", title="Held-out scores by true grade")
+        report.section("Scores by true grade").figure(figure, "Held-out scores by true grade (rounded)")
+    paths = report.write(directory)
+    paths["json_metrics"] = directory / "metrics.json"
+    paths["json_metrics"].write_text(json.dumps(metrics, indent=2) + "\n")
+    return paths

@@ -22,6 +22,7 @@ from gristmill.classifiers.domain import load_rules, seed_labels
 from gristmill.classifiers.evaluate import binary_metrics, multiclass_metrics, write_evaluation
 from gristmill.classifiers.holdout import VALIDATION_SEED, HoldoutGroups, holdout_groups, holdout_mask, key_columns
 from gristmill.pipeline.engine.dataset import file_checksum
+from gristmill.stages.quality.embedding_model import MANIFEST_FILE, MANIFEST_FORMAT, PROBABILITY
 from gristmill.stages.quality.fasttext_model import (
     CARD_FILE,
     MODEL_FILE,
@@ -59,11 +60,16 @@ def evaluate_classifier(classifier: FastTextClassifier, tokens: pa.ListArray, tr
     return binary_metrics(truth == POSITIVE, probabilities[:, classifier.labels.index(positive_label)], threshold)
 
 
+def write_manifest(output: Path, manifest: dict[str, Any]) -> None:
+    """`gristmill_classifier.json`: what kind of classifier a directory holds and what its score means."""
+    (output / MANIFEST_FILE).write_text(json.dumps({"format": MANIFEST_FORMAT, **manifest}, indent=2) + "\n")
+
+
 def train_classifier(texts: pa.Array, labels: np.ndarray, parameters: TrainingParameters, output: Path,
                      inputs: list[dict[str, Any]], holdout_fraction: float, binary: bool,
-                     groups: HoldoutGroups | None = None) -> dict[str, Any]:
-    """Split by group (default: by text), train (with NaN retries), evaluate on the held-out split and write
-    model, card and report."""
+                     groups: HoldoutGroups | None = None, evaluate: bool = True) -> dict[str, Any]:
+    """Split by group (default: by text), train (with NaN retries), evaluate on the held-out split (unless the
+    caller evaluates itself) and write model, card, manifest and report."""
     groups = groups or holdout_groups(texts, pa.table({}))
     held_out = holdout_mask(groups.keys, holdout_fraction)
     validation = holdout_mask(groups.keys, 0.1, VALIDATION_SEED) & ~held_out if parameters.autotune_seconds else None
@@ -78,7 +84,7 @@ def train_classifier(texts: pa.Array, labels: np.ndarray, parameters: TrainingPa
     run.model.save_model(str(output / MODEL_FILE))
     classifier = FastTextClassifier(run.model)
     metrics = None
-    if held_out.any():
+    if held_out.any() and evaluate:
         metrics = evaluate_classifier(classifier, tokens.filter(pa.array(held_out)), labels[held_out],
                                       POSITIVE if binary else None) | {"holdout": groups.describe()}
         write_evaluation(metrics, output / EVALUATION_DIR, f"Held-out evaluation of {output.name}")
@@ -114,6 +120,9 @@ def train_classifier(texts: pa.Array, labels: np.ndarray, parameters: TrainingPa
                                                  if key not in ("roc_curve", "score_histograms")},
     }
     (output / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    write_manifest(output, {"kind": "fasttext", "model_file": MODEL_FILE, "card": CARD_FILE,
+                            "score": PROBABILITY if binary else "label_probabilities",
+                            "positive_label": card["positive_label"], "labels": card["labels"]})
     return card
 
 

