@@ -30,8 +30,8 @@ from gristmill.stages.filters.langid import Py3LangidIdentifier
 from tests.conftest import REPO, data_files
 from tests.test_dask_cluster import loopback_cluster  # noqa: F401  (fixture)
 
-# Stages the graph below leaves out: rewrite needs a generative language model.
-NEEDS_A_MODEL = {"rewrite"}
+# Stages the graph below leaves out: rewrite and annotate need a generative language model.
+NEEDS_A_MODEL = {"rewrite", "annotate"}
 # Thread counts whose OpenBLAS split of py3langid's 142 classes rounds differently from one thread's.
 MANY_THREADS = (3, 5, 8)
 QUIET = Console(quiet=True)

@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import ast
 import functools
-import importlib.resources
 import io
 import itertools
 import json
-import os
 import re
 import shutil
-import string
 import subprocess
 import sys
 import tempfile
@@ -25,25 +22,25 @@ from typing import Any, Literal
 
 import pyarrow as pa
 import xxhash
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from gristmill.pipeline.engine.config_files import load_yaml
-from gristmill.pipeline.engine.stage import BatchResult, MapStage, Resources, StageConfig, register, tagged_options
+from gristmill.pipeline.engine.stage import BatchResult, register
 from gristmill.pipeline.engine.stage_report import ReportedDataset, StageSection
-from gristmill.stages.rewrite.backends import (
-    Backend,
-    BackendOptions,
-    Generation,
-    Request,
-    SamplingSettings,
-    TransformersOptions,
-    model_fingerprint,
-    require,
-    timed_generate,
+from gristmill.stages.rewrite.backends import Request
+from gristmill.stages.rewrite.generation import (
+    GenerationCache,
+    GenerationConfig,
+    GeneratingStage,
+    cost_stats,
+    cost_summary,
+    generate_entries,
+    generation_key,
+    request_seed,
 )
+from gristmill.stages.rewrite.prompts import PROMPTS_DIR, REWRITE_KINDS, Prompt, load_prompt  # noqa: F401 - named here too
 from gristmill.stages.rewrite.report import rewrite_sections
 
-PROMPTS_DIR = Path(str(importlib.resources.files("gristmill.configs") / "prompts"))  # shipped in the wheel too
+RewriteCache = GenerationCache  # its name before the cache was shared with `annotate`
 CACHE_DIR = "rewrite_cache"
 Check = Literal["language", "length_ratio", "refusal", "boilerplate", "ngram_overlap", "repetition", "code_parse",
                 "truncated"]
@@ -65,70 +62,11 @@ OUTPUT_FIELDS = [
 ]
 
 
-class Prompt(BaseModel):
-    """A prompt template file from `configs/prompts/`: `${text}` and `${language}` are filled per chunk."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    id: str
-    version: int = Field(ge=1, description="Bump on any change to the wording: it is part of the cache key.")
-    kind: Literal["text", "math", "code"] = "text"
-    language: str | None = Field(None, description="Programming language of a code prompt (only python is checked).")
-    description: str = ""
-    system: str | None = None
-    user: str
-
-    @model_validator(mode="after")
-    def has_text_variable(self) -> Prompt:
-        template = string.Template(self.user)
-        if not template.is_valid():
-            raise ValueError(f"prompt {self.id}: the user template has a $ that starts no ${{name}}; write $$ for a "
-                             "literal dollar sign")
-        names = set(template.get_identifiers())
-        if "text" not in names or not names <= {"text", "language"}:
-            raise ValueError(f"prompt {self.id}: the user template must use ${{text}} and may use ${{language}}, got {sorted(names)}")
-        return self
-
-    def messages(self, text: str, language: str) -> list[dict[str, str]]:
-        user = string.Template(self.user).substitute(text=text, language=language)
-        return ([{"role": "system", "content": self.system}] if self.system else []) + [{"role": "user", "content": user}]
-
-    @property
-    def instructions(self) -> str:
-        """The fixed wording of the prompt, to recognise an output that repeats it."""
-        return " ".join(filter(None, [self.system, string.Template(self.user).substitute(text=" ", language=" ")]))
-
-
-def load_prompt(name: str) -> Prompt:
-    """A prompt by id (a file in configs/prompts/) or by path to a YAML file, read safely: a tag, a duplicate key
-    or malformed YAML is one line naming the file."""
-    path = Path(name) if name.endswith((".yaml", ".yml")) else PROMPTS_DIR / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in PROMPTS_DIR.glob("*.yaml")))
-        raise ValueError(f"prompt {name!r}: no file {path} (prompts in the library: {known})")
-    try:
-        return Prompt.model_validate(load_yaml(path, ValueError))
-    except ValidationError as error:
-        problems = "; ".join(problem["msg"].removeprefix("Value error, ") for problem in error.errors())
-        raise ValueError(f"prompt file {path}: {problems}") from None
-
-
-class RewriteConfig(StageConfig):
-    backend: BackendOptions = Field(
-        TransformersOptions(),
-        description="Where text is generated, with that backend's own options: {kind: transformers} (small models, "
-        "CPU or GPU), {kind: vllm} (offline engine) or {kind: openai, base_url: ...} (HTTP server); see docs/REWRITE.md.",
-    )
-    model: str = Field(description="Model folder (transformers, vllm), or the model name a server serves (openai).")
+class RewriteConfig(GenerationConfig):
     prompt: str = Field("wrap_wikipedia", description="Prompt id from configs/prompts/ or path to a prompt YAML file.")
-    temperature: float = Field(0.7, ge=0, description="Sampling temperature; 0 is greedy.")
-    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling mass.")
-    max_new_tokens: int = Field(512, ge=1, description="Most tokens generated per chunk.")
-    seed: int = Field(0, description="Base seed; each chunk's seed derives from it and the document id.")
-    batch_size: int = Field(256, ge=1, description="Chunks per generate call; results reach the cache after each call.")
     chunk_tokens: int | None = Field(
         None, ge=16, description="Most source tokens per chunk; default: what fits the context and max_new_tokens."
     )
-    max_model_len: int | None = Field(None, ge=64, description="Context length; default: the model's (openai: 4096).")
     checks: list[Check] = Field(list(ALL_CHECKS), description="Fidelity checks to apply.")
     min_length_ratio: float = Field(0.3, ge=0, description="Shortest output, as a share of the source's characters.")
     max_length_ratio: float = Field(3.0, gt=0, description="Longest output, as a multiple of the source's characters.")
@@ -150,18 +88,12 @@ class RewriteConfig(StageConfig):
         "a multilingual crawl); the others pass through with reason not_selected.",
     )
     lint: bool = Field(False, description="Code prompts: also require `ruff check` (syntax, undefined names) to pass.")
-    price_per_gpu_hour: float = Field(2.0, ge=0, description="Price of one GPU-hour, for cost in the stats.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def options_inside_backend(cls, data: Any) -> Any:
-        return tagged_options(cls, "backend", data)
 
     @model_validator(mode="after")
     def consistent(self) -> RewriteConfig:
         if self.min_length_ratio >= self.max_length_ratio:
             raise ValueError("min_length_ratio must be below max_length_ratio")
-        load_prompt(self.prompt)
+        load_prompt(self.prompt, REWRITE_KINDS)
         return self
 
 
@@ -365,42 +297,6 @@ def language_name(code: str) -> str:
     return LANGUAGE_NAMES.get(base_language(code), "the same language as the text")
 
 
-# ---------------------------------------------------------------- cache
-
-
-class RewriteCache:
-    """Append-only JSONL of finished generations, one file per shard; a line torn by a kill is ignored."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.entries: dict[str, dict[str, Any]] = {}
-        self.torn = False  # the file ends in a line a kill cut short: the next append starts a new line first
-        if path.exists():
-            with open(path, encoding="utf-8", errors="replace") as handle:  # a kill may cut a character in two
-                for line in handle:
-                    self.torn = not line.endswith("\n")
-                    try:
-                        entry = json.loads(line)
-                        self.entries[entry["key"]] = entry
-                    except (json.JSONDecodeError, KeyError, TypeError):
-                        continue
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        return self.entries.get(key)
-
-    def add(self, entries: list[dict[str, Any]]) -> None:
-        if not entries:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write("\n" * self.torn + "".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in entries))
-            handle.flush()
-            os.fsync(handle.fileno())
-        self.torn = False
-        for entry in entries:
-            self.entries[entry["key"]] = entry
-
-
 # ---------------------------------------------------------------- the stage
 
 
@@ -415,56 +311,19 @@ class Document:
     text: str | None = None
 
 
-def cost_summary(stats: dict[str, float]) -> dict[str, float | None]:
-    """Rates from the stage's summed counters: tokens/s, GPU-seconds and cost per million generated tokens."""
-    seconds = stats.get("rewrite_generation_seconds", 0.0)
-    tokens_in, tokens_out = stats.get("rewrite_tokens_in", 0), stats.get("rewrite_tokens_out", 0)
-    cost = stats.get("rewrite_cost_usd", 0.0)
-    return {
-        "tokens_out_per_second": tokens_out / seconds if seconds else None,
-        "tokens_per_second": (tokens_in + tokens_out) / seconds if seconds else None,
-        "gpu_seconds": stats.get("rewrite_gpu_seconds", 0.0),
-        "cost_usd": cost,
-        "cost_per_million_tokens_out": cost / tokens_out * 1e6 if tokens_out else None,
-    }
-
-
 @register
-class Rewrite(MapStage):
+class Rewrite(GeneratingStage):
     """Rephrase `text` with an LLM; failed fidelity checks keep the original, with the reason in `rewrite_reason`."""
 
     name = "rewrite"
     Config = RewriteConfig
-    resources = Resources(cpus=1, memory_gb=4)
-
-    @classmethod
-    def resources_for(cls, config: RewriteConfig) -> Resources:
-        """vLLM needs its GPUs on the worker (Dask routes the task to a worker started with `--resources GPU=N`);
-        transformers on an explicit CUDA device needs one; the server backend and CPU need none."""
-        return cls.resources.model_copy(update={"gpus": config.backend.worker_gpus()})
+    cache_dir = CACHE_DIR
 
     def setup(self) -> None:
         """Cheap checks only: the model loads on the first batch, so the planning process never loads it."""
-        self.prompt = load_prompt(self.config.prompt)
-        require(self.config.backend.library, "see docs/REWRITE.md for the backends' installs")
-        self._backend: Backend | None = None
-        self.cache: RewriteCache | None = None
-        self.sampling = SamplingSettings(self.config.temperature, self.config.top_p, self.config.max_new_tokens, self.config.seed)
-        self.params_json = json.dumps(self.sampling.__dict__, sort_keys=True)
+        super().setup()
+        self.prompt = load_prompt(self.config.prompt, REWRITE_KINDS)
         self.documents_seen = 0  # selected documents in the current shard, for max_documents
-        self.model_name = self.config.model + self.weights_file_suffix
-
-    @property
-    def weights_file_suffix(self) -> str:
-        """`::FILE` when the backend loads one GGUF file from the model folder, so two files of one folder differ."""
-        gguf_file = getattr(self.config.backend, "gguf_file", None)
-        return f"::{gguf_file}" if gguf_file else ""
-
-    @functools.cached_property
-    def model_identity(self) -> str:
-        """The model's fingerprint (with the GGUF file loaded from it): the cache key's model, unlike its path,
-        which moves with the folder and is kept only as provenance. Computed on first use, never while planning."""
-        return model_fingerprint(self.config.model) + self.weights_file_suffix
 
     @property
     def python(self) -> bool:
@@ -475,13 +334,6 @@ class Rewrite(MapStage):
         """A shard starts: count its documents afresh and keep its generations in `_work/rewrite_cache/`."""
         super().open_shard(shard_name, work_dir)
         self.documents_seen = 0
-        self.cache = RewriteCache(work_dir / CACHE_DIR / f"{shard_name}.jsonl")
-
-    @property
-    def backend(self) -> Backend:
-        if self._backend is None:
-            self._backend = self.config.backend.build(self.config.model, self.config.max_model_len, self.config.seed)
-        return self._backend
 
     def chunk_budget(self) -> int:
         if self.config.chunk_tokens:
@@ -551,43 +403,23 @@ class Rewrite(MapStage):
                     continue
                 stats["rewrite_chunks"] += 1
                 key = self.cache_key(doc.id, index, core)
-                cached = self.cache.get(key) if self.cache else None
+                cached = self.cached(key)
                 if cached is not None:
-                    doc.outputs[index] = cached | {"cache_hit": True}
+                    doc.outputs[index] = cached
                     stats["rewrite_cache_hits"] += 1
                     continue
-                seed = xxhash.xxh64_intdigest(f"{self.config.seed}\0{doc.id}\0{index}".encode()) & 0x7FFFFFFF
-                request = Request(self.prompt.messages(core, language_names[doc.language]), seed)
+                request = Request(self.prompt.messages(core, language_names[doc.language]),
+                                  request_seed(self.config.seed, doc.id, index))
                 missing.append((doc, index, key, request))
-        for start in range(0, len(missing), self.config.batch_size):
-            group = missing[start:start + self.config.batch_size]
-            generations, seconds = timed_generate(self.backend, [request for *_, request in group], self.sampling)
-            stats["rewrite_generations"] += len(group)
-            entries = self._entries(group, generations, seconds)
-            if self.cache is not None:
-                self.cache.add([entry for entry in entries if entry["error"] is None])
-            for (doc, index, *_), entry in zip(group, entries):
-                doc.outputs[index] = entry | {"cache_hit": False}
-
-    def _entries(self, group: list[tuple[Document, int, str, Request]], generations: list[Generation],
-                 seconds: float) -> list[dict[str, Any]]:
-        """Cache entries for one generate call; its seconds are shared out by each request's tokens."""
-        weights = [generation.tokens_in + generation.tokens_out for generation in generations]
-        total = sum(weights) or len(weights)
-        entries = []
-        for (_, _, key, _), generation, weight in zip(group, generations, weights):
-            share = seconds * (weight if sum(weights) else 1) / total
-            entries.append({
-                "key": key, "text": generation.text, "tokens_in": generation.tokens_in,
-                "tokens_out": generation.tokens_out, "finish_reason": generation.finish_reason,
-                "seconds": share, "gpu_seconds": share * self.backend.gpus, "error": generation.error,
-            })
-        return entries
+        entries = generate_entries(self.backend, [(key, request) for *_, key, request in missing], self.sampling,
+                                   self.config.batch_size, self.cache)
+        stats["rewrite_generations"] += len(missing)
+        for (doc, index, *_), entry in zip(missing, entries):
+            doc.outputs[index] = entry
 
     def cache_key(self, doc_id: str, chunk_index: int, chunk: str) -> str:
-        parts = [doc_id, chunk_index, xxhash.xxh3_64_hexdigest(chunk.encode()), self.prompt.id, self.prompt.version,
-                 self.model_identity, self.params_json]
-        return xxhash.xxh3_128_hexdigest(json.dumps(parts).encode())
+        return generation_key(doc_id, chunk_index, xxhash.xxh3_64_hexdigest(chunk.encode()), self.prompt.id,
+                              self.prompt.version, self.model_identity, self.params_json)
 
     def _check(self, documents: list[Document], stats: dict[str, float]) -> None:
         """Reassemble each document from its chunks and keep the original where a fidelity check fails."""
@@ -673,11 +505,8 @@ class Rewrite(MapStage):
             status_key = "rewritten" if rewritten else f"kept_original:{doc.reason}"
             stats[status_key] = stats.get(status_key, 0) + 1
         rows = batch.num_rows
-        stats |= {
-            "rewrite_tokens_in": sum(tokens_in), "rewrite_tokens_out": sum(tokens_out),
-            "rewrite_generation_seconds": sum(seconds), "rewrite_gpu_seconds": gpu_seconds,
-            "rewrite_cost_usd": gpu_seconds / 3600 * self.config.price_per_gpu_hour,
-        }
+        stats |= cost_stats("rewrite", sum(tokens_in), sum(tokens_out), sum(seconds), gpu_seconds,
+                            self.config.price_per_gpu_hour)
         columns = {
             "original_text": batch.column("text"),
             "rewrite_status": pa.array(statuses, pa.string()),
