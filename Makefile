@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= runs/demo
+QUALITY_DIR ?= runs/quality
 
-.PHONY: demo test test-vllm install install-dev clean
+.PHONY: demo quality-demo test test-vllm install install-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +54,26 @@ demo: $(VENV)/.installed
 		"token buckets $(DEMO_DIR)/shards, mixture plan $(DEMO_DIR)/plan)"
 	@echo "run report: $(DEMO_DIR)/report/report.html"
 	@echo "ablation (raw against curated, DD against concat): $(DEMO_DIR)/ablation/report/report.html"
+
+# Quality from annotations (docs/QUALITY.md): SmolLM2 grades 40 sampled documents on CPU, a fastText classifier learns
+# the grades and scores every document, 10 quality levels, tokens by level and a mixture that selects by level.
+# The grader (and tokenizer) is exported beside the run directory, which holds only what Gristmill writes.
+quality-demo: $(VENV)/.installed
+	rm -rf $(QUALITY_DIR) $(QUALITY_DIR)-grader
+	$(BIN)/gristmill sample --output $(QUALITY_DIR)/sample --pages 400
+	$(BIN)/python -c 'import sys; from gristmill.stages.rewrite.backends import main; sys.exit(main(sys.argv[1:]))' \
+		export-smollm2 $(QUALITY_DIR)-grader
+	$(BIN)/gristmill run configs/quality-from-annotations.yaml --output $(QUALITY_DIR)
+	$(BIN)/gristmill classifier train --labels $(QUALITY_DIR)/graded --label-column annotation_score --threshold 2 \
+		--epoch 100 --lr 1.0 --holdout 0.25 --output $(QUALITY_DIR)/grade_model
+	$(BIN)/gristmill run configs/quality-from-annotations-score.yaml --output $(QUALITY_DIR)
+	$(BIN)/gristmill export --input $(QUALITY_DIR)/pieces --output $(QUALITY_DIR)/shards
+	$(BIN)/gristmill mix --input configs/quality-from-annotations-mixture.yaml --data $(QUALITY_DIR)/shards \
+		--output $(QUALITY_DIR)/plan
+	$(BIN)/gristmill report --input $(QUALITY_DIR) --output $(QUALITY_DIR)/report
+	@echo "grades: $(QUALITY_DIR)/graded (annotation_score), classifier: $(QUALITY_DIR)/grade_model" \
+		"(held-out metrics in evaluation/metrics.json), levels: $(QUALITY_DIR)/levels, mixture plan: $(QUALITY_DIR)/plan"
+	@echo "run report: $(QUALITY_DIR)/report/report.html"
 
 # PYTEST_FLAGS adds pytest options: .ci/run passes -rs to check every skip's reason.
 test: $(VENV)/.installed-dev
