@@ -444,3 +444,32 @@ stages:
     averaged = tables[1]["averaged"]
     np.testing.assert_array_equal(averaged["quality_ensemble"].to_numpy(),
                                   ((quality + length) / 2).astype(np.float32))
+
+
+def test_the_run_report_shows_each_classifier_held_out_metrics(tmp_path: Path) -> None:
+    """quality_score's report section reads the metrics `classifier train` wrote beside each model."""
+    import json
+
+    import pyarrow as pa
+
+    from gristmill.pipeline.engine.dataset import Dataset
+    from gristmill.pipeline.engine.stage_report import ReportedDataset
+    from gristmill.stages.quality.quality_score import QualityScore
+
+    graded, untrained = tmp_path / "grade_model", tmp_path / "bare_model"
+    (graded / "evaluation").mkdir(parents=True)
+    untrained.mkdir()
+    (graded / "evaluation" / "metrics.json").write_text(json.dumps({
+        "documents": 40, "threshold": 2, "accuracy": 0.85, "f1": 0.8, "spearman": 0.72, "precision": None,
+        "confusion_matrix": {"labels": ["grade < 2", "grade >= 2"], "matrix": [[20, 3], [3, 14]]}}))
+    dataset = ReportedDataset("scored", Dataset(tmp_path / "scored"), "quality_score", True, [], pa.schema([]),
+                              config={"models": [{"column": "edu", "model": str(graded)},
+                                                 {"column": "old", "model": str(untrained)}]})
+    section, = QualityScore.report_sections(dataset)
+    tables = [block.rows for block in section.blocks if hasattr(block, "rows")]
+    assert {"measure": "spearman", "value": 0.72} in tables[0]
+    assert all(row["measure"] != "precision" for row in tables[0])  # a metric that could not be computed is left out
+    assert tables[1] == [{"true \\ predicted": "grade < 2", "grade < 2": 20, "grade >= 2": 3},
+                         {"true \\ predicted": "grade >= 2", "grade < 2": 3, "grade >= 2": 14}]
+    assert any("old: no held-out metrics" in block for block in section.blocks if isinstance(block, str))
+    assert section.statistics["models"][0]["metrics"]["f1"] == 0.8

@@ -24,6 +24,7 @@ from gristmill.stages.quality.fasttext_model import FastTextClassifier, model_ca
 from gristmill.stages.quality.preprocess import tokenize
 from gristmill.stages.quality.quality_bucket import level_edges, levels_of
 from gristmill.pipeline.engine.stage import BatchResult, MapStage, ReduceContext, StageConfig, register
+from gristmill.pipeline.engine.stage_report import ReportedDataset, StageSection
 
 MANIFEST_FILE = "gristmill_classifier.json"
 EMBEDDING_MODULE = "gristmill.stages.quality.embedding_model"
@@ -135,6 +136,9 @@ class QualityScoreConfig(StageConfig):
         return self
 
 
+METRICS_FILE = "metrics.json"  # written by `gristmill classifier train` under the model's evaluation/
+
+
 @register
 class QualityScore(MapStage):
     """Add one score column per classifier (fastText: probability of its positive label; embedding: its head's
@@ -142,6 +146,28 @@ class QualityScore(MapStage):
 
     name = "quality_score"
     Config = QualityScoreConfig
+
+    @classmethod
+    def report_sections(cls, dataset: ReportedDataset) -> list[StageSection]:
+        """Each classifier's held-out metrics, as `classifier train` measured them (its evaluation/metrics.json), so
+        a run's scores are read beside how well the model that made them did on documents it never saw."""
+        shown = ("documents", "threshold", "accuracy", "precision", "recall", "f1", "roc_auc", "spearman",
+                 "mean_absolute_error", "grade_accuracy")
+        section = StageSection(f"Quality classifiers: {dataset.name}", {"models": []})
+        for entry in dataset.config.get("models", []):
+            model = Path(entry["model"])
+            metrics_path = (model if model.is_dir() else model.parent) / "evaluation" / METRICS_FILE
+            if not metrics_path.exists():
+                section.text(f"{entry['column']}: no held-out metrics at {metrics_path}.")
+                continue
+            metrics = dataset.read_json(metrics_path)
+            section.statistics["models"].append({"column": entry["column"], "model": str(model), "metrics": metrics})
+            section.text(f"{entry['column']} ({model.name}): held-out metrics from training.")
+            section.table([{"measure": key, "value": metrics[key]} for key in shown if metrics.get(key) is not None])
+            if confusion := metrics.get("grade_confusion_matrix") or metrics.get("confusion_matrix"):
+                section.table([{"true \\ predicted": label, **dict(zip(confusion["labels"], row))}
+                               for label, row in zip(confusion["labels"], confusion["matrix"])])
+        return [section] if section.blocks else []
 
     @classmethod
     def needs_global_view_for(cls, config: QualityScoreConfig) -> bool:
