@@ -153,6 +153,19 @@ def test_fasttext_per_grade_recovers_grades(graded_file, tmp_path):
     assert scores.dtype == np.float32 and np.all((scores >= 0) & (scores <= 5))
     assert json.loads((tmp_path / "ft" / "evaluation" / "metrics.json").read_text())["spearman"] == metrics["spearman"]
     assert (tmp_path / "ft" / "evaluation" / "report.html").is_file()
+    # quality_score scores the per-grade model as its expected grade, like the scorer above.
+    from scipy.stats import spearmanr
+
+    from gristmill.pipeline.engine.documents import DOCUMENT_SCHEMA
+    from gristmill.stages.quality.quality_score import QualityScore, QualityScoreConfig
+
+    fresh = graded_documents(60, seed=1)
+    stage = QualityScore(QualityScoreConfig(models=[{"column": "edu", "model": str(tmp_path / "ft")}]))
+    stage.setup()
+    batch = pa.RecordBatch.from_pylist([{"id": row["id"], "text": row["text"]} for row in fresh], schema=DOCUMENT_SCHEMA)
+    staged = stage.process(batch).kept.column("edu").to_numpy()
+    assert np.allclose(staged, scores)
+    assert spearmanr(staged, [row["grade"] for row in fresh]).statistic >= 0.9
 
 
 def test_cli_fasttext_binarised_grades(graded_file, tmp_path):

@@ -45,6 +45,8 @@ def classifier_kind(path: str | Path) -> str:
         raise ValueError(f"{manifest}: not a JSON object with a `kind`") from None
     if kind not in CLASSIFIER_KINDS:
         raise ValueError(f"{manifest}: kind {kind!r} is not one of {', '.join(CLASSIFIER_KINDS)}")
+    if kind == "fasttext" and json.loads(manifest.read_text()).get("score") == "grade":
+        return "grade"  # a per-grade fastText model: its score is the expected grade, not one label's probability
     return kind
 
 
@@ -55,6 +57,11 @@ def embedding_module_available() -> bool:
 def load_embedding_classifier(path: str) -> Any:
     """Imported only when an embedding classifier is used, so fastText-only runs never load its dependencies."""
     return importlib.import_module(EMBEDDING_MODULE).load_embedding_classifier(path)
+
+
+def load_grade_classifier(path: str) -> Any:
+    """A per-grade fastText model scored as its expected grade, by the module that reads classifier manifests."""
+    return importlib.import_module(EMBEDDING_MODULE).load_grade_classifier(path)
 
 
 class ScoringModel(BaseModel):
@@ -93,9 +100,9 @@ class ScoringModel(BaseModel):
 
     @model_validator(mode="after")
     def label_is_known(self) -> ScoringModel:
-        if self.kind == "embedding":
+        if self.kind in ("embedding", "grade"):
             if self.label is not None:
-                raise ValueError(f"{self.model}: an embedding classifier gives one score; leave `label` out")
+                raise ValueError(f"{self.model}: an {self.kind} classifier gives one score; leave `label` out")
         elif self.label is None and (model_card(self.model) or {}).get("positive_label") is None:
             raise ValueError(f"{self.model} has no model card naming a positive label; set `label`")
         return self
@@ -176,8 +183,9 @@ class QualityScore(MapStage):
     def setup(self) -> None:
         self.scorers: list[tuple[str, str, Any, int]] = []  # column, kind, model, label index (fastText)
         for scoring in self.config.models:
-            if scoring.kind == "embedding":
-                self.scorers.append((scoring.column, "embedding", load_embedding_classifier(scoring.model), 0))
+            if scoring.kind in ("embedding", "grade"):
+                load = load_embedding_classifier if scoring.kind == "embedding" else load_grade_classifier
+                self.scorers.append((scoring.column, scoring.kind, load(scoring.model), 0))
                 continue
             classifier = FastTextClassifier.load(scoring.model)
             label = scoring.label or model_card(scoring.model)["positive_label"]
@@ -206,7 +214,7 @@ class QualityScore(MapStage):
                 texts = pc.take(batch.column("text"), pa.array(worded)).to_pylist()
                 classifier_scores = np.asarray(model.score(texts), np.float32) if texts else np.empty(0, np.float32)
                 if classifier_scores.shape != (len(texts),):
-                    raise ValueError(f"{column}: the embedding classifier returned {classifier_scores.shape} scores "
+                    raise ValueError(f"{column}: the {kind} classifier returned {classifier_scores.shape} scores "
                                      f"for {len(texts)} texts")
                 values = np.full(batch.num_rows, np.nan, np.float32)
                 values[worded] = classifier_scores
