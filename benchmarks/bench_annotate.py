@@ -15,13 +15,11 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import pyarrow as pa
-from bench_rewrite import RecordingBackend, raw_generate, real_documents
+from bench_rewrite import real_documents, stage_against_raw
 
 from gristmill.stages.quality.annotate import Annotate, AnnotateConfig
 from gristmill.stages.rewrite.backends import export_smollm2
@@ -50,45 +48,19 @@ def main() -> None:
                             batch_size=1_000_000, max_model_len=2048)  # one generate call, as the raw baseline makes
     stage = Annotate(config)
     stage.setup()
-    loading = time.perf_counter()
-    engine = stage.backend
-    load_seconds = time.perf_counter() - loading
-    recorder = RecordingBackend(engine)
-    documents = real_documents(args.documents, args.words, seed=0)
-
-    def run_stage(round_index: int, batch: pa.RecordBatch) -> tuple[dict, float]:
-        with tempfile.TemporaryDirectory() as cache:  # a fresh cache each round: every document is generated
-            stage.open_shard(f"part-{round_index:05d}", Path(cache))
-            started = time.perf_counter()
-            result = stage.process(batch)
-            return result.stats, time.perf_counter() - started
-
-    recorder.dry = True  # the exact requests the stage makes, for the raw baseline
-    run_stage(-2, documents)
-    requests, recorder.dry = list(recorder.requests), False
-    run_stage(-1, documents.slice(0, 2))  # warm-up of both, untimed
-    raw_generate(engine, requests[:2], stage.sampling)
-    stage_rates, raw_rates, ratios, stats = [], [], [], {}
-    for round_index in range(args.repeats):  # who goes first alternates
-        for contender in (["stage", "raw"] if round_index % 2 == 0 else ["raw", "stage"]):
-            if contender == "stage":
-                stats, seconds = run_stage(round_index, documents)
-                stage_rates.append(documents.num_rows / seconds)
-            else:
-                started = time.perf_counter()
-                raw_generate(engine, requests, stage.sampling)
-                raw_rates.append(len(requests) / (time.perf_counter() - started))
-        ratios.append(stage_rates[-1] / raw_rates[-1])
+    timed = stage_against_raw(stage, real_documents(args.documents, args.words, seed=0), args.repeats,
+                              stage_amount=lambda stats, batch: batch.num_rows,
+                              raw_amount=lambda tokens, requests: len(requests))
+    stats = timed["stats"]
     figures = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "backend": args.backend, "model": Path(model).name, "prompt": args.prompt, "documents": args.documents,
-        "requests": len(requests), "max_new_tokens": args.max_new_tokens, "rounds": args.repeats,
-        "model_load_seconds": round(load_seconds, 1),
-        "stage_documents_per_second": round(statistics.median(stage_rates), 3),
-        "raw_documents_per_second": round(statistics.median(raw_rates), 3),
-        "stage_share_of_raw": round(statistics.median(ratios), 3),
-        "share_range": [round(min(ratios), 3), round(max(ratios), 3)],
+        "requests": timed["requests"], "max_new_tokens": args.max_new_tokens, "rounds": args.repeats,
+        "model_load_seconds": round(timed["load_seconds"], 1),
+        "stage_documents_per_second": round(timed["stage_rate"], 3),
+        "raw_documents_per_second": round(timed["raw_rate"], 3),
+        "stage_share_of_raw": round(timed["share"], 3), "share_range": timed["share_range"],
         "tokens_out": stats["annotation_tokens_out"],
         "outcomes": {key.removeprefix("annotation_"): value for key, value in stats.items()
                      if key.startswith(("annotation_scored", "annotation_unscored"))},

@@ -19,6 +19,7 @@ import random
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from pydoc_data.topics import topics as PYDOC_TOPICS
 
@@ -73,6 +74,45 @@ def raw_generate(backend, requests: list[Request], sampling: SamplingSettings) -
     return int((new != backend.tokenizer.pad_token_id).sum())
 
 
+def stage_against_raw(stage, documents: pa.RecordBatch, repeats: int,
+                      stage_amount: Callable[[dict, pa.RecordBatch], float],
+                      raw_amount: Callable[[int, list[Request]], float], warm_requests: int = 2) -> dict:
+    """A generating stage against raw `generate` on the exact requests it makes, in rounds where who goes first
+    alternates; each side's rate is its amount (tokens out, documents...) per second. Returns the median rates, the
+    median per-round share of raw with its range, the request count, the model's load time and the stage's stats."""
+    loading = time.perf_counter()
+    backend = stage.backend
+    load_seconds = time.perf_counter() - loading
+    recorder = RecordingBackend(backend)
+
+    def run_stage(round_index: int, batch: pa.RecordBatch) -> tuple[dict, float]:
+        with tempfile.TemporaryDirectory() as cache:  # a fresh cache each round: everything is generated
+            stage.open_shard(f"part-{round_index:05d}", Path(cache))
+            started = time.perf_counter()
+            result = stage.process(batch)
+            return result.stats, time.perf_counter() - started
+
+    recorder.dry = True  # the exact requests the stage makes, for the raw baseline
+    run_stage(-2, documents)
+    requests, recorder.dry = list(recorder.requests), False
+    run_stage(-1, documents.slice(0, 2))  # warm-up of both, untimed
+    raw_generate(backend, requests[:warm_requests], stage.sampling)
+    stage_rates, raw_rates, ratios, stats = [], [], [], {}
+    for round_index in range(repeats):
+        for contender in (["stage", "raw"] if round_index % 2 == 0 else ["raw", "stage"]):
+            if contender == "stage":
+                stats, seconds = run_stage(round_index, documents)
+                stage_rates.append(stage_amount(stats, documents) / seconds)
+            else:
+                started = time.perf_counter()
+                raw_tokens = raw_generate(backend, requests, stage.sampling)
+                raw_rates.append(raw_amount(raw_tokens, requests) / (time.perf_counter() - started))
+        ratios.append(stage_rates[-1] / raw_rates[-1])
+    return {"stage_rate": statistics.median(stage_rates), "raw_rate": statistics.median(raw_rates),
+            "share": statistics.median(ratios), "share_range": [round(min(ratios), 3), round(max(ratios), 3)],
+            "requests": len(requests), "load_seconds": load_seconds, "stats": stats}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", choices=["vllm", "transformers"], default="transformers")
@@ -100,45 +140,19 @@ def main() -> None:
     )
     stage = Rewrite(config)
     stage.setup()
-    loading = time.perf_counter()
-    backend = stage.backend
-    load_seconds = time.perf_counter() - loading
-    recorder = RecordingBackend(backend)
-    documents = real_documents(args.documents, args.words, seed=0)
-
-    def run_stage(round_index: int, batch: pa.RecordBatch) -> tuple[dict, float]:
-        with tempfile.TemporaryDirectory() as cache:  # a fresh cache each round: every chunk is generated
-            stage.open_shard(f"part-{round_index:05d}", Path(cache))
-            started = time.perf_counter()
-            result = stage.process(batch)
-            return result.stats, time.perf_counter() - started
-
-    recorder.dry = True  # the exact requests the stage makes, for the raw baseline
-    run_stage(-2, documents)
-    requests, recorder.dry = list(recorder.requests), False
-    run_stage(-1, documents.slice(0, 2))  # warm-up of both, untimed
-    raw_generate(backend, requests[:4], stage.sampling)
-    stage_rates, raw_rates, ratios, stats = [], [], [], {}
-    for round_index in range(args.repeats):  # who goes first alternates
-        for contender in (["stage", "raw"] if round_index % 2 == 0 else ["raw", "stage"]):
-            if contender == "stage":
-                stats, seconds = run_stage(round_index, documents)
-                stage_rates.append(stats["rewrite_tokens_out"] / seconds)
-            else:
-                started = time.perf_counter()
-                raw_tokens = raw_generate(backend, requests, stage.sampling)
-                raw_rates.append(raw_tokens / (time.perf_counter() - started))
-        ratios.append(stage_rates[-1] / raw_rates[-1])
+    timed = stage_against_raw(stage, real_documents(args.documents, args.words, seed=0), args.repeats,
+                              stage_amount=lambda stats, batch: stats["rewrite_tokens_out"],
+                              raw_amount=lambda tokens, requests: tokens, warm_requests=4)
+    stats, requests = timed["stats"], timed["requests"]
     figures = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "backend": args.backend, "model": Path(model).name, "documents": args.documents,
-        "chunks": len(requests), "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
-        "rounds": args.repeats, "model_load_seconds": round(load_seconds, 1),
-        "stage_tokens_out_per_second": round(statistics.median(stage_rates), 1),
-        "raw_tokens_out_per_second": round(statistics.median(raw_rates), 1),
-        "stage_share_of_raw": round(statistics.median(ratios), 3),
-        "share_range": [round(min(ratios), 3), round(max(ratios), 3)],
+        "chunks": requests, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+        "rounds": args.repeats, "model_load_seconds": round(timed["load_seconds"], 1),
+        "stage_tokens_out_per_second": round(timed["stage_rate"], 1),
+        "raw_tokens_out_per_second": round(timed["raw_rate"], 1),
+        "stage_share_of_raw": round(timed["share"], 3), "share_range": timed["share_range"],
         "tokens_out": stats["rewrite_tokens_out"], "kept_original": {k: v for k, v in stats.items() if k.startswith("kept_")},
     }
     print(json.dumps(figures, indent=2))
