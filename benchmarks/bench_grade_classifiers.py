@@ -15,29 +15,15 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from pydoc_data.topics import topics as PYDOC_TOPICS
 
 import numpy as np
 import pyarrow as pa
+from bench_quality_score import real_windows
 from gristmill.classifiers.grades import GradeTraining, train_grade_classifier
 from gristmill.stages.quality.embedding_model import load_grade_classifier
 from gristmill.stages.quality.fasttext_model import TrainingParameters
 
 KEYWORDS = ("function", "object", "class", "module", "exception", "value")
-
-
-def real_windows(count: int, size: int, rng: random.Random) -> list[str]:
-    """Windows of about `size` characters of real English (pydoc topics), cut at word boundaries."""
-    words = " ".join(PYDOC_TOPICS[key] for key in sorted(PYDOC_TOPICS)).split(" ")
-    windows = []
-    for _ in range(count):
-        start = rng.randrange(len(words) - size // 4)
-        text, end = "", start
-        while len(text) < size:
-            text += words[end] + " "
-            end += 1
-        windows.append(text.strip())
-    return windows
 
 
 def grades_of(texts: list[str]) -> np.ndarray:
