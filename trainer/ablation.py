@@ -92,7 +92,7 @@ def as_list(value: str | list[str] | None) -> list[str]:
     return value if isinstance(value, list) else [value] * (value is not None)
 
 
-def without_node(recipe: Recipe, left_out: str, output: Path) -> tuple[GraphSpec | None, str]:
+def without_node(recipe: Recipe, left_out: str) -> tuple[GraphSpec | None, str]:
     """The recipe without one node, as a graph of the nodes downstream of it (the others are the recipe's own
     datasets, read where they are); its consumers read the left-out node's input instead. Returns the spec and
     the node whose output is the variant's final data; no spec when nothing reads the left-out node."""
@@ -151,7 +151,7 @@ def plan_variants(config: AblationConfig, recipe: Recipe, output: Path) -> list[
                                 compare_to={"raw": "raw" if config.variants.raw else None, "previous": previous}))
     against = {"raw": "raw" if config.variants.raw else None, "full": reference}
     for name in config.variants.leave_one_out:
-        spec, final = without_node(recipe, name, output)
+        spec, final = without_node(recipe, name)
         key = f"without-{name}"
         graph = build_variant_graph(spec, recipe, output / "variants" / key) if spec else None
         # Without a graph the variant is a recipe node's own dataset: it shares that node's data and runs.
