@@ -73,6 +73,32 @@ def expected_calibration_error(table: list[dict[str, Any]]) -> float:
     return float(sum(row["count"] * abs(row["mean_predicted"] - row["observed_rate"]) for row in table if row["count"]) / total)
 
 
+def decision_metrics(is_positive: np.ndarray, scores: np.ndarray, cut: float, labels: list[str]) -> dict[str, Any]:
+    """Counts, precision, recall, F1, accuracy and the confusion matrix of the decision `score >= cut` against the
+    truth; a document without a score (NaN) counts as predicted negative."""
+    is_positive = np.asarray(is_positive, bool)
+    unscored = np.isnan(scores)
+    predicted = np.where(unscored, False, scores >= cut)
+    true_positive = int((predicted & is_positive).sum())
+    false_positive = int((predicted & ~is_positive).sum())
+    false_negative = int((~predicted & is_positive).sum())
+    true_negative = int((~predicted & ~is_positive).sum())
+    precision = _ratio(true_positive, true_positive + false_positive)
+    recall = _ratio(true_positive, true_positive + false_negative)
+    return {
+        "documents": len(scores),
+        "positives": int(is_positive.sum()),
+        "negatives": int((~is_positive).sum()),
+        "unscored": int(unscored.sum()),
+        "precision": precision,
+        "recall": recall,
+        "f1": _f1(precision, recall),
+        "accuracy": _ratio(true_positive + true_negative, len(scores)),
+        "confusion_matrix": {"labels": labels,
+                             "matrix": [[true_negative, false_positive], [false_negative, true_positive]]},
+    }
+
+
 def binary_metrics(is_positive: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
     """Metrics of a score for the positive class against truth, predicting positive at score >= threshold.
 
@@ -81,31 +107,15 @@ def binary_metrics(is_positive: np.ndarray, scores: np.ndarray, threshold: float
     is_positive = np.asarray(is_positive, bool)
     scores = np.asarray(scores, np.float64)
     unscored = np.isnan(scores)
-    predicted = np.where(unscored, False, scores >= threshold)
-    true_positive = int((predicted & is_positive).sum())
-    false_positive = int((predicted & ~is_positive).sum())
-    false_negative = int((~predicted & is_positive).sum())
-    true_negative = int((~predicted & ~is_positive).sum())
-    precision = _ratio(true_positive, true_positive + false_positive)
-    recall = _ratio(true_positive, true_positive + false_negative)
     scored_truth, scored = is_positive[~unscored], scores[~unscored]
     calibration = calibration_table(scored_truth, scored)
     return {
         "kind": "binary",
-        "documents": len(scores),
-        "positives": int(is_positive.sum()),
-        "negatives": int((~is_positive).sum()),
-        "unscored": int(unscored.sum()),
+        **decision_metrics(is_positive, scores, threshold, ["negative", "positive"]),
         "threshold": threshold,
-        "precision": precision,
-        "recall": recall,
-        "f1": _f1(precision, recall),
-        "accuracy": _ratio(true_positive + true_negative, len(scores)),
         "roc_auc": roc_auc(scored_truth, scored),
         "expected_calibration_error": expected_calibration_error(calibration) if len(scored) else None,
         "calibration": calibration,
-        "confusion_matrix": {"labels": ["negative", "positive"],
-                             "matrix": [[true_negative, false_positive], [false_negative, true_positive]]},
         "roc_curve": roc_curve(scored_truth, scored) if len(scored) else None,
         "score_histograms": {
             "positive": score_distribution(scored[scored_truth])["histogram"],
@@ -274,34 +284,16 @@ def grade_metrics(grades: np.ndarray, scores: np.ndarray, threshold: float, outp
     scores = np.asarray(scores, np.float64)
     cut = threshold if output == "grade" else 0.5
     unscored = np.isnan(scores)
-    is_positive = grades >= threshold
-    predicted = np.where(unscored, False, scores >= cut)
-    true_positive = int((predicted & is_positive).sum())
-    false_positive = int((predicted & ~is_positive).sum())
-    false_negative = int((~predicted & is_positive).sum())
-    true_negative = int((~predicted & ~is_positive).sum())
-    precision = _ratio(true_positive, true_positive + false_positive)
-    recall = _ratio(true_positive, true_positive + false_negative)
     scored_grades, scored = grades[~unscored], scores[~unscored]
     varied = len(scored) > 1 and np.ptp(scored) > 0 and np.ptp(scored_grades) > 0
-    below, above = f"grade < {threshold:g}", f"grade >= {threshold:g}"
     metrics: dict[str, Any] = {
         "kind": "grades",
         "score": output,
-        "documents": len(scores),
-        "unscored": int(unscored.sum()),
+        **decision_metrics(grades >= threshold, scores, cut, [f"grade < {threshold:g}", f"grade >= {threshold:g}"]),
         "threshold": threshold,
         "decision": f"score >= {cut:g}",
-        "positives": int(is_positive.sum()),
-        "negatives": int((~is_positive).sum()),
-        "accuracy": _ratio(true_positive + true_negative, len(scores)),
-        "precision": precision,
-        "recall": recall,
-        "f1": _f1(precision, recall),
         "spearman": float(spearmanr(scored_grades, scored).statistic) if varied else None,
         "mean_absolute_error": float(np.abs(scored - scored_grades).mean()) if output == "grade" and len(scored) else None,
-        "confusion_matrix": {"labels": [below, above],
-                             "matrix": [[true_negative, false_positive], [false_negative, true_positive]]},
     }
     if predicted_grades is not None:
         truth = np.rint(grades).astype(np.int64)
