@@ -52,6 +52,19 @@ def test_inspect_json_contract(tmp_path: Path, corpus: Path) -> None:
     assert "malformed_json" in human and "1,200 of 1,208 in" in human
 
 
+def test_inspect_samples_matching_rows_and_shows_chosen_columns_in_full(tmp_path: Path, corpus: Path) -> None:
+    run_cli("run", str(write_graph(tmp_path / "g.yaml", corpus)), "--output", str(tmp_path / "run"), "--executor", "inprocess")
+    read = str(tmp_path / "run" / "read")
+    report = json.loads(run_cli("inspect", "--input", read, "--json", "--sample", "5",
+                                "--where", 'url == "https://www.site2.example/7"', "--columns", "id,text").stdout)
+    assert [list(row) for row in report["sample"]] == [["id", "text"]]
+    assert report["sample"][0]["id"] == "doc-2-7"
+    human = run_cli("inspect", "--input", read, "--where", 'id == "doc-2-7"', "--columns", "text").stdout
+    assert report["sample"][0]["text"] in human  # in full, not cut at 120 characters
+    missing = run_cli("inspect", "--input", read, "--columns", "nope", check=False)
+    assert missing.returncode == 2 and "--columns: 'nope' is not a column" in missing.stderr
+
+
 def test_plan_shows_progress_of_a_run(tmp_path: Path, corpus: Path) -> None:
     graph = str(write_graph(tmp_path / "g.yaml", corpus))
     before = run_cli("plan", graph, "--output", str(tmp_path / "run")).stdout
