@@ -25,6 +25,7 @@ from rich.table import Table
 from gristmill.pipeline.engine.dataset import WORK_DIR, Dataset, ShardRecord, config_digest, write_json_atomic
 from gristmill.pipeline.engine.executors import Executor
 from gristmill.pipeline.engine.graph import Graph, GraphError, Node
+from gristmill.pipeline.engine.input_splits import source_file
 from gristmill.pipeline.engine.ownership import check_owned, claim
 from gristmill.pipeline.engine.stage import MapStage, ReduceContext
 from gristmill.pipeline.engine.tasks import ShardTask, SummaryTask, TaskOutcome, run_summary, run_task
@@ -161,7 +162,7 @@ def check_inputs_exist(node: Node, sources: list[str]) -> None:
     patterns = ", ".join(getattr(node.config, "paths", None) or ["(none)"])
     if not sources:
         raise GraphError(f"{node.name}: --input / paths {patterns} match no file")
-    missing = [source for source in sources if "://" not in source and not Path(source).exists()]
+    missing = [source_file(source) for source in sources if "://" not in source and not Path(source_file(source)).exists()]
     if missing:
         raise GraphError(f"{node.name}: input {missing[0]}: no such file")
 
