@@ -1,7 +1,9 @@
-"""`read_text`: turn JSONL or Parquet files of text into Gristmill documents, one shard per file.
+"""`read_text`: turn JSONL or Parquet files of text into Gristmill documents, one shard per file or piece.
 
 Every non-blank line (or Parquet row) becomes a document or a ledger row with a reason, and a
 compressed file that breaks off keeps every line before the damage, so one bad record never costs a file.
+A file larger than `split_bytes` is read as several tasks (Parquet by row groups, plain JSONL by lines),
+so one huge file neither runs alone nor loses all its work to a kill.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import lzma
 import zlib
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +27,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
 from pydantic import Field
+
+from gristmill.pipeline.engine.input_splits import (
+    BYTES,
+    ROW_GROUPS,
+    Piece,
+    is_url,
+    open_file,
+    open_line_range,
+    parse_source,
+    split_by_bytes,
+    split_parquet,
+)
 
 from gristmill.pipeline.engine.documents import DOCUMENT_SCHEMA
 from gristmill.pipeline.engine.stage import (
@@ -44,6 +59,10 @@ DAMAGED_STREAM_ERRORS = (EOFError, OSError, zlib.error, lzma.LZMAError, zstandar
 OPTIONAL_STRING_FIELDS = ("url", "domain", "source", "lang")
 STRING_OR_NULL = (str, type(None))
 UTF8_BOM = b"\xef\xbb\xbf"
+# Compressed JSONL has no byte offsets to cut at (a decompressor must start at the beginning), so it stays whole.
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
+REMOTE_COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
+DEFAULT_SPLIT_BYTES = 1 << 30
 
 
 class ReadTextConfig(SourceConfig):
@@ -54,6 +73,10 @@ class ReadTextConfig(SourceConfig):
     on_invalid_utf8: Literal["reject", "replace"] = Field(
         "reject", description="A JSONL line that is not valid UTF-8: reject it, or keep it with U+FFFD in place of "
         "the bad bytes; counted either way.")
+    split_bytes: int | None = Field(
+        DEFAULT_SPLIT_BYTES, ge=0, description="Read an input larger than this many bytes as several tasks: "
+        "Parquet by row groups, uncompressed JSONL by lines (compressed JSONL stays whole); 0 or null: one task "
+        "per file.")
 
 
 @dataclass(frozen=True)
@@ -109,6 +132,8 @@ class ZstdFrames(io.RawIOBase):
 
 def open_bytes(path: str) -> BinaryIO:
     """Open plain, gzip, bzip2, xz or zstd input as bytes, decided by the file name; damage raises on read."""
+    if is_url(path):
+        return open_remote_bytes(path)
     if path.endswith(".gz"):
         return gzip.open(path, "rb")
     if path.endswith(".bz2"):
@@ -120,16 +145,26 @@ def open_bytes(path: str) -> BinaryIO:
     return open(path, "rb")
 
 
+def open_remote_bytes(url: str) -> BinaryIO:
+    """A URL's bytes through fsspec, decompressed as `open_bytes` does for a local file."""
+    if url.endswith(".zst"):
+        return io.BufferedReader(ZstdFrames(open_file(url)), CHUNK_BYTES)
+    import fsspec
+
+    compression = next((name for suffix, name in REMOTE_COMPRESSION.items() if url.endswith(suffix)), None)
+    return fsspec.open(url, "rb", compression=compression).open()
+
+
 def open_text(path: str) -> io.TextIOBase:
     """Open plain or compressed JSONL as text (bad bytes replaced), for readers that need no per-line accounting."""
     return io.TextIOWrapper(open_bytes(path), encoding="utf-8", errors="replace")
 
 
-def split_lines(stream: BinaryIO, counts: Counter) -> Iterator[tuple[int, bytes | Problem]]:
-    """The non-blank lines of a byte stream with their 1-based numbers, counted into `counts` on the raw bytes
-    before any is parsed (the independent count). A stream that breaks off ends with one `truncated_input`
-    problem standing for the cut line and everything after it."""
-    number, bytes_read, partial = 0, 0, []
+def split_lines(stream: BinaryIO, counts: Counter, lines_before: int = 0) -> Iterator[tuple[int, bytes | Problem]]:
+    """The non-blank lines of a byte stream with their 1-based numbers (counting on from `lines_before`, for a
+    piece of a file), counted into `counts` on the raw bytes before any is parsed (the independent count).
+    A stream that breaks off ends with one `truncated_input` problem standing for the cut line and the rest."""
+    number, bytes_read, partial = lines_before, 0, []
     while True:
         try:
             chunk = stream.read1(CHUNK_BYTES)
@@ -264,12 +299,38 @@ class ReadText(SourceStage):
     def schema(self) -> pa.Schema:
         return DOCUMENT_SCHEMA
 
-    def read(self, path: str) -> Iterator[BatchResult]:
-        kind = self.config.format
-        if kind == "auto":
-            kind = "parquet" if path.endswith(".parquet") else "jsonl"
+    def input_format(self, path: str) -> str:
+        if self.config.format != "auto":
+            return self.config.format
+        return "parquet" if path.endswith(".parquet") else "jsonl"
+
+    def list_inputs(self) -> list[str]:
+        """Each file, or its pieces where it is larger than `split_bytes`; pieces follow their file's order."""
+        files = super().list_inputs()
+        target = self.config.split_bytes
+        if not target:
+            return files
+        pieces = []
+        for path in files:
+            if self.input_format(path) == "parquet":
+                pieces.extend(split_parquet(path, target))
+            elif path.endswith(COMPRESSED_SUFFIXES):
+                pieces.append(path)
+            else:
+                pieces.extend(split_by_bytes(path, target))
+        return pieces
+
+    def read(self, source: str) -> Iterator[BatchResult]:
+        path, piece = parse_source(source)
+        kind = self.input_format(path)
+        splittable = kind == "parquet" or not path.endswith(COMPRESSED_SUFFIXES)
+        if piece is not None and (piece.kind != (ROW_GROUPS if kind == "parquet" else BYTES) or not splittable):
+            raise ValueError(f"{source}: a {kind} file {path} cannot be read by {piece.kind}")
         counts: Counter = Counter()
-        records = self._parquet_records(path, counts) if kind == "parquet" else self._jsonl_records(path, counts)
+        if kind == "parquet":
+            records = self._parquet_records(path, counts, piece)
+        else:
+            records = self._jsonl_records(path, counts, piece)
         unit = "row" if kind == "parquet" else "line"
         stem = Path(path).name.split(".")[0]
         batch = PendingBatch(stem, unit)
@@ -328,9 +389,11 @@ class ReadText(SourceStage):
             "lang_score": lang_score,
         }
 
-    def _jsonl_records(self, path: str, counts: Counter) -> Iterator[tuple[int, Any]]:
-        with open_bytes(path) as stream:
-            for number, line in split_lines(stream, counts):
+    def _jsonl_records(self, path: str, counts: Counter, piece: Piece | None) -> Iterator[tuple[int, Any]]:
+        """Lines as parsed values with their line numbers in the whole file, also for a piece of it."""
+        stream, lines_before = open_line_range(path, piece) if piece is not None else (open_bytes(path), 0)
+        with stream:
+            for number, line in split_lines(stream, counts, lines_before):
                 if isinstance(line, Problem):
                     yield number, line
                     continue
@@ -338,20 +401,28 @@ class ReadText(SourceStage):
                     line = line.removeprefix(UTF8_BOM)
                 yield number, parse_json_line(line, self.config.on_invalid_utf8, counts)
 
-    def _parquet_records(self, path: str, counts: Counter) -> Iterator[tuple[int, Any]]:
-        """Rows as dicts, counted from the file's metadata; a row group that cannot be decoded rejects its rows."""
-        try:
-            parquet = pq.ParquetFile(path)
-        except pa.ArrowInvalid as error:
-            counts[INPUT_DOCUMENTS_STAT] += 1
-            yield 1, Problem("truncated_input", f"unreadable Parquet file: {error}")
-            return
-        with parquet:
-            counts[INPUT_DOCUMENTS_STAT] += parquet.metadata.num_rows
+    def _parquet_records(self, path: str, counts: Counter, piece: Piece | None) -> Iterator[tuple[int, Any]]:
+        """Rows as dicts, counted from the file's metadata; a row group that cannot be decoded rejects its rows.
+        A piece reads its row groups and numbers rows as in the whole file."""
+        with ExitStack() as closing:
+            try:
+                parquet = pq.ParquetFile(closing.enter_context(open_file(path)) if is_url(path) else path)
+            except pa.ArrowInvalid as error:
+                counts[INPUT_DOCUMENTS_STAT] += 1
+                yield 1, Problem("truncated_input", f"unreadable Parquet file: {error}")
+                return
+            closing.enter_context(parquet)
+            metadata = parquet.metadata
+            groups = range(metadata.num_row_groups) if piece is None else range(piece.start, piece.end)
+            if groups.stop > metadata.num_row_groups:
+                raise ValueError(f"{path} has {metadata.num_row_groups} row groups, not the {groups.stop} planned; "
+                                 "was it replaced during the run?")
+            group_rows = [metadata.row_group(group).num_rows for group in range(groups.stop)]
+            counts[INPUT_DOCUMENTS_STAT] += sum(group_rows[groups.start:])
             used = {self.config.text_field, self.config.id_field, "fetch_time", "lang_score", *OPTIONAL_STRING_FIELDS}
             columns = [name for name in parquet.schema_arrow.names if name in used]
-            position = 0
-            for group in range(parquet.num_row_groups):
+            position = sum(group_rows[: groups.start])
+            for group in groups:
                 group_end = position + parquet.metadata.row_group(group).num_rows
                 try:
                     for batch in parquet.iter_batches(BATCH_ROWS, row_groups=[group], columns=columns):
