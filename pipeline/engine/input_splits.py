@@ -8,14 +8,17 @@ starts at bytes 0 to 999, so pieces are cut by arithmetic alone and need no coor
 
 from __future__ import annotations
 
-import bisect
 import io
+import itertools
+import os
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal
 
+import fsspec
 import numpy as np
+import pyarrow.parquet as pq
 
 PIECE = re.compile(r"#(?P<kind>row_groups|bytes)=(?P<start>\d+)-(?P<end>\d+)$")
 ROW_GROUPS = "row_groups"
@@ -62,7 +65,7 @@ def byte_ranges(size: int, target_bytes: int) -> list[tuple[int, int]]:
     """`size` bytes cut into the fewest near-equal ranges of at most `target_bytes` each (never an empty one)."""
     count = max(1, -(-size // target_bytes))
     cuts = [size * index // count for index in range(count + 1)]
-    return [(start, end) for start, end in zip(cuts, cuts[1:]) if start < end]
+    return [(start, end) for start, end in itertools.pairwise(cuts) if start < end]
 
 
 def row_group_ranges(sizes: list[int], target_bytes: int) -> list[tuple[int, int]]:
@@ -88,8 +91,6 @@ def open_file(path: str) -> BinaryIO:
     """A local file, or a URL (s3://, https://, memory://) through fsspec, as seekable bytes."""
     if not is_url(path):
         return open(path, "rb")
-    import fsspec
-
     return fsspec.open(path, "rb").open()
 
 
@@ -97,11 +98,7 @@ def file_size(path: str) -> int | None:
     """The file's size in bytes, or None where it cannot be had (missing, or a server that does not say)."""
     try:
         if not is_url(path):
-            import os
-
             return os.path.getsize(path)
-        import fsspec
-
         filesystem, inner = fsspec.core.url_to_fs(path)
         size = filesystem.size(inner)
         return None if size is None else int(size)
@@ -117,57 +114,63 @@ def split_by_bytes(path: str, target_bytes: int) -> list[str]:
     return [piece_source(path, Piece(BYTES, start, end)) for start, end in byte_ranges(size, target_bytes)]
 
 
+def compressed_size(row_group: Any) -> int:
+    """A row group's bytes in the file: its column chunks as stored (its `total_byte_size` is uncompressed)."""
+    return sum(row_group.column(index).total_compressed_size for index in range(row_group.num_columns))
+
+
 def split_parquet(path: str, target_bytes: int) -> list[str]:
     """A Parquet file larger than `target_bytes` as pieces of consecutive row groups (sized by their compressed
     bytes, from the footer); a file with one row group or an unreadable footer stays whole."""
     size = file_size(path)
     if size is None or size <= target_bytes:
         return [path]
-    import pyarrow.parquet as pq
-
     try:
         with open_file(path) as stream:
             metadata = pq.read_metadata(stream)
     except Exception:  # noqa: BLE001 - the reader rejects a damaged file with its reason
         return [path]
-    sizes = [metadata.row_group(index).total_compressed_size for index in range(metadata.num_row_groups)]
+    sizes = [compressed_size(metadata.row_group(index)) for index in range(metadata.num_row_groups)]
     ranges = row_group_ranges(sizes, target_bytes)
     if len(ranges) < 2:
         return [path]
     return [piece_source(path, Piece(ROW_GROUPS, start, end)) for start, end in ranges]
 
 
-def count_newlines(stream: BinaryIO, start: int, end: int) -> int:
-    """Newlines in bytes [start, end) of a seekable stream, read in bounded chunks and counted by numpy."""
+def count_newlines(stream: BinaryIO, start: int, end: int) -> list[tuple[int, int]]:
+    """Newlines in bytes [start, end) of a seekable stream, read in bounded chunks and counted by numpy: the
+    running count after each chunk, as (offset, newlines from `start` to offset); empty for an empty range."""
     stream.seek(start)
     buffer = bytearray(min(COUNT_CHUNK_BYTES, max(end - start, 1)))
     view = memoryview(buffer)
-    total, remaining = 0, end - start
-    while remaining > 0:
-        read = stream.readinto(view[: min(len(buffer), remaining)])
+    running: list[tuple[int, int]] = []
+    offset, total = start, 0
+    while offset < end:
+        read = stream.readinto(view[: min(len(buffer), end - offset)])
         if not read:
             break
         total += int(np.count_nonzero(np.frombuffer(buffer, np.uint8, read) == NEWLINE))
-        remaining -= read
-    return total
+        offset += read
+        running.append((offset, total))
+    return running
 
 
 class LineCheckpoints:
-    """Known (byte offset of a line start, newlines before it) per file, kept for the life of a process."""
+    """Known (byte offset, newlines before it) per file, kept for the life of a process: the ends of the pieces
+    it read and every chunk it counted, so no byte of a file is counted twice for line numbers."""
 
     def __init__(self, files: int = CHECKPOINT_FILES):
         self._files: OrderedDict[Any, dict[int, int]] = OrderedDict()
         self._limit = files
 
     def nearest(self, key: Any, offset: int) -> tuple[int, int]:
-        """The known checkpoint at or before `offset`; the file's start when none is known."""
+        """The known checkpoint closest to `offset`, before or after it; the file's start when none is known."""
         known = self._files.get(key)
         if not known:
             return 0, 0
         self._files.move_to_end(key)
-        offsets = sorted(known)
-        index = bisect.bisect_right(offsets, offset) - 1
-        return (offsets[index], known[offsets[index]]) if index >= 0 else (0, 0)
+        closest = min([0, *known], key=lambda checkpoint: (abs(checkpoint - offset), checkpoint))
+        return closest, known.get(closest, 0)
 
     def add(self, key: Any, offset: int, newlines: int) -> None:
         if key is None:
@@ -177,20 +180,28 @@ class LineCheckpoints:
         while len(self._files) > self._limit:
             self._files.popitem(last=False)
 
+    def newlines_before(self, key: Any, stream: BinaryIO, offset: int) -> int:
+        """Newlines before `offset`, counted from the closest checkpoint forwards or backwards, keeping a
+        checkpoint after each chunk counted."""
+        known_offset, known_newlines = self.nearest(key, offset)
+        low, high = sorted((known_offset, offset))
+        running = count_newlines(stream, low, high)
+        total = running[-1][1] if running else 0
+        before_low = known_newlines if known_offset <= offset else known_newlines - total
+        for chunk_end, newlines in running:
+            self.add(key, chunk_end, before_low + newlines)
+        return before_low + (total if known_offset <= offset else 0)
+
 
 CHECKPOINTS = LineCheckpoints()
 
 
 def file_key(path: str) -> Any:
-    """What identifies a file's current content well enough to reuse its line counts: path, size and mtime."""
+    """What identifies a file's current content well enough to reuse its line counts: path, inode, size, times."""
     try:
         if not is_url(path):
-            import os
-
             stat = os.stat(path)
-            return (path, stat.st_size, stat.st_mtime_ns)
-        import fsspec
-
+            return (path, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
         filesystem, inner = fsspec.core.url_to_fs(path)
         return (path, filesystem.ukey(inner))
     except Exception:  # noqa: BLE001 - without a key the counts are simply not reused
@@ -217,8 +228,7 @@ class LineRange(io.RawIOBase):
             self._position = self._first_line_start(start)
             self._finished = self._position >= end
             if not self._finished:
-                known_offset, known_newlines = checkpoints.nearest(self._key, self._position)
-                self.first_line = known_newlines + count_newlines(self._file, known_offset, self._position)
+                self.first_line = checkpoints.newlines_before(self._key, self._file, self._position)
                 self._file.seek(self._position)
                 checkpoints.add(self._key, self._position, self.first_line)
         except BaseException:

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 import zstandard
 from pydantic import Field
 
+from gristmill.pipeline.engine.documents import DOCUMENT_SCHEMA
 from gristmill.pipeline.engine.input_splits import (
     BYTES,
     ROW_GROUPS,
@@ -39,8 +40,6 @@ from gristmill.pipeline.engine.input_splits import (
     split_by_bytes,
     split_parquet,
 )
-
-from gristmill.pipeline.engine.documents import DOCUMENT_SCHEMA
 from gristmill.pipeline.engine.stage import (
     INPUT_DOCUMENTS_STAT,
     BatchResult,
