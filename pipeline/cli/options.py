@@ -8,12 +8,13 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, get_args
 
 import click
+import yaml
 
 from gristmill.pipeline.engine.dataset import DatasetError
-from gristmill.pipeline.engine.executors import make_executor
+from gristmill.pipeline.engine.executors import ClusterError, ClusterKind, ClusterRequest, make_executor
 from gristmill.pipeline.engine.ownership import claim, release_if_unused
 
 
@@ -147,10 +148,72 @@ def fields_as_flags(text: str, fields: Sequence[str]) -> str:
     return UNDERSCORED_NAME.sub(lambda name: option_flag(name[0]) if name[0] in fields else name[0], text)
 
 
-def open_executor(executor: str, workers: int | None, scheduler: str | None):
-    """The executor, or one line saying why a scheduler could not be reached."""
+CLUSTER_META_KEY = "gristmill.cluster"  # where a command's context keeps its --cluster options
+
+
+def cluster_options(command: Callable) -> Callable:
+    """`--cluster slurm`, `--cluster-jobs N` and `--cluster-option KEY=VALUE`: Dask workers started as batch jobs.
+    Their values wait in the context, as `--plugin`'s do, for `open_executor`; commands take no new parameters."""
+
+    def remember(context: click.Context, parameter: click.Parameter, value: Any) -> None:
+        context.meta.setdefault(CLUSTER_META_KEY, {})[parameter.name] = value
+
+    options = [
+        click.option("--cluster", type=click.Choice(get_args(ClusterKind)), default=None, expose_value=False,
+                     callback=remember,
+                     help="Start the Dask workers as jobs of this batch scheduler, through dask-jobqueue "
+                          "(implies --executor dask; pip install 'gristmill[slurm]')."),
+        click.option("--cluster-jobs", type=click.IntRange(min=1), default=None, expose_value=False,
+                     callback=remember,
+                     help="Batch jobs to start (default 1), each with the workers its options give."),
+        click.option("--cluster-option", multiple=True, metavar="KEY=VALUE", expose_value=False, callback=remember,
+                     help="A keyword argument of dask-jobqueue's cluster, e.g. cores=8, memory=32GB, "
+                          "walltime=04:00:00, queue=cpu, log_directory=logs (repeatable; VALUE is YAML)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def cluster_option(text: str) -> tuple[str, Any]:
+    """`KEY=VALUE`, the value read as YAML (`cores=8` is a number, `job_extra_directives=[--exclusive]` a list),
+    except that a time stays text: YAML 1.1 reads `04:00:00` as a base-60 number."""
+    key, separator, raw = text.partition("=")
+    if not separator or not key.strip():
+        fail(f"--cluster-option {text}: expected KEY=VALUE, e.g. memory=32GB")
     try:
-        return make_executor(executor, workers, scheduler)
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, (int, float)) and ":" in raw:
+        value = raw
+    return key.strip(), value
+
+
+def requested_cluster() -> ClusterRequest | None:
+    """The running command's --cluster options; None without --cluster."""
+    context = click.get_current_context(silent=True)
+    given = context.meta.get(CLUSTER_META_KEY, {}) if context else {}
+    kind = given.get("cluster")
+    if kind is None:
+        for flag in ("cluster_jobs", "cluster_option"):
+            if given.get(flag):
+                fail(f"{option_flag(flag)} needs --cluster slurm")
+        return None
+    return ClusterRequest(kind, given.get("cluster_jobs") or 1, dict(map(cluster_option, given["cluster_option"])))
+
+
+def open_executor(executor: str, workers: int | None, scheduler: str | None):
+    """The executor, or one line saying why a scheduler could not be reached or a batch cluster not started."""
+    cluster = requested_cluster()
+    if cluster and scheduler:
+        fail("--cluster starts its own Dask scheduler; leave out --scheduler")
+    if cluster and workers:
+        fail("--workers: with --cluster, --cluster-jobs and the cores and processes options size the cluster")
+    try:
+        return make_executor(executor, workers, scheduler, cluster)
+    except ClusterError as error:
+        fail(f"--cluster-option {error.option}: {error}" if error.option else f"--cluster {cluster.kind}: {error}")
     except (OSError, TimeoutError, ValueError) as error:
         if scheduler:
             fail(f"--scheduler {scheduler}: cannot reach the Dask scheduler ({type(error).__name__}: "

@@ -3,23 +3,34 @@
 Every executor runs the same pure task functions, and a task's output depends only on its
 input, so results are byte-identical whichever executor and worker count is used. Scale-out
 is Dask's job: `--scheduler ADDRESS` reaches any existing cluster (dask-jobqueue, Kubernetes,
-a hand-started `dask scheduler`).
+a hand-started `dask scheduler`), and a `ClusterRequest` has dask-jobqueue start workers as Slurm jobs.
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import multiprocessing
 import os
 import signal
+import subprocess
+import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.queues import SimpleQueue
 from typing import Any, Literal
 
 ExecutorKind = Literal["inprocess", "local", "dask"]
+ClusterKind = Literal["slurm"]
+
+# dask-jobqueue's class per batch scheduler, and the command that lists a scheduler's live jobs by id.
+JOB_QUEUE_CLUSTERS: dict[str, str] = {"slurm": "SLURMCluster"}
+LIVE_JOBS_COMMAND: dict[str, list[str]] = {"slurm": ["squeue", "--noheader", "--format=%i", "--jobs"]}
+WORKER_WAIT_SECONDS = 600
+QUEUE_POLL_SECONDS = 5  # how often the queue is asked whether jobs ended: batch schedulers ask for restraint
 
 
 class Executor:
@@ -194,15 +205,46 @@ def describe_exit(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
-class DaskExecutor(Executor):
-    """Dask distributed: a LocalCluster sized to the machine, or an existing scheduler."""
+@dataclass(frozen=True)
+class ClusterRequest:
+    """Dask workers as batch jobs, started by dask-jobqueue: `jobs` jobs of the `kind` scheduler, each built from
+    `options`, the keyword arguments of its cluster class (cores, memory, walltime, queue...)."""
 
-    def __init__(self, workers: int | None = None, scheduler: str | None = None):
+    kind: ClusterKind
+    jobs: int = 1
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class ClusterError(ValueError):
+    """A batch cluster that cannot be built or whose workers never joined; `option` names the culprit, if one."""
+
+    def __init__(self, message: str, option: str | None = None):
+        super().__init__(message)
+        self.option = option
+
+
+class DaskExecutor(Executor):
+    """Dask distributed: a LocalCluster sized to the machine, an existing scheduler, or workers as batch jobs.
+
+    Workers of every kind start under a nanny, which pins OpenBLAS, MKL and OpenMP to one thread, and each task
+    pins the BLAS libraries again (native_threads), so batch-job workers write the same bytes as local ones.
+    """
+
+    def __init__(self, workers: int | None = None, scheduler: str | None = None,
+                 cluster: ClusterRequest | None = None):
         from distributed import Client, LocalCluster
 
         self._cluster = None
         if scheduler:
             self._client = Client(scheduler, timeout="30s")
+        elif cluster:
+            self._cluster = start_job_queue_cluster(cluster)
+            self._client = Client(self._cluster)
+            try:
+                wait_for_job_workers(self._client, self._cluster, cluster.kind)
+            except BaseException:
+                self.close()
+                raise
         else:
             self._cluster = LocalCluster(
                 n_workers=workers or os.cpu_count() or 1,
@@ -234,13 +276,83 @@ class DaskExecutor(Executor):
             self._cluster.close()
 
 
-def make_executor(kind: ExecutorKind, workers: int | None = None, scheduler: str | None = None) -> Executor:
-    if scheduler and kind != "dask":
+def job_queue_cluster_class(kind: ClusterKind) -> type:
+    """dask-jobqueue's cluster class for `kind`, imported only when asked for: it is an optional extra."""
+    try:
+        import dask_jobqueue
+    except ImportError:
+        raise ClusterError(f"dask-jobqueue is not installed: pip install 'gristmill[{kind}]'") from None
+    return getattr(dask_jobqueue, JOB_QUEUE_CLUSTERS[kind])
+
+
+def cluster_option_names(cluster_class: type) -> set[str]:
+    """The keyword arguments a dask-jobqueue cluster takes, its job class's included (they reach the job through the
+    cluster's **job_kwargs), so a misspelt option is named before any job is submitted."""
+    names: set[str] = set()
+    for owner in [cluster_class, *cluster_class.job_cls.__mro__]:
+        if "__init__" in vars(owner):
+            names |= {parameter.name for parameter in inspect.signature(owner.__init__).parameters.values()
+                      if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)}
+    return names - {"self", "scheduler", "name", "job_cls"}
+
+
+def start_job_queue_cluster(request: ClusterRequest) -> Any:
+    """The cluster with its jobs submitted. Jobs run this Python (dask-jobqueue's default for `python`, unless its
+    config says otherwise), so workers import the same Gristmill."""
+    cluster_class = job_queue_cluster_class(request.kind)
+    known = cluster_option_names(cluster_class)
+    for option in request.options:
+        if option not in known:
+            raise ClusterError(f"not an option of {cluster_class.__name__}", option)
+    try:
+        cluster = cluster_class(**request.options)
+    except (TypeError, ValueError) as error:
+        raise ClusterError(f"{cluster_class.__name__}: {' '.join(str(error).split())}") from None
+    cluster.scale(jobs=request.jobs)
+    return cluster
+
+
+def wait_for_job_workers(client: Any, cluster: Any, kind: ClusterKind, timeout: float = WORKER_WAIT_SECONDS) -> None:
+    """Until the workers of every job joined. A busy queue may hold jobs back, so after `timeout` the run goes on
+    with the workers that came; none by then, or every job ended without one, is a ClusterError."""
+    expected = len(cluster.plan)
+    deadline = time.monotonic() + timeout
+    next_queue_poll = time.monotonic() + 1
+    while (joined := len(client.nthreads())) < expected:
+        if joined == 0 and time.monotonic() > next_queue_poll:
+            next_queue_poll += QUEUE_POLL_SECONDS
+            if ended := ended_jobs(kind, cluster):
+                raise ClusterError(f"{kind} jobs {', '.join(ended)} ended before a Dask worker joined; their logs "
+                                   "say why (log_directory, else the scheduler's output file of each job)")
+        if time.monotonic() > deadline:
+            if joined:
+                return
+            raise ClusterError(f"no Dask worker joined within {timeout:.0f} s; the {kind} queue may still hold the "
+                               "jobs back (ask for fewer or smaller jobs, or another queue)")
+        time.sleep(0.5)
+
+
+def ended_jobs(kind: ClusterKind, cluster: Any) -> list[str]:
+    """The cluster's job ids once every job has left the batch queue; empty while any is queued or running, or
+    while that is unknown (a job not yet submitted, a queue command that fails)."""
+    job_ids = [job.job_id for job in cluster.workers.values()]
+    if not job_ids or None in job_ids:
+        return []
+    listing = subprocess.run([*LIVE_JOBS_COMMAND[kind], ",".join(job_ids)], capture_output=True, text=True,
+                             timeout=60)
+    ended = not listing.stdout.split() and (listing.returncode == 0 or "Invalid job id" in listing.stderr)
+    return job_ids if ended else []
+
+
+def make_executor(kind: ExecutorKind, workers: int | None = None, scheduler: str | None = None,
+                  cluster: ClusterRequest | None = None) -> Executor:
+    """`scheduler` or `cluster` make it Dask whatever `kind` says."""
+    if scheduler or cluster:
         kind = "dask"
     if kind == "inprocess":
         return InProcessExecutor()
     if kind == "local":
         return LocalExecutor(workers or os.cpu_count() or 1)
     if kind == "dask":
-        return DaskExecutor(workers, scheduler)
+        return DaskExecutor(workers, scheduler, cluster)
     raise ValueError(f"unknown executor {kind!r}; choose inprocess, local or dask")
