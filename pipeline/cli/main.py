@@ -20,6 +20,7 @@ from gristmill.pipeline.cli.classifier import commands as classifier_commands
 from gristmill.pipeline.cli.options import PathsOption, fail, fields_as_flags, input_option, open_executor, option_flag, option_location, owned_output
 from gristmill.pipeline.cli.tokens import commands as token_commands
 from gristmill.pipeline.engine.dataset import Dataset, DatasetError
+from gristmill.pipeline.engine.files import Location, as_location
 from gristmill.pipeline.engine.graph import Graph, GraphError, GraphSpec, NodeSpec, build_graph, load_graph
 from gristmill.pipeline.engine.plugins import PLUGINS_VARIABLE, PluginError, import_plugins, plugins_from_environment
 from gristmill.pipeline.cli.report import report as run_report_command
@@ -50,7 +51,7 @@ def executor_options(command):
 
 
 def execute(graph: Graph, executor: str, workers: int | None, scheduler: str | None, retries: int,
-            dataset_paths: dict[str, Path] | None = None) -> None:
+            dataset_paths: dict[str, Location] | None = None) -> None:
     console = default_console()
     try:
         check_run_directory(graph, dataset_paths or default_dataset_paths(graph))  # before a cluster starts
@@ -347,10 +348,10 @@ def stage_command(stage: type[Stage]) -> click.Command:
         spec = GraphSpec(name=stage.name, plugins=list(plugin_modules(click.get_current_context())),
                          stages={stage.name: node})
         try:
-            graph = build_graph(spec, f"gristmill {command_name}", Path(output))
+            graph = build_graph(spec, f"gristmill {command_name}", as_location(output))
         except GraphError as error:
             fail(in_command_line_terms(str(error), stage))
-        execute(graph, executor, workers, scheduler, retries, dataset_paths={stage.name: Path(output)})
+        execute(graph, executor, workers, scheduler, retries, dataset_paths={stage.name: as_location(output)})
 
     command_name = stage.name.replace("_", "-")
     params: list[click.Parameter] = [

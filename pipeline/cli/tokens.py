@@ -15,6 +15,7 @@ import click
 from gristmill.pipeline.cli.options import PathsOption, fail, input_option, owned_output
 from gristmill.pipeline.cli.tokenizer import evaluate as evaluate_tokenizers
 from gristmill.pipeline.engine.dataset import DatasetError, is_dataset_directory
+from gristmill.pipeline.engine.files import as_location
 from gristmill.pipeline.engine.verify import verify_dataset
 from gristmill.pipeline.tokens.export import ExportError, export_buckets, verify_export
 from gristmill.stages.tokens.tokenization import TokenizerError, train_from_dataset
@@ -77,8 +78,8 @@ def export(dataset: str, output: str, seed: int, memory_mb: int) -> None:
 
 
 @click.command()
-@input_option("directory", "The dataset or export directory to check.", metavar="DIRECTORY", single=True, file_okay=False,
-              exists=True)
+@input_option("directory", "The dataset or export directory to check (a path or an fsspec URL such as s3://).",
+              metavar="DIRECTORY", single=True, file_okay=False)
 @click.option("--samples", type=click.IntRange(min=0), default=3, show_default=True,
               help="Sequences to decode per bucket (exports).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output: kind, ok, problems (and buckets).")
@@ -89,7 +90,10 @@ def verify(directory: str, samples: int, as_json: bool) -> None:
     the shard records, record files against the manifest, the manifest's totals, stray shards. An export
     (`gristmill export`): index ↔ data, counts, checksums, token range, lengths; a few sequences decoded.
     """
-    if is_dataset_directory(Path(directory)):
+    location = as_location(directory)
+    if not location.exists():
+        fail(f"--input {directory}: no such directory")
+    if is_dataset_directory(location):
         check = verify_dataset(directory)
         if as_json:
             click.echo(json.dumps(check.as_dict(), indent=2))

@@ -13,11 +13,17 @@ Layout of a dataset directory::
 `pyarrow.dataset.dataset(DIR)` reads the directory as plain documents (it skips names starting
 with `_` or `.`); polars, duckdb and Hugging Face `datasets` read `DIR/*.parquet`. Writers use
 hidden temporary names, so readers never see a half-written file.
+
+A dataset may also live at an fsspec URL (s3://, gs://, abfs://, memory://). Object stores have no
+rename, so there a shard commits by uploading its data and ledger under their final names and then its
+shard record, the commit marker: readers and resume trust only shard records, a file left by a killed
+task is overwritten when the task reruns, and the manifest comes last. The bytes are the same as on disk.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import json
@@ -25,16 +31,25 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
-from pydantic import BaseModel, Field, ValidationError
 
 # Writers elsewhere import these from here too, as they did before the helpers moved to files.py.
-from gristmill.pipeline.engine.files import TEMP_MARK, TEMPORARY_NAME, temporary_name, write_json_atomic
+from gristmill.pipeline.engine.files import (
+    TEMP_MARK,
+    TEMPORARY_NAME,
+    Location,
+    as_location,
+    is_remote,
+    spool_path,
+    temporary_name,
+    upload,
+    write_json_atomic,
+)
+from pydantic import BaseModel, Field, ValidationError
 
 SCHEMA_VERSION = 1
 BaseModelType = TypeVar("BaseModelType", bound=BaseModel)
@@ -117,9 +132,9 @@ def config_digest(stage: str, config: dict[str, Any], parents: Iterable[str] = (
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def file_checksum(path: Path) -> str:
+def file_checksum(path: Location) -> str:
     digest = xxhash.xxh3_128()
-    with open(path, "rb") as handle:
+    with path.open("rb") as handle:
         while chunk := handle.read(1 << 22):
             digest.update(chunk)
     return "xxh3_128:" + digest.hexdigest()
@@ -130,7 +145,7 @@ def manifest_checksum(manifest: Manifest) -> str:
     return "xxh3_128:" + xxhash.xxh3_128_hexdigest(manifest.model_dump_json(indent=2, exclude={"checksum"}).encode())
 
 
-def check_file(path: Path, size: int, checksum: str | None = None) -> None:
+def check_file(path: Location, size: int, checksum: str | None = None) -> None:
     """Raise a one-line DatasetError unless `path` has the recorded size and (when given) checksum.
 
     The size is checked first: a truncated or replaced file costs a stat, a flipped bit one xxh3 pass.
@@ -145,7 +160,7 @@ def check_file(path: Path, size: int, checksum: str | None = None) -> None:
         raise DatasetError(f"{path}: checksum differs from its shard record (damaged)")
 
 
-def read_model(path: Path, model: type[BaseModelType]) -> BaseModelType:
+def read_model(path: Location, model: type[BaseModelType]) -> BaseModelType:
     """A shard record or manifest, refused unless the file is byte for byte what Gristmill wrote for its values."""
     try:
         return parse_model(path, path.read_bytes(), model)
@@ -153,7 +168,7 @@ def read_model(path: Path, model: type[BaseModelType]) -> BaseModelType:
         raise DatasetError(f"{path}: missing") from None
 
 
-def parse_model(path: Path, content: bytes, model: type[BaseModelType]) -> BaseModelType:
+def parse_model(path: Location, content: bytes, model: type[BaseModelType]) -> BaseModelType:
     """Re-serialising and comparing catches what parsing forgives: a changed space, a renamed key, `1e5` as `1E5`.
     Gristmill writes indented JSON; compact JSON (what `model_dump_json()` gives) is accepted too."""
     try:
@@ -171,7 +186,7 @@ def parse_model(path: Path, content: bytes, model: type[BaseModelType]) -> BaseM
 
 
 @functools.lru_cache(maxsize=16)
-def _parse_manifest(path: Path, content: bytes) -> Manifest:
+def _parse_manifest(path: Location, content: bytes) -> Manifest:
     """One parse per content of a manifest and process: every task of a node reads its input's manifest.
 
     Keyed by the bytes, not a stat: a flipped bit changes neither size nor modification time.
@@ -183,18 +198,19 @@ def _parse_manifest(path: Path, content: bytes) -> Manifest:
 
 
 class ParquetShardWriter:
-    """Streams batches into one Parquet shard under a temporary name; `commit` renames it into place.
+    """Streams batches into one Parquet shard under a temporary name; `commit` renames it into place, or on an
+    object store uploads it under its final name.
 
     Batches are buffered up to `row_group_rows` so small batches still make well-sized row
     groups; memory stays bounded by one row group.
     """
 
-    def __init__(self, path: Path, schema: pa.Schema, row_group_rows: int = ROW_GROUP_ROWS):
+    def __init__(self, path: Location, schema: pa.Schema, row_group_rows: int = ROW_GROUP_ROWS):
         self.path = path
         self.schema = schema
         self.row_group_rows = row_group_rows
         self.rows = 0
-        self._temporary = temporary_name(path)
+        self._temporary = spool_path(path) if is_remote(path) else temporary_name(path)
         self._buffer: list[pa.RecordBatch] = []
         self._buffered_rows = 0
         self._writer = pq.ParquetWriter(
@@ -236,14 +252,19 @@ class ParquetShardWriter:
             self._buffer, self._buffered_rows = [], 0
 
     def commit(self) -> tuple[int, str]:
-        """Close, rename into place and return (file bytes, checksum)."""
+        """Close, put into place and return (file bytes, checksum), both taken from the local file."""
         try:
             self._flush()
             self._writer.close()
-            os.replace(self._temporary, self.path)
+            size, checksum = self._temporary.stat().st_size, file_checksum(self._temporary)
+            if is_remote(self.path):
+                upload(self._temporary, self.path)
+                self._temporary.unlink()
+            else:
+                os.replace(self._temporary, self.path)
         except OSError as error:
             raise self._named(error) from None
-        return self.path.stat().st_size, file_checksum(self.path)
+        return size, checksum
 
     def abort(self) -> None:
         try:
@@ -259,21 +280,43 @@ def _errno_in(message: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+@contextlib.contextmanager
+def open_parquet(path: str | Location) -> Iterator[pq.ParquetFile]:
+    """A Parquet file on disk or at an fsspec URL (read in ranges, never downloaded whole)."""
+    location = as_location(path)
+    if not is_remote(location):
+        with pq.ParquetFile(location) as parquet:
+            yield parquet
+        return
+    with location.open("rb") as handle, pq.ParquetFile(handle) as parquet:
+        yield parquet
+
+
+def read_parquet_schema(path: str | Location) -> pa.Schema:
+    with open_parquet(path) as parquet:
+        return parquet.schema_arrow
+
+
+def read_parquet_table(path: str | Location, columns: list[str] | None = None) -> pa.Table:
+    with open_parquet(path) as parquet:
+        return parquet.read(columns=columns)
+
+
 def iter_parquet_batches(
-    path: str | Path, columns: list[str] | None = None, batch_rows: int = ROW_GROUP_ROWS
+    path: str | Location, columns: list[str] | None = None, batch_rows: int = ROW_GROUP_ROWS
 ) -> Iterator[pa.RecordBatch]:
     """Stream a Parquet file batch by batch, holding one row group at a time."""
-    with pq.ParquetFile(path) as parquet:
+    with open_parquet(path) as parquet:
         yield from parquet.iter_batches(batch_size=batch_rows, columns=columns)
 
 
-def is_dataset_directory(path: Path) -> bool:
+def is_dataset_directory(path: Location) -> bool:
     return (path / MANIFEST_NAME).exists() or (path / SHARDS_DIR).is_dir()
 
 
-def verified_input(path: str | Path) -> Path:
+def verified_input(path: str | Location) -> Location:
     """A task's input shard, checked against its dataset's manifest before the task reads it (tasks carry a path)."""
-    path = Path(path)
+    path = as_location(path)
     dataset = Dataset(path.parent)
     return dataset.verify_shard(dataset.record(path.name.removesuffix(".parquet")))
 
@@ -281,30 +324,30 @@ def verified_input(path: str | Path) -> Path:
 class Dataset:
     """A dataset directory, complete (with a manifest) or in progress (shard records only)."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    def __init__(self, path: str | Location):
+        self.path = as_location(path)
         self._verified: set[str] = set()
 
     @property
-    def manifest_path(self) -> Path:
+    def manifest_path(self) -> Location:
         return self.path / MANIFEST_NAME
 
     @property
     def is_complete(self) -> bool:
         return self.manifest_path.exists()
 
-    def shard_path(self, name: str) -> Path:
+    def shard_path(self, name: str) -> Location:
         return self.path / f"{name}.parquet"
 
-    def reject_path(self, name: str) -> Path:
+    def reject_path(self, name: str) -> Location:
         return self.path / REJECTS_DIR / f"{name}.parquet"
 
-    def record_path(self, name: str) -> Path:
+    def record_path(self, name: str) -> Location:
         return self.path / SHARDS_DIR / f"{name}.json"
 
     def prepare(self) -> None:
-        (self.path / REJECTS_DIR).mkdir(parents=True, exist_ok=True)
-        (self.path / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+        for folder in (self.path / REJECTS_DIR, self.path / SHARDS_DIR):
+            folder.mkdir(parents=True, exist_ok=True)
 
     def manifest(self) -> Manifest:
         """The manifest, checked against its own checksum and layout (parsed once per content and process)."""
@@ -320,11 +363,15 @@ class Dataset:
             return None
         return read_model(path, ShardRecord)
 
-    def shard_records(self) -> list[ShardRecord]:
+    def committed_names(self) -> set[str]:
+        """Names of the shards whose records exist: one listing, however many shards (a request each on a store)."""
         directory = self.path / SHARDS_DIR
         if not directory.exists():
-            return []
-        return [read_model(path, ShardRecord) for path in sorted(directory.glob("*.json"))]
+            return set()
+        return {path.name.removesuffix(".json") for path in directory.glob("*.json")}
+
+    def shard_records(self) -> list[ShardRecord]:
+        return [read_model(self.record_path(name), ShardRecord) for name in sorted(self.committed_names())]
 
     def records(self) -> list[ShardRecord]:
         """The shards to read: the manifest's when complete, else those committed so far."""
@@ -342,7 +389,7 @@ class Dataset:
         if read_model(path, ShardRecord).model_dump() != record.model_dump():
             raise DatasetError(f"{path}: differs from the manifest's record of {record.name} (damaged)")
 
-    def verify_shard(self, record: ShardRecord) -> Path:
+    def verify_shard(self, record: ShardRecord) -> Location:
         """Check a shard's data and ledger files (and, when complete, its record file) against `record` before
         they are read; a one-line DatasetError names the first damaged file. Returns the data file's path.
 
@@ -366,7 +413,7 @@ class Dataset:
             if record.ledger_bytes is not None:
                 check_file(self.reject_path(record.name), record.ledger_bytes)
 
-    def verified_shards(self) -> Iterator[Path]:
+    def verified_shards(self) -> Iterator[Location]:
         """Data shards in order, each verified just before the caller opens it."""
         for record in self.records():
             yield self.verify_shard(record)
@@ -377,7 +424,7 @@ class Dataset:
         records = self.shard_records()
         if not records:
             raise DatasetError(f"{self.path}: no committed shards")
-        return pq.read_schema(self.verify_shard(records[0]))
+        return read_parquet_schema(self.verify_shard(records[0]))
 
     def iter_batches(self, columns: list[str] | None = None, batch_rows: int = ROW_GROUP_ROWS) -> Iterator[pa.RecordBatch]:
         for path in self.verified_shards():
@@ -390,7 +437,10 @@ class Dataset:
 
     def remove_temporaries(self) -> None:
         """Delete files left by writers that died before committing: only names of `temporary_name`'s shape,
-        only where Gristmill's writers put them (the dataset, its ledger, shard records and work folder)."""
+        only where Gristmill's writers put them (the dataset, its ledger, shard records and work folder).
+        Writers into an object store spool on local disk, so they leave nothing there."""
+        if is_remote(self.path):
+            return
         places = [self.path, self.path / REJECTS_DIR, self.path / SHARDS_DIR]
         work = self.path / WORK_DIR
         places += [work, *(folder for folder in work.rglob("*") if folder.is_dir())] if work.is_dir() else []

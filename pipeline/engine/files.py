@@ -1,7 +1,10 @@
-"""File helpers every layer shares: write a file so no reader sees half of it, and expand globs in a fixed order.
+"""File helpers every layer shares: where a path lives (disk or an fsspec URL), writing a file so no reader sees
+half of it, and expanding globs in a fixed order.
 
 Written once, so a temporary's name (which clean-up recognises), the clean-up after a failure and the order
-of a glob's matches (which numbers the shards) are the same everywhere.
+of a glob's matches (which numbers the shards) are the same everywhere. On an object store (s3://, gs://,
+abfs://, memory://) there is no rename: a file is written on local disk and uploaded under its final name in
+one request, which the store makes visible whole or not at all.
 """
 
 from __future__ import annotations
@@ -10,14 +13,63 @@ import contextlib
 import glob
 import os
 import re
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import fsspec
+from upath import UPath
+
+# A dataset's location: a `Path` on local disk, a `UPath` (the same pathlib methods over fsspec) elsewhere.
+Location = Path | UPath
 
 TEMP_MARK = ".tmp-"
 TEMPORARY_NAME = re.compile(r"\..+" + re.escape(TEMP_MARK) + r"[0-9a-f]{32}")
+
+
+def as_location(path: str | os.PathLike) -> Location:
+    """A local path (or file:// URL) as a plain `Path`, so local behaviour stays exactly as it was; any other
+    URL as a `UPath` over its fsspec filesystem."""
+    if isinstance(path, Path):
+        return path
+    if isinstance(path, UPath):
+        return Path(path.path) if path.protocol in ("", "file", "local") else path
+    text = os.fspath(path)
+    if "://" not in text:
+        return Path(text)
+    location = UPath(text)
+    if location.protocol in ("file", "local"):
+        return Path(location.path)
+    # Tasks on other processes and hosts write here: a cached listing would hide their files.
+    return UPath(text, use_listings_cache=False) if location.protocol != "memory" else location
+
+
+def is_remote(path: Location) -> bool:
+    """True for a location on an object store or other fsspec filesystem, which has no atomic rename."""
+    return not isinstance(path, Path)
+
+
+def spool_path(path: Location) -> Path:
+    """A private local file to write `path`'s content into before it is uploaded: unique per call, so tasks
+    and hosts never share a temporary."""
+    handle, name = tempfile.mkstemp(prefix="gristmill-", suffix="-" + path.name)
+    os.close(handle)
+    return Path(name)
+
+
+def upload(local: Path, path: Location) -> None:
+    """Put a finished local file under its final name on an object store: one request, whole or absent."""
+    path.fs.put_file(str(local), path.path)
+
+
+def remove_tree(path: Location) -> None:
+    """Delete a folder of intermediate files and everything in it (on an object store: every key under it)."""
+    if is_remote(path):
+        path.fs.rm(path.path, recursive=True)
+    else:
+        shutil.rmtree(path)
 
 
 def temporary_name(path: Path) -> Path:
@@ -26,16 +78,22 @@ def temporary_name(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary name to write `path` under, renamed into place when the block ends without error.
+def atomic_path(path: Location) -> Iterator[Path]:
+    """A temporary name to write `path` under, renamed (or, on an object store, uploaded) into place when the
+    block ends without error.
 
     On any error the temporary is removed; an OSError (a full disk) is raised again naming `path`,
     since the temporary's name would mean nothing to a user.
     """
-    temporary = temporary_name(path)
+    remote = is_remote(path)
+    temporary = spool_path(path) if remote else temporary_name(path)
     try:
         yield temporary
-        os.replace(temporary, path)
+        if remote:
+            upload(temporary, path)
+            temporary.unlink()
+        else:
+            os.replace(temporary, path)
     except OSError as error:
         temporary.unlink(missing_ok=True)
         raise OSError(error.errno, error.strerror or str(error), str(path)) from None
@@ -44,7 +102,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise
 
 
-def write_json_atomic(path: Path, payload: str) -> None:
+def write_json_atomic(path: Location, payload: str) -> None:
     """Write a JSON (or any text) payload so that `path` is either absent, the old file or the whole new one."""
     with atomic_path(path) as temporary:
         temporary.write_text(payload)

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gristmill.pipeline.engine.config_files import describe_validation_error, load_yaml
 from gristmill.pipeline.engine.dataset import MANIFEST_NAME
+from gristmill.pipeline.engine.files import Location, as_location
 from gristmill.pipeline.engine.plugins import PluginError, import_plugins
 from gristmill.pipeline.engine.stage import MapStage, SourceStage, Stage, StageConfig, registered_stages
 
@@ -71,7 +72,7 @@ class Node:
 @dataclass(frozen=True)
 class Graph:
     name: str
-    output: Path
+    output: Location
     nodes: tuple[Node, ...]  # in a valid execution order
     plugins: tuple[str, ...] = ()
 
@@ -96,7 +97,7 @@ def load_graph(path: str | Path, output: str | Path | None = None, plugins: tupl
         spec.plugins = list(dict.fromkeys([*plugins, *spec.plugins]))
     except ValidationError as error:
         raise format_validation_error(where, error) from None
-    output_dir = Path(output or spec.output or Path("runs") / (spec.name or path.stem))
+    output_dir = as_location(output or spec.output or Path("runs") / (spec.name or path.stem))
     return build_graph(spec, where, output_dir, config_dir=path.parent)
 
 
@@ -112,7 +113,7 @@ def expand_variables(value: Any, variables: dict[str, str]) -> Any:
     return value
 
 
-def build_graph(spec: GraphSpec, where: str, output: Path, config_dir: Path = Path(".")) -> Graph:
+def build_graph(spec: GraphSpec, where: str, output: Location, config_dir: Path = Path(".")) -> Graph:
     try:
         import_plugins(spec.plugins)
     except PluginError as error:
@@ -147,7 +148,7 @@ def build_graph(spec: GraphSpec, where: str, output: Path, config_dir: Path = Pa
 
     for node in nodes.values():
         for upstream in node.inputs:
-            if upstream not in nodes and not (Path(upstream) / MANIFEST_NAME).exists():
+            if upstream not in nodes and not (as_location(upstream) / MANIFEST_NAME).exists():
                 raise GraphError(
                     f"{where}: stages.{node.name}.input: {upstream!r} is neither a stage of this graph "
                     "nor a complete dataset directory"

@@ -10,9 +10,8 @@ Anything else is refused, naming the first unexpected entry, before any work sta
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 from gristmill.pipeline.engine.dataset import DatasetError, write_json_atomic
+from gristmill.pipeline.engine.files import Location, is_remote
 
 OWNER_MARKER = "_gristmill.json"
 RUN_FILES = frozenset({"_events.jsonl", "_summary.json"})
@@ -23,7 +22,7 @@ class OwnershipError(DatasetError):
     """An output directory holds files Gristmill did not create; the message names one."""
 
 
-def _marked(path: Path) -> bool:
+def _marked(path: Location) -> bool:
     marker = path / OWNER_MARKER
     if marker.is_file():
         try:
@@ -33,7 +32,7 @@ def _marked(path: Path) -> bool:
     return any((path / name).is_file() for name in DATASET_MARKERS)
 
 
-def foreign_entry(path: Path) -> Path | None:
+def foreign_entry(path: Location) -> Location | None:
     """The first entry that makes `path` not Gristmill's to write into, or None when it is absent, empty or ours."""
     if not path.exists():
         return None
@@ -55,7 +54,7 @@ def foreign_entry(path: Path) -> Path | None:
     return None
 
 
-def check_owned(path: Path, what: str = "--output") -> None:
+def check_owned(path: Location, what: str = "--output") -> None:
     """Refuse, in one line, a directory that holds files Gristmill did not create."""
     entry = foreign_entry(path)
     if entry is None:
@@ -68,15 +67,16 @@ def check_owned(path: Path, what: str = "--output") -> None:
     )
 
 
-def release_if_unused(path: Path) -> None:
+def release_if_unused(path: Location) -> None:
     """Remove a directory `claim` made when nothing but its marker was written into it (a command that failed on
     its arguments), so a failed command leaves no trace."""
     if path.is_dir() and [entry.name for entry in path.iterdir()] == [OWNER_MARKER]:
         (path / OWNER_MARKER).unlink()
-        path.rmdir()
+        if not is_remote(path):  # an object store's folder is only a prefix: it goes with its last object
+            path.rmdir()
 
 
-def claim(path: Path, what: str = "--output") -> None:
+def claim(path: Location, what: str = "--output") -> None:
     """Check `path` is Gristmill's, create it if needed and mark it as Gristmill's."""
     check_owned(path, what)
     path.mkdir(parents=True, exist_ok=True)

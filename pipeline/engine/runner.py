@@ -17,13 +17,20 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from gristmill.pipeline.engine.dataset import WORK_DIR, Dataset, ShardRecord, config_digest, write_json_atomic
+from gristmill.pipeline.engine.dataset import (
+    WORK_DIR,
+    Dataset,
+    ShardRecord,
+    config_digest,
+    read_parquet_schema,
+    write_json_atomic,
+)
 from gristmill.pipeline.engine.executors import Executor
+from gristmill.pipeline.engine.files import Location, as_location, is_remote
 from gristmill.pipeline.engine.graph import Graph, GraphError, Node
 from gristmill.pipeline.engine.input_splits import source_file
 from gristmill.pipeline.engine.ownership import check_owned, claim
@@ -73,11 +80,11 @@ class RunFailed(Exception):
     """Some shards failed after their retries; the message names them."""
 
 
-def node_dataset_path(graph: Graph, node: Node) -> Path:
+def node_dataset_path(graph: Graph, node: Node) -> Location:
     return graph.output / node.name
 
 
-def plan_graph(graph: Graph, dataset_paths: dict[str, Path] | None = None) -> list[NodePlan]:
+def plan_graph(graph: Graph, dataset_paths: dict[str, Location] | None = None) -> list[NodePlan]:
     """Tasks for every node, in order, with what is already complete. Does not run anything.
 
     A node whose upstream node is not complete yet has no tasks: its shards are known only
@@ -93,7 +100,7 @@ def plan_graph(graph: Graph, dataset_paths: dict[str, Path] | None = None) -> li
     return plans
 
 
-def default_dataset_paths(graph: Graph) -> dict[str, Path]:
+def default_dataset_paths(graph: Graph) -> dict[str, Location]:
     return {node.name: node_dataset_path(graph, node) for node in graph.nodes}
 
 
@@ -123,7 +130,7 @@ def with_file_stamps(config: Any) -> Any:
         return config
 
 
-def plan_node(graph: Graph, node: Node, paths: dict[str, Path], hashes: dict[str, str]) -> NodePlan:
+def plan_node(graph: Graph, node: Node, paths: dict[str, Location], hashes: dict[str, str]) -> NodePlan:
     config = node.config.model_dump(mode="json")
     dataset = Dataset(paths[node.name])
     parent_hashes: list[str] = []
@@ -153,7 +160,8 @@ def plan_node(graph: Graph, node: Node, paths: dict[str, Path], hashes: dict[str
         ShardTask(node.name, node.stage.name, config, source, str(dataset.path), f"part-{index:05d}", graph.plugins)
         for index, source in enumerate(sources)
     ]
-    done = [task.name for task in tasks if dataset.record_path(task.name).exists()]
+    committed = dataset.committed_names() if tasks else set()
+    done = [task.name for task in tasks if task.name in committed]
     return NodePlan(node, dataset, config, config_hash, parents, tasks, done, waiting_for)
 
 
@@ -210,16 +218,29 @@ def check_not_stale(plan: NodePlan) -> None:
 
 
 class EventLog:
-    """Structured log of a run: one JSON line per shard event, appended to `OUTPUT/_events.jsonl`."""
+    """Structured log of a run: one JSON line per shard event, appended to `OUTPUT/_events.jsonl`.
 
-    def __init__(self, path: Path):
+    An object store cannot append: there the lines are kept and the whole log is uploaded by `flush`, once per
+    node, so a snapshot of 90,000 shards costs a request per node, not per shard."""
+
+    def __init__(self, path: Location):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self._pending: list[str] | None = None
+        if is_remote(path):
+            self._pending = path.read_text().splitlines(keepends=True) if path.exists() else []
 
     def write(self, event: str, node: str, **fields: Any) -> None:
-        line = json.dumps({"time": round(time.time(), 3), "event": event, "node": node, **fields})
+        line = json.dumps({"time": round(time.time(), 3), "event": event, "node": node, **fields}) + "\n"
+        if self._pending is not None:
+            self._pending.append(line)
+            return
         with open(self.path, "a") as handle:
-            handle.write(line + "\n")
+            handle.write(line)
+
+    def flush(self) -> None:
+        if self._pending is not None:
+            write_json_atomic(self.path, "".join(self._pending))
 
 
 def run_node(
@@ -281,8 +302,11 @@ def run_node(
         if not pending:
             break
 
-    for name in records:
-        (plan.dataset.path / FAILURES_DIR / f"{name}.txt").unlink(missing_ok=True)
+    failures_dir = plan.dataset.path / FAILURES_DIR
+    if failures_dir.exists():  # one listing rather than a delete request per shard
+        for stale in failures_dir.glob("*.txt"):
+            if stale.name.removesuffix(".txt") in records:
+                stale.unlink(missing_ok=True)
     result.records = [records[task.name] for task in plan.tasks if task.name in records]
     if plan.node.is_source:
         result.warnings = [f"{plan.node.name}/{record.name}: input {record.source} holds no documents"
@@ -308,6 +332,7 @@ def _record_failures(result: NodeResult, failures: dict[str, str], events: Event
     if events:
         events.write("node_failed" if result.failures else "node_done", result.plan.node.name,
                      failed_shards=sorted(result.failures), wall_seconds=round(result.wall_seconds, 3))
+        events.flush()
     return result
 
 
@@ -326,7 +351,7 @@ def _with_global_view(plan: NodePlan, executor: Executor) -> list[ShardTask]:
                     task.plugins)
         for task in plan.tasks
     ]
-    summary_files = [None if path is None else Path(path) for path in run_all(executor, run_summary, summary_tasks)]
+    summary_files = [None if path is None else as_location(path) for path in run_all(executor, run_summary, summary_tasks)]
     summary_files = summary_files or [None] * len(plan.tasks)  # a stage that summarises nothing
     context = ReduceContext(
         shard_names=[task.name for task in plan.tasks],
@@ -359,7 +384,7 @@ def _apply_to_value(fn, indexed_item: tuple[int, Any]) -> Any:
 
 def _output_schema(plan: NodePlan) -> pa.Schema:
     if plan.tasks:
-        return pq.read_schema(plan.dataset.shard_path(plan.tasks[0].name))
+        return read_parquet_schema(plan.dataset.shard_path(plan.tasks[0].name))
     stage = plan.node.stage(plan.node.config)
     if plan.node.is_source:
         return stage.schema()
@@ -394,7 +419,7 @@ def run_graph(
     executor: Executor,
     retries: int = 2,
     console: Console | None = None,
-    dataset_paths: dict[str, Path] | None = None,
+    dataset_paths: dict[str, Location] | None = None,
 ) -> list[NodeResult]:
     """Run every node in order; raises RunFailed naming failed shards after writing the summary."""
     console = console or default_console()
@@ -425,7 +450,7 @@ def run_graph(
     return results
 
 
-def check_run_directory(graph: Graph, paths: dict[str, Path]) -> None:
+def check_run_directory(graph: Graph, paths: dict[str, Location]) -> None:
     """Before any work: the run directory and every node's dataset directory must be Gristmill's, and a
     summary already there must be one Gristmill wrote (it is merged at the end)."""
     for node in graph.nodes:
@@ -434,7 +459,7 @@ def check_run_directory(graph: Graph, paths: dict[str, Path]) -> None:
     read_run_summary(graph.output)
 
 
-def read_run_summary(output: Path) -> list[dict[str, Any]]:
+def read_run_summary(output: Location) -> list[dict[str, Any]]:
     """The nodes an earlier run in this directory recorded; a summary that is not Gristmill's is an error."""
     path = output / SUMMARY_NAME
     if not path.exists():
@@ -474,7 +499,7 @@ def summary_table(results: list[NodeResult]) -> Table:
     return table
 
 
-def write_run_summary(output: Path, results: list[NodeResult]) -> Path:
+def write_run_summary(output: Location, results: list[NodeResult]) -> Location:
     output.mkdir(parents=True, exist_ok=True)
     summary = {
         "stages": [

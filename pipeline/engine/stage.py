@@ -17,16 +17,14 @@ import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from gristmill.pipeline.engine.dataset import REJECT_SCHEMA
-from gristmill.pipeline.engine.files import expand_globs
+from gristmill.pipeline.engine.dataset import REJECT_SCHEMA, read_parquet_table
+from gristmill.pipeline.engine.files import Location, expand_globs
 from gristmill.pipeline.engine.plugins import PluginError, explain_import_failure
 from gristmill.pipeline.engine.stage_report import ReportedDataset, StageSection
 
@@ -197,13 +195,13 @@ class ReduceContext:
     """
 
     shard_names: list[str]
-    summary_files: list[Path | None]  # per shard, in order; None where a shard had no rows
-    work_dir: Path
+    summary_files: list[Location | None]  # per shard, in order; None where a shard had no rows
+    work_dir: Location
     run: Callable[[Callable[[Any], Any], list[Any]], list[Any]]
 
     def read_summaries(self) -> pa.Table | None:
         """Every summary in shard order, as one table; for summaries small enough to hold."""
-        tables = [pq.read_table(path) for path in self.summary_files if path is not None]
+        tables = [read_parquet_table(path) for path in self.summary_files if path is not None]
         return pa.concat_tables(tables) if tables else None
 
 
@@ -231,7 +229,7 @@ class MapStage(Stage):
         """Combine every shard's summaries into the global view; the result must pickle and stay small."""
         raise NotImplementedError
 
-    def open_shard(self, shard_name: str, work_dir: Path) -> None:
+    def open_shard(self, shard_name: str, work_dir: Location) -> None:
         """Receive the name of the shard about to be processed and the dataset's `_work/` folder, for
         intermediate files kept after the run (create what you use in it); called before every shard."""
         self.shard_name = shard_name

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from gristmill.pipeline.engine.dataset import ROW_GROUP_ROWS, WORK_DIR, Dataset, ShardRecord, iter_parquet_batches
+from gristmill.pipeline.engine.files import as_location
 from gristmill.pipeline.engine.report import Report, plt
 
 
@@ -62,7 +63,7 @@ class ReportedDataset:
     def read_json(self, path: Path) -> Any:
         """A JSON file the stage left beside its dataset; unreadable or corrupt is a StageReportError naming it."""
         try:
-            return json.loads(Path(path).read_text())
+            return json.loads(as_location(path).read_text())
         except OSError as error:
             raise StageReportError(f"{path}: unreadable ({error.strerror or error})") from None
         except ValueError as error:

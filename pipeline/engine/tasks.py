@@ -15,12 +15,10 @@ import traceback
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from gristmill.pipeline.engine.dataset import (
     REJECT_SCHEMA,
@@ -29,9 +27,11 @@ from gristmill.pipeline.engine.dataset import (
     ParquetShardWriter,
     ShardRecord,
     iter_parquet_batches,
+    read_parquet_schema,
     verified_input,
     write_json_atomic,
 )
+from gristmill.pipeline.engine.files import as_location
 from gristmill.pipeline.engine.native_threads import single_threaded_blas
 from gristmill.pipeline.engine.plugins import import_plugins
 from gristmill.pipeline.engine.stage import INPUT_DOCUMENTS_STAT, BatchResult, MapStage, SourceStage, Stage, stage_class
@@ -102,7 +102,7 @@ def documents_in(stage: Stage, kept: pa.RecordBatch | pa.Table) -> int:
 @single_threaded_blas()
 def run_summary(task: SummaryTask) -> str | None:
     """Write one shard's summary atomically (skipped if present); None when the shard has no rows."""
-    output = Path(task.output)
+    output = as_location(task.output)
     if output.exists():
         return task.output
     stage = stage_for(task.stage, task.config, task.plugins)
@@ -148,10 +148,10 @@ def _execute(task: ShardTask) -> ShardRecord:
         results: Iterator[BatchResult] = stage.read(task.source)
     else:
         assert isinstance(stage, MapStage)
-        stage.open_shard(task.name, Path(task.output) / WORK_DIR)
+        stage.open_shard(task.name, dataset.path / WORK_DIR)
         if stage.needs_global_view_for(stage.config):
             stage.bind(task.global_view, task.name)
-        schema = stage.output_schema(pq.read_schema(verified_input(task.source)))  # before any byte is used
+        schema = stage.output_schema(read_parquet_schema(verified_input(task.source)))  # before any byte is used
         results = _map_batches(stage, task.source, counted_input)
 
     data_writer = ParquetShardWriter(dataset.shard_path(task.name), schema)

@@ -7,12 +7,10 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from gristmill.pipeline.engine.dataset import (
     REJECTS_DIR,
@@ -23,13 +21,15 @@ from gristmill.pipeline.engine.dataset import (
     ShardRecord,
     check_file,
     iter_parquet_batches,
+    open_parquet,
 )
+from gristmill.pipeline.engine.files import Location
 from gristmill.pipeline.engine.runner import RUN_MARKER
 
 
 @dataclass
 class DatasetCheck:
-    path: Path
+    path: Location
     complete: bool = False
     shards: int = 0
     rows: int = 0
@@ -41,7 +41,7 @@ class DatasetCheck:
                 "shards": self.shards, "rows": self.rows, "problems": self.problems, "notes": self.notes}
 
 
-def verify_dataset(path: str | Path) -> DatasetCheck:
+def verify_dataset(path: str | Location) -> DatasetCheck:
     """Checksums and sizes of data and ledger files, Parquet rows against shard records, ledger reasons against
     the recorded rejects, record files and manifest against each other, the manifest's totals, and stray shards."""
     dataset = Dataset(path)
@@ -120,7 +120,8 @@ def shard_problems(dataset: Dataset, record: ShardRecord, complete: bool) -> lis
     if problems:  # a damaged file's contents cannot be counted
         return problems
     try:
-        rows = pq.read_metadata(data).num_rows
+        with open_parquet(data) as parquet:
+            rows = parquet.metadata.num_rows
         reasons = ledger_reasons(ledger)
     except (OSError, pa.ArrowException) as error:  # checksum matches yet unreadable: written damaged
         return [f"{data.parent}/{record.name}: unreadable although its checksum matches: {error}"]
@@ -132,7 +133,7 @@ def shard_problems(dataset: Dataset, record: ShardRecord, complete: bool) -> lis
     return problems
 
 
-def ledger_reasons(ledger: Path) -> Counter[str]:
+def ledger_reasons(ledger: Location) -> Counter[str]:
     reasons: Counter[str] = Counter()
     for batch in iter_parquet_batches(ledger, columns=["reason"]):
         counts = pc.value_counts(pc.fill_null(batch.column(0), ""))
@@ -146,4 +147,4 @@ def stray_files(dataset: Dataset, names: set[str]) -> list[str]:
     expected |= {dataset.record_path(name) for name in names}
     found = [*dataset.path.glob("*.parquet"), *(dataset.path / REJECTS_DIR).glob("*.parquet"),
              *(dataset.path / SHARDS_DIR).glob("*.json")]
-    return [f"{path}: not listed by the manifest" for path in sorted(found) if path not in expected and not path.name.startswith(".")]
+    return [f"{path}: not listed by the manifest" for path in sorted(found, key=str) if path not in expected and not path.name.startswith(".")]

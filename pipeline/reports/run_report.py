@@ -11,7 +11,7 @@ import functools
 import itertools
 import json
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +23,12 @@ import pyarrow.parquet as pq
 
 from gristmill.pipeline.engine.dataset import (
     Dataset,
-    ShardRecord,
     is_dataset_directory,
     iter_parquet_batches,
+    open_parquet,
+    read_parquet_schema,
 )
+from gristmill.pipeline.engine.files import Location, as_location, is_remote
 from gristmill.pipeline.engine.report import Report, plt
 from gristmill.pipeline.engine.runner import EVENTS_NAME, FAILURES_DIR, RUN_MARKER, SUMMARY_NAME
 from gristmill.pipeline.engine.stage import registered_stages
@@ -80,7 +82,7 @@ def load_node(path: Path) -> DatasetNode | None:
     stats: Counter[str] = Counter()
     for record in records:
         stats.update(record.stats)
-    schema = pq.read_schema(dataset.verify_shard(records[0]))
+    schema = read_parquet_schema(dataset.verify_shard(records[0]))
     return DatasetNode(path.name, dataset, stage, False, records, schema, stats=dict(stats))
 
 
@@ -112,7 +114,7 @@ def load_run(path: Path) -> tuple[str, list[DatasetNode]]:
         if node is None:
             raise ReportError(f"{path}: dataset has no completed shard yet")
         return "dataset", [node]
-    nodes = [node for child in sorted(path.iterdir()) if child.is_dir() and is_dataset_directory(child)
+    nodes = [node for child in sorted(path.iterdir(), key=str) if child.is_dir() and is_dataset_directory(child)
              if (node := load_node(child)) is not None]
     if not nodes:
         raise ReportError(f"{path}: neither a Gristmill dataset nor a run directory holding datasets")
@@ -124,16 +126,21 @@ def load_run(path: Path) -> tuple[str, list[DatasetNode]]:
 
 def link_parents(nodes: list[DatasetNode]) -> None:
     """Parent paths in manifests are as the run wrote them; match them to this run's datasets by path, else by name."""
-    by_path = {node.dataset.path.resolve(): node.name for node in nodes}
+    by_path = {resolved(node.dataset.path): node.name for node in nodes}
     by_name = {node.name for node in nodes}
     for node in nodes:
         for parent in node.parent_paths:
-            candidate = Path(parent)
-            name = by_path.get(candidate.resolve()) if candidate.exists() else None
+            candidate = as_location(parent)
+            name = by_path.get(resolved(candidate)) if candidate.exists() else None
             if name is None and candidate.name in by_name and not candidate.suffix:
                 name = candidate.name
             if name is not None and name != node.name:
                 node.parents.append(name)
+
+
+def resolved(path: Location) -> str:
+    """A comparable spelling of a location: absolute on disk, the URL itself elsewhere."""
+    return str(path.resolve()) if not is_remote(path) else str(path)
 
 
 def order_nodes(nodes: list[DatasetNode], run_order: list[str]) -> list[DatasetNode]:
@@ -187,7 +194,7 @@ def read_events(run_dir: Path | None) -> list[dict[str, Any]]:
     if events_path is None or not events_path.exists():
         return []
     events = []
-    with open(events_path) as handle:
+    with events_path.open() as handle:
         for line in handle:
             try:
                 events.append(json.loads(line))
@@ -465,15 +472,18 @@ def footer_statistics(node: DatasetNode, column: str) -> tuple[bool, float, floa
     return node.footers[column]
 
 
-def read_footer(path: Path) -> pq.FileMetaData:
-    """A Parquet file's footer, read once per version of the file (several sections need it)."""
+def read_footer(path: Location) -> pq.FileMetaData:
+    """A Parquet file's footer, read once per version of the file (several sections need it). Shards are checked
+    against their records before they are read, and a committed shard is never rewritten: on an object store,
+    where modification times are not to be had cheaply, the size stands for the version."""
     status = path.stat()
-    return _read_footer(path, status.st_mtime_ns, status.st_size)
+    return _read_footer(path, 0 if is_remote(path) else status.st_mtime_ns, status.st_size)
 
 
 @functools.lru_cache(maxsize=4096)
-def _read_footer(path: Path, modified_ns: int, size: int) -> pq.FileMetaData:
-    return pq.read_metadata(path)
+def _read_footer(path: Location, modified_ns: int, size: int) -> pq.FileMetaData:
+    with open_parquet(path) as parquet:
+        return parquet.metadata
 
 
 def score_edges(nodes: Iterable[DatasetNode], column: str) -> np.ndarray:
@@ -599,7 +609,7 @@ def collect_distributions(nodes: list[DatasetNode]) -> dict[str, Any]:
 
 def gather(path: str | Path, top: int = 20) -> tuple[dict[str, Any], list[tuple[DatasetNode, StageSection]]]:
     """Everything the run report shows: plain data (also written as report.json) and the sections stages hand it."""
-    path = Path(path)
+    path = as_location(path)
     kind, nodes = load_run(path)
     run_dir = path if kind == "run" else None
     # A single dataset inside a run directory still has its wall times in the run's event log.

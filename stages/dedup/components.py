@@ -12,22 +12,30 @@ by the survivor policy (ties to the smallest document id); its cluster id is its
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
-from gristmill.pipeline.engine.files import atomic_path, write_json_atomic
+from gristmill.pipeline.engine.dataset import read_parquet_table
+from gristmill.pipeline.engine.files import (
+    Location,
+    as_location,
+    atomic_path,
+    is_remote,
+    remove_tree,
+    write_json_atomic,
+)
 from gristmill.pipeline.engine.stage import BatchResult, MapStage
-from gristmill.pipeline.engine.stage_report import ReportedDataset, StageSection, bar_chart
+from gristmill.pipeline.engine.stage_report import (
+    ReportedDataset,
+    StageSection,
+    bar_chart,
+)
 
 ROW_BITS = 32
 CLUSTER_SIZES_FILE = "cluster_sizes.json"  # in `_work/<stage name>/`, read by the stage's report section
@@ -74,14 +82,14 @@ def survivor_priority(batch: pa.RecordBatch | pa.Table, policy: str) -> pa.Array
     return pc.fill_null(values, np.inf)
 
 
-def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> None:
+def write_parquet_atomic(frame: pl.DataFrame, path: Location) -> None:
     """Write under a hidden temporary name, then rename: a file that exists is always complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as temporary:
         frame.write_parquet(temporary, compression="zstd", compression_level=3)
 
 
-def write_partitioned(frame: pl.DataFrame, partition: pl.Expr, directory: Path, source: str, partitions: int) -> None:
+def write_partitioned(frame: pl.DataFrame, partition: pl.Expr, directory: Location, source: str, partitions: int) -> None:
     """Split rows into `directory/part-DDDDD/SOURCE.parquet` by partition, one file per partition even if empty."""
     parts = frame.with_columns(partition.cast(pl.Int64).alias("_partition")).partition_by(
         "_partition", as_dict=True, include_key=False, maintain_order=True)
@@ -90,16 +98,25 @@ def write_partitioned(frame: pl.DataFrame, partition: pl.Expr, directory: Path, 
         write_parquet_atomic(part, directory / f"part-{index:05d}" / f"{source}.parquet")
 
 
-def partition_files(directory: Path, partition: int) -> list[Path]:
-    return sorted((directory / f"part-{partition:05d}").glob("*.parquet"))
+def partition_files(directory: Location, partition: int) -> list[Location]:
+    return sorted((directory / f"part-{partition:05d}").glob("*.parquet"), key=str)
 
 
-def read_frames(paths: list[Path], schema: dict[str, Any]) -> pl.DataFrame:
-    frames = [pl.read_parquet(path) for path in paths]
+def read_frame(path: str | Location, columns: list[str] | None = None) -> pl.DataFrame:
+    """One Parquet file as a polars frame, from disk or through fsspec."""
+    location = as_location(path)
+    if not is_remote(location):
+        return pl.read_parquet(location, columns=columns)
+    with location.open("rb") as handle:
+        return pl.read_parquet(handle, columns=columns)
+
+
+def read_frames(paths: list[Location], schema: dict[str, Any]) -> pl.DataFrame:
+    frames = [read_frame(path) for path in paths]
     return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
 
 
-def outputs_exist(directory: Path, source: str, partitions: int) -> bool:
+def outputs_exist(directory: Location, source: str, partitions: int) -> bool:
     return all((directory / f"part-{index:05d}" / f"{source}.parquet").exists() for index in range(partitions))
 
 
@@ -116,12 +133,12 @@ class SpreadTask:
 
 
 def spread_edges(task: SpreadTask) -> None:
-    name = Path(task.edges).stem
-    if outputs_exist(Path(task.output), name, task.partitions):
+    name = as_location(task.edges).stem
+    if outputs_exist(as_location(task.output), name, task.partitions):
         return
-    edges = pl.read_parquet(task.edges, columns=["a", "b"])
+    edges = read_frame(task.edges, columns=["a", "b"])
     records = pl.concat([edges.select(u="a", v="b"), edges.select(u="b", v="a")])
-    write_partitioned(records, partition_of(pl.col("u"), task.partitions), Path(task.output), name, task.partitions)
+    write_partitioned(records, partition_of(pl.col("u"), task.partitions), as_location(task.output), name, task.partitions)
 
 
 @dataclass(frozen=True)
@@ -137,12 +154,12 @@ class StarTask:
 
 def star_step(task: StarTask) -> bool:
     """Apply the step and write its records; returns whether the input already was a set of stars."""
-    records = read_frames(partition_files(Path(task.inputs), task.partition), EDGE_SCHEMA).unique()
+    records = read_frames(partition_files(as_location(task.inputs), task.partition), EDGE_SCHEMA).unique()
     per_node = records.group_by("u").agg(smallest=pl.col("v").min(), degree=pl.len())
     # A star: every node either has no smaller neighbour (a centre) or exactly one neighbour.
     is_star = per_node.filter((pl.col("smallest") < pl.col("u")) & (pl.col("degree") > 1)).height == 0
     name = f"from-{task.partition:05d}"
-    if outputs_exist(Path(task.output), name, task.partitions):
+    if outputs_exist(as_location(task.output), name, task.partitions):
         return is_star
     per_node = per_node.with_columns(centre=pl.min_horizontal("u", "smallest"))
     if task.large:
@@ -158,7 +175,7 @@ def star_step(task: StarTask) -> bool:
             centres.select(a="u", b="centre"),
         ]).filter(pl.col("a") != pl.col("b"))
     directed = pl.concat([edges.select(u="a", v="b"), edges.select(u="b", v="a")]).unique().sort("u", "v")
-    write_partitioned(directed, partition_of(pl.col("u"), task.partitions), Path(task.output), name, task.partitions)
+    write_partitioned(directed, partition_of(pl.col("u"), task.partitions), as_location(task.output), name, task.partitions)
     return is_star
 
 
@@ -171,25 +188,25 @@ class RootTask:
 
 def assign_roots(task: RootTask) -> str:
     """From a converged star graph: every node of the partition and its component's smallest node."""
-    output = Path(task.output)
+    output = as_location(task.output)
     if not output.exists():
-        records = read_frames(partition_files(Path(task.inputs), task.partition), EDGE_SCHEMA)
+        records = read_frames(partition_files(as_location(task.inputs), task.partition), EDGE_SCHEMA)
         roots = (records.group_by("u").agg(pl.col("v").min()).select(node="u", root=pl.min_horizontal("u", "v"))
                  .sort("node"))
         write_parquet_atomic(roots, output)
     return task.output
 
 
-def connected_components(edge_files: list[str], directory: Path, partitions: int, run: Runner) -> list[str]:
+def connected_components(edge_files: list[str], directory: Location, partitions: int, run: Runner) -> list[str]:
     """Label every node of the undirected graph with its component's smallest node, as tasks.
 
     Returns one (node, root) file per partition. Each finished step leaves a marker, so a rerun after
     a crash resumes at the last finished step; the step before it is then deleted to bound disk use.
     """
-    def step_dir(step: int) -> Path:
+    def step_dir(step: int) -> Location:
         return directory / f"step-{step:03d}"
 
-    def marker(step: int) -> Path:
+    def marker(step: int) -> Location:
         return directory / f"step-{step:03d}.json"
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -206,7 +223,7 @@ def connected_components(edge_files: list[str], directory: Path, partitions: int
             is_star = all(run(star_step, tasks))
             write_json_atomic(marker(step), json.dumps({"star": is_star}))
         if step >= 2 and step_dir(step - 2).exists():
-            shutil.rmtree(step_dir(step - 2))
+            remove_tree(step_dir(step - 2))
         # A star graph is a fixed point of large-star, so that step's input is the final graph.
         if is_star and step % 2 == 1:
             break
@@ -232,14 +249,14 @@ class MembersTask:
 
 def gather_members(task: MembersTask) -> None:
     name = f"from-{task.partition:05d}"
-    if outputs_exist(Path(task.output), name, task.partitions):
+    if outputs_exist(as_location(task.output), name, task.partitions):
         return
-    roots = pl.read_parquet(task.roots)
+    roots = read_frame(task.roots)
     documents = [summary_documents(shard, path)
                  for shard, path in shards_of_partition(task.partition, list(task.summary_files), task.partitions)]
     documents = pl.concat(documents) if documents else pl.DataFrame(schema=DOCUMENT_KEYS)
     members = roots.join(documents, on="node").select(cluster="root", node="node", id="id", priority="priority")
-    write_partitioned(members, partition_of(pl.col("cluster"), task.partitions), Path(task.output), name,
+    write_partitioned(members, partition_of(pl.col("cluster"), task.partitions), as_location(task.output), name,
                       task.partitions)
 
 
@@ -248,7 +265,7 @@ DOCUMENT_KEYS = {"node": pl.Int64, "id": pl.String, "priority": pl.Float64}
 
 def summary_documents(shard: int, path: str, columns: tuple[str, ...] = ()) -> pl.DataFrame:
     """A summary file's (node, id, priority) plus any extra columns; row order is the shard's row order."""
-    table = pq.read_table(path, columns=["id", "priority", *columns])
+    table = read_parquet_table(path, columns=["id", "priority", *columns])
     frame = pl.from_arrow(table)
     return frame.with_columns(node=pl.Series(node_keys(shard, table.num_rows))).select("node", "id", "priority",
                                                                                         *columns)
@@ -268,7 +285,7 @@ class ChooseTask:
 def choose_survivors(task: ChooseTask) -> dict[int, int]:
     """Write every non-survivor with its survivor and cluster id; returns {cluster size: clusters}."""
     keys = list(task.cluster_columns)
-    members = read_frames(partition_files(Path(task.members), task.partition), {})
+    members = read_frames(partition_files(as_location(task.members), task.partition), {})
     if members.height == 0:
         members = pl.DataFrame(schema={key: pl.Int64 for key in keys} | DOCUMENT_KEYS)
     ranked = (members.sort([*keys, "priority", "id", "node"])
@@ -278,8 +295,8 @@ def choose_survivors(task: ChooseTask) -> dict[int, int]:
     sizes = ranked.filter(pl.col("rank") == 0).group_by("size").len()
     removed = ranked.filter(pl.col("rank") > 0).select("node", "id", "survivor_id", "cluster_id")
     name = f"from-{task.partition:05d}"
-    if not outputs_exist(Path(task.output), name, task.partitions):
-        write_partitioned(removed, partition_of(pl.col("node"), task.partitions), Path(task.output), name,
+    if not outputs_exist(as_location(task.output), name, task.partitions):
+        write_partitioned(removed, partition_of(pl.col("node"), task.partitions), as_location(task.output), name,
                           task.partitions)
     return dict(zip(sizes["size"].to_list(), sizes["len"].to_list()))
 
@@ -294,10 +311,10 @@ class CollectTask:
 
 def collect_removals(task: CollectTask) -> None:
     """One shard's removal list (row, id, survivor_id, cluster_id), in row order, for its process task."""
-    output = Path(task.output)
+    output = as_location(task.output)
     if output.exists():
         return
-    chosen = read_frames(partition_files(Path(task.chosen), task.shard % task.partitions),
+    chosen = read_frames(partition_files(as_location(task.chosen), task.shard % task.partitions),
                          {"node": pl.Int64, "id": pl.String, "survivor_id": pl.String, "cluster_id": pl.String})
     mine = (chosen.filter(pl.col("node") // (1 << ROW_BITS) == task.shard)
             .select(row=(pl.col("node") % (1 << ROW_BITS)).cast(pl.UInt32), id="id", survivor_id="survivor_id",
@@ -307,7 +324,7 @@ def collect_removals(task: CollectTask) -> None:
 
 
 def remove_non_survivors(
-    members_dir: Path, cluster_columns: tuple[str, ...], directory: Path, shard_names: list[str],
+    members_dir: Location, cluster_columns: tuple[str, ...], directory: Location, shard_names: list[str],
     partitions: int, run: Runner,
 ) -> dict[str, Any]:
     """From members partitioned by cluster to per-shard removal lists and `cluster_sizes.json`; returns the stats."""
@@ -335,7 +352,7 @@ def cluster_statistics(sizes: Counter[int]) -> dict[str, Any]:
     }
 
 
-def removal_path(directory: Path, shard_name: str) -> Path:
+def removal_path(directory: Location, shard_name: str) -> Location:
     return directory / "removals" / f"{shard_name}.parquet"
 
 
@@ -347,8 +364,8 @@ class RemovesClusterMembers(MapStage):
 
     def bind(self, global_view: str, shard_name: str) -> None:
         super().bind(global_view, shard_name)
-        path = removal_path(Path(global_view), shard_name)
-        self.removals = pq.read_table(path) if path.exists() else REMOVAL_SCHEMA.empty_table()
+        path = removal_path(as_location(global_view), shard_name)
+        self.removals = read_parquet_table(path) if path.exists() else REMOVAL_SCHEMA.empty_table()
         self.next_row = 0
 
     def process(self, batch: pa.RecordBatch) -> BatchResult:

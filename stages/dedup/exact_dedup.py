@@ -6,7 +6,6 @@ The cheapest dedup of all (one 128-bit hash per document), so it runs before nea
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -14,12 +13,11 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
-from pydantic import Field
-
+from gristmill.pipeline.engine.files import as_location
 from gristmill.pipeline.engine.stage import ReduceContext, StageConfig, register
 from gristmill.stages.dedup.components import (
-    RemovesClusterMembers,
     SURVIVOR_PATTERN,
+    RemovesClusterMembers,
     outputs_exist,
     partition_count,
     remove_non_survivors,
@@ -28,6 +26,7 @@ from gristmill.stages.dedup.components import (
     write_partitioned,
 )
 from gristmill.stages.dedup.minhash import Normalization
+from pydantic import Field
 
 CLUSTER_COLUMNS = ("group", "hash_high", "hash_low")
 
@@ -96,8 +95,8 @@ class HashTask:
 def partition_by_hash(task: HashTask) -> None:
     """Send each document of one shard to the partition of its text hash, where its copies meet."""
     name = f"shard-{task.shard:05d}"
-    if outputs_exist(Path(task.output), name, task.partitions):
+    if outputs_exist(as_location(task.output), name, task.partitions):
         return
     members = summary_documents(task.shard, task.summary, CLUSTER_COLUMNS)
-    write_partitioned(members, (pl.col("hash_high") % task.partitions).cast(pl.Int64), Path(task.output), name,
+    write_partitioned(members, (pl.col("hash_high") % task.partitions).cast(pl.Int64), as_location(task.output), name,
                       task.partitions)

@@ -12,21 +12,24 @@ per-shard `removals/<shard>.parquet` that each process task reads, plus `cluster
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
-from pydantic import Field
-
-from gristmill.pipeline.engine.stage import ReduceContext, Resources, StageConfig, register
+from gristmill.pipeline.engine.dataset import read_parquet_table
+from gristmill.pipeline.engine.files import as_location
+from gristmill.pipeline.engine.stage import (
+    ReduceContext,
+    Resources,
+    StageConfig,
+    register,
+)
 from gristmill.stages.dedup.components import (
-    RemovesClusterMembers,
     SURVIVOR_PATTERN,
     MembersTask,
+    RemovesClusterMembers,
     connected_components,
     gather_members,
     node_keys,
@@ -41,8 +44,19 @@ from gristmill.stages.dedup.components import (
     write_parquet_atomic,
     write_partitioned,
 )
-from gristmill.stages.dedup.lsh import FALSE_NEGATIVE_WEIGHT, FALSE_POSITIVE_WEIGHT, choose_banding
-from gristmill.stages.dedup.minhash import MinHasher, Normalization, Shingler, band_hashes, hash_strings
+from gristmill.stages.dedup.lsh import (
+    FALSE_NEGATIVE_WEIGHT,
+    FALSE_POSITIVE_WEIGHT,
+    choose_banding,
+)
+from gristmill.stages.dedup.minhash import (
+    MinHasher,
+    Normalization,
+    Shingler,
+    band_hashes,
+    hash_strings,
+)
+from pydantic import Field
 
 EDGES = {"a": pl.Int64, "b": pl.Int64}
 
@@ -152,10 +166,10 @@ class BandFilesTask:
 
 def write_band_files(task: BandFilesTask) -> None:
     """Split one shard's band hashes into one (hash, node) file per band."""
-    paths = [Path(task.output) / f"band-{band:03d}" / f"shard-{task.shard:05d}.parquet" for band in range(task.bands)]
+    paths = [as_location(task.output) / f"band-{band:03d}" / f"shard-{task.shard:05d}.parquet" for band in range(task.bands)]
     if all(path.exists() for path in paths):
         return
-    table = pq.read_table(task.summary, columns=[band_column(band) for band in range(task.bands)])
+    table = read_parquet_table(task.summary, columns=[band_column(band) for band in range(task.bands)])
     nodes = pl.Series("node", node_keys(task.shard, table.num_rows))
     for band, path in enumerate(paths):
         frame = pl.DataFrame({"hash": pl.from_arrow(table.column(band)), "node": nodes}).drop_nulls("hash")
@@ -173,13 +187,13 @@ class BandJoinTask:
 def join_band(task: BandJoinTask) -> None:
     """Documents sharing this band's hash are candidates: link each bucket's members to its smallest node."""
     name = f"band-{task.band:03d}"
-    if outputs_exist(Path(task.output), name, task.partitions):
+    if outputs_exist(as_location(task.output), name, task.partitions):
         return
-    files = sorted(Path(task.band_dir).glob("*.parquet"))
+    files = sorted(as_location(task.band_dir).glob("*.parquet"), key=str)
     rows = read_frames(files, {"hash": pl.UInt64, "node": pl.Int64})
     edges = (rows.with_columns(a=pl.col("node").min().over("hash")).filter(pl.col("node") != pl.col("a"))
              .select("a", b="node").sort("a", "b"))
-    write_partitioned(edges, partition_of(pl.col("a"), task.partitions), Path(task.output), name, task.partitions)
+    write_partitioned(edges, partition_of(pl.col("a"), task.partitions), as_location(task.output), name, task.partitions)
 
 
 @dataclass(frozen=True)
@@ -194,9 +208,9 @@ class VerifyTask:
 
 def gather_candidates(task: VerifyTask) -> None:
     """Without verification every distinct band edge is a candidate pair."""
-    output = Path(task.output) / f"part-{task.partition:05d}.parquet"
+    output = as_location(task.output) / f"part-{task.partition:05d}.parquet"
     if not output.exists():
-        edges = read_frames(partition_files(Path(task.inputs), task.partition), EDGES).unique().sort("a", "b")
+        edges = read_frames(partition_files(as_location(task.inputs), task.partition), EDGES).unique().sort("a", "b")
         write_parquet_atomic(edges, output)
 
 
@@ -206,7 +220,7 @@ def shingles_of(task: VerifyTask, nodes: pl.Series, column: str) -> pl.DataFrame
     for shard, path in shards_of_partition(task.partition, list(task.summary_files), task.partitions):
         wanted = np.sort(nodes.filter(nodes // (1 << 32) == shard).unique().to_numpy())
         if len(wanted):
-            lists = pq.read_table(path, columns=["shingles"]).column("shingles").take(pa.array(wanted & 0xFFFFFFFF))
+            lists = read_parquet_table(path, columns=["shingles"]).column("shingles").take(pa.array(wanted & 0xFFFFFFFF))
             frames.append(pl.DataFrame({column.removeprefix("shingles_"): wanted,
                                         column: pl.from_arrow(lists)}))
     key = column.removeprefix("shingles_")
@@ -216,19 +230,19 @@ def shingles_of(task: VerifyTask, nodes: pl.Series, column: str) -> pl.DataFrame
 def attach_first_shingles(task: VerifyTask) -> None:
     """Verification, first half: distinct edges of this partition with their first node's shingles, sent to the second's."""
     name = f"from-{task.partition:05d}"
-    if outputs_exist(Path(task.output), name, task.partitions):
+    if outputs_exist(as_location(task.output), name, task.partitions):
         return
-    edges = read_frames(partition_files(Path(task.inputs), task.partition), EDGES).unique().sort("a", "b")
+    edges = read_frames(partition_files(as_location(task.inputs), task.partition), EDGES).unique().sort("a", "b")
     edges = edges.join(shingles_of(task, edges["a"], "shingles_a"), on="a")
-    write_partitioned(edges, partition_of(pl.col("b"), task.partitions), Path(task.output), name, task.partitions)
+    write_partitioned(edges, partition_of(pl.col("b"), task.partitions), as_location(task.output), name, task.partitions)
 
 
 def verify_pairs(task: VerifyTask) -> None:
     """Verification, second half: exact Jaccard of each pair's shingle-hash sets; keep pairs at the threshold."""
-    output = Path(task.output) / f"part-{task.partition:05d}.parquet"
+    output = as_location(task.output) / f"part-{task.partition:05d}.parquet"
     if output.exists():
         return
-    pairs = read_frames(partition_files(Path(task.inputs), task.partition),
+    pairs = read_frames(partition_files(as_location(task.inputs), task.partition),
                         EDGES | {"shingles_a": pl.List(pl.UInt32)})
     pairs = pairs.join(shingles_of(task, pairs["b"], "shingles_b"), on="b")
     similarity = jaccard_of_lists(pairs["shingles_a"].to_arrow(), pairs["shingles_b"].to_arrow())
