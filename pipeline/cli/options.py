@@ -15,6 +15,7 @@ import yaml
 
 from gristmill.pipeline.engine.dataset import DatasetError
 from gristmill.pipeline.engine.executors import ClusterError, ClusterKind, ClusterRequest, make_executor
+from gristmill.pipeline.engine.files import as_location
 from gristmill.pipeline.engine.ownership import claim, release_if_unused
 
 
@@ -28,7 +29,7 @@ def claim_output(path: str | Path) -> None:
     """The output directory must be absent, empty or Gristmill's own; it is then marked as Gristmill's. Called
     before a command does any work."""
     try:
-        claim(Path(path))
+        claim(as_location(path))
     except DatasetError as error:
         fail(str(error))
 
@@ -37,10 +38,10 @@ def owned_output(context: click.Context, parameter: click.Parameter, value: Any)
     """Callback of `--output` options: `claim_output` as the option is parsed (so a killed command resumes into a
     directory already marked); a directory it made and the command left empty is removed as the command ends."""
     if value is not None:
-        made = not Path(value).exists()
+        made = not as_location(value).exists()
         claim_output(value)
         if made:
-            context.call_on_close(lambda: release_if_unused(Path(value)))
+            context.call_on_close(lambda: release_if_unused(as_location(value)))
     return value
 
 
