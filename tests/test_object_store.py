@@ -137,3 +137,25 @@ def test_inspect_verify_and_report_read_a_dataset_on_s3(tmp_path: Path, s3_serve
     filesystem.pipe_file(shard, bytes(damaged))
     result = run_cli("verify", "--input", f"{output}/long", check=False)
     assert result.returncode != 0 and "part-00000.parquet" in result.stdout + result.stderr
+
+
+def test_exact_dedup_and_decontamination_keep_their_work_on_s3(tmp_path: Path, s3_server: S3Server) -> None:
+    bucket = new_bucket(s3_server)
+    write_corpus(tmp_path / "corpus", files=3, docs_per_file=60)
+    quoted = next(record["text"] for record in map(json.loads, (tmp_path / "corpus" / "part1.jsonl").open())
+                  if len(record["text"].split()) > 100)
+    (tmp_path / "items.jsonl").write_text(json.dumps({"question": quoted}) + "\n")
+    s3_server.filesystem().put_file(str(tmp_path / "items.jsonl"), f"{bucket}/benchmarks/items.jsonl")
+    stages = ("  exact:\n    stage: exact_dedup\n    input: long\n"
+              "  clean:\n    stage: decontaminate\n    input: exact\n"
+              "    params: {benchmarks: [{name: quiz, paths: ['%s'], fields: [question]}]}\n")
+    local = write_graph(tmp_path / "local.yaml", str(tmp_path / "corpus"), stages % (tmp_path / "items.jsonl"))
+    remote = write_graph(tmp_path / "remote.yaml", str(tmp_path / "corpus"), stages % f"s3://{bucket}/benchmarks/items.jsonl")
+    run_cli("run", str(local), "--output", str(tmp_path / "local"), "--executor", "inprocess")
+    run_cli("run", str(remote), "--output", f"s3://{bucket}/run", "--executor", "local", "--workers", "2")
+
+    on_store = store_files(s3_server, f"{bucket}/run")
+    assert parquet_of(on_store) == data_files(tmp_path / "local")
+    assert Dataset(f"s3://{bucket}/run/clean").manifest().rejected == {"contaminated": 1}
+    assert any(name.startswith("exact/_work/") for name in on_store)
+    assert any(name.startswith("clean/_work/") and name.endswith(".npy") for name in on_store)

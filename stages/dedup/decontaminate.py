@@ -15,16 +15,32 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import xxhash
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from gristmill.pipeline.engine.dataset import TEMP_MARK, TEMPORARY_NAME, Dataset, DatasetError, write_json_atomic
-from gristmill.pipeline.engine.files import atomic_path, expand_globs
+from gristmill.pipeline.engine.dataset import (
+    TEMP_MARK,
+    TEMPORARY_NAME,
+    Dataset,
+    DatasetError,
+    open_parquet,
+    write_json_atomic,
+)
+from gristmill.pipeline.engine.files import (
+    Location,
+    as_location,
+    atomic_path,
+    expand_globs,
+)
 from gristmill.pipeline.engine.runner import WORK_DIR
-from gristmill.pipeline.engine.stage import BatchResult, MapStage, ReduceContext, StageConfig, register
+from gristmill.pipeline.engine.stage import (
+    BatchResult,
+    MapStage,
+    ReduceContext,
+    StageConfig,
+    register,
+)
 from gristmill.stages.ingest.read_text import open_text
 from gristmill.stages.words import whitespace_words
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 INDEX_DIR = "decontamination_index"
 INDEX_MANIFEST = "index.json"
@@ -184,7 +200,7 @@ def read_items(path: str, fields: list[str]) -> tuple[list[str], int]:
     """An item file's texts, and how many records were malformed or had none of the fields."""
     texts, unusable = [], 0
     if path.endswith(".parquet"):
-        with pq.ParquetFile(path) as parquet:
+        with open_parquet(path) as parquet:
             missing = [name for name in fields if name not in parquet.schema_arrow.names]
             if missing:
                 raise ValueError(f"{path}: no field {missing[0]!r} (fields: {', '.join(parquet.schema_arrow.names)})")
@@ -212,12 +228,17 @@ def benchmark_files(benchmark: BenchmarkSource) -> list[str]:
     return files
 
 
-def save_array_atomic(path: Path, array: np.ndarray) -> None:
+def save_array_atomic(path: Location, array: np.ndarray) -> None:
     with atomic_path(path) as temporary, open(temporary, "wb") as handle:
         np.save(handle, array)
 
 
-def build_index(config: DecontaminateConfig, index_dir: Path) -> dict[str, Any]:
+def load_array(path: Location) -> np.ndarray:
+    with path.open("rb") as handle:
+        return np.load(handle)
+
+
+def build_index(config: DecontaminateConfig, index_dir: Location) -> dict[str, Any]:
     """Hash every benchmark's n-grams into a sorted uint64 array per benchmark; return the index manifest."""
     index_dir.mkdir(parents=True, exist_ok=True)
     for leftover in index_dir.glob(f".*{TEMP_MARK}*"):  # from a build that was killed
@@ -303,7 +324,7 @@ def load_index(index_dir: str, manifest_text: str) -> BenchmarkIndex:
     """Once per worker and index content (the manifest holds every array's checksum)."""
     manifest = json.loads(manifest_text)
     entries = manifest["benchmarks"]
-    ngrams = [np.load(Path(index_dir) / entry["file"]) for entry in entries]
+    ngrams = [load_array(as_location(index_dir) / entry["file"]) for entry in entries]
     return BenchmarkIndex.build([entry["name"] for entry in entries], tuple(manifest["lengths"]), ngrams)
 
 
@@ -325,7 +346,7 @@ class Decontaminate(MapStage):
 
     def bind(self, global_view: str, shard_name: str) -> None:
         super().bind(global_view, shard_name)
-        self.index = load_index(global_view, (Path(global_view) / INDEX_MANIFEST).read_text())
+        self.index = load_index(global_view, (as_location(global_view) / INDEX_MANIFEST).read_text())
 
     def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
         if self.config.mode == "drop":

@@ -10,16 +10,15 @@ import functools
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import xxhash
-from pydantic import Field, field_validator
-
+from gristmill.pipeline.engine.dataset import open_parquet
+from gristmill.pipeline.engine.files import Location
 from gristmill.pipeline.engine.stage import BatchResult, MapStage, StageConfig, register
 from gristmill.stages.ingest.read_text import DAMAGED_STREAM_ERRORS, open_bytes
+from pydantic import Field, field_validator
 
 ID_COLUMN = "id"
 HASH_COLUMN = "text_hash"
@@ -82,7 +81,7 @@ def _read_exclusion_list(path: str, size: int, modified_ns: int) -> ExclusionLis
 
 
 def _parquet_columns(path: str) -> dict[str, pa.Array]:
-    with pq.ParquetFile(path) as parquet:
+    with open_parquet(path) as parquet:
         schema = parquet.schema_arrow
         present = [name for name in (ID_COLUMN, HASH_COLUMN) if name in schema.names]
         for name in present:
@@ -149,7 +148,7 @@ class Exclude(MapStage):
     def setup(self) -> None:
         self.listed = read_exclusion_list(self.config.list)
 
-    def open_shard(self, shard_name: str, work_dir: Path) -> None:
+    def open_shard(self, shard_name: str, work_dir: Location) -> None:
         """Look at the file again before each shard: a worker's stage outlives a run, and the list may have
         changed since (a stat; the list is read again only if it did)."""
         super().open_shard(shard_name, work_dir)

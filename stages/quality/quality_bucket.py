@@ -9,19 +9,31 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
+from gristmill.pipeline.engine.dataset import read_parquet_table, write_json_atomic
+from gristmill.pipeline.engine.files import Location
+from gristmill.pipeline.engine.stage import (
+    BatchResult,
+    MapStage,
+    ReduceContext,
+    StageConfig,
+    register,
+)
+from gristmill.pipeline.engine.stage_report import (
+    ReportedDataset,
+    StageSection,
+    bar_chart,
+)
+from gristmill.stages.quality.quality_filter import (
+    HALF_BITS,
+    score_of_key,
+    sortable_keys,
+)
 from pydantic import Field
-
-from gristmill.pipeline.engine.dataset import write_json_atomic
-from gristmill.pipeline.engine.stage import BatchResult, MapStage, ReduceContext, StageConfig, register
-from gristmill.pipeline.engine.stage_report import ReportedDataset, StageSection, bar_chart
-from gristmill.stages.quality.quality_filter import HALF_BITS, score_of_key, sortable_keys
 
 LEVEL_TYPE = pa.int16()
 MAX_LEVELS = 1000
@@ -43,19 +55,19 @@ def score_keys(scores: np.ndarray) -> np.ndarray:
     return sortable_keys(scores.astype(np.float32) + np.float32(0.0))
 
 
-def summary_column_keys(path: Path, column: str) -> np.ndarray:
+def summary_column_keys(path: Location, column: str) -> np.ndarray:
     """The sortable uint32 keys of one summary file's non-null scores in `column`."""
-    scores = pc.drop_null(scored_values(pq.read_table(path, columns=[column]).column(column)))
+    scores = pc.drop_null(scored_values(read_parquet_table(path, columns=[column]).column(column)))
     return score_keys(scores.to_numpy())
 
 
-def count_high_halves(item: tuple[Path, str]) -> np.ndarray:
+def count_high_halves(item: tuple[Location, str]) -> np.ndarray:
     """Reduce task: how many keys of one summary column fall under each value of a key's high 16 bits."""
     path, column = item
     return np.bincount(summary_column_keys(path, column) >> HALF_BITS, minlength=1 << HALF_BITS)
 
 
-def low_halves_under(item: tuple[Path, str, tuple[int, ...]]) -> list[np.ndarray]:
+def low_halves_under(item: tuple[Location, str, tuple[int, ...]]) -> list[np.ndarray]:
     """Reduce task: per high half asked for, the low 16 bits of that summary column's keys under it."""
     path, column, highs = item
     keys = summary_column_keys(path, column)

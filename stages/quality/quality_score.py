@@ -17,14 +17,23 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from gristmill.stages.quality.fasttext_model import FastTextClassifier, model_card, model_file
+from gristmill.pipeline.engine.dataset import read_parquet_table
+from gristmill.pipeline.engine.stage import (
+    BatchResult,
+    MapStage,
+    ReduceContext,
+    StageConfig,
+    register,
+)
+from gristmill.pipeline.engine.stage_report import ReportedDataset, StageSection
+from gristmill.stages.quality.fasttext_model import (
+    FastTextClassifier,
+    model_card,
+    model_file,
+)
 from gristmill.stages.quality.preprocess import tokenize
 from gristmill.stages.quality.quality_bucket import level_edges, levels_of
-from gristmill.pipeline.engine.stage import BatchResult, MapStage, ReduceContext, StageConfig, register
-from gristmill.pipeline.engine.stage_report import ReportedDataset, StageSection
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MANIFEST_FILE = "gristmill_classifier.json"
 EMBEDDING_MODULE = "gristmill.stages.quality.embedding_model"
@@ -239,7 +248,7 @@ class QualityScore(MapStage):
     def bind(self, global_view: Any, shard_name: str) -> None:
         super().bind(global_view, shard_name)
         path = global_view["summaries"].get(shard_name)
-        self.shard_scores = None if path is None else pq.read_table(path)
+        self.shard_scores = None if path is None else read_parquet_table(path)
         self.next_row = 0
 
     def summarized_scores(self, batch: pa.RecordBatch) -> dict[str, pa.Array]:
