@@ -22,6 +22,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydoc_data.topics import topics
@@ -302,6 +303,14 @@ def test_a_remote_file_is_split_and_read_through_fsspec(tmp_path: Path) -> None:
             sources = stage.list_inputs()
             assert len(sources) >= 3 and all(source.startswith(url + "#") for source in sources)
             assert read_pieces(stage, sources) == read_whole(local) == read_whole(url)
+        finally:
+            memory.rm(url)
+    for extension, compress in ((".gz", gzip.compress), (".zst", zstandard.compress)):
+        url = f"memory://split-test/remote.jsonl{extension}"  # compressed: read whole, decompressed on the way
+        memory.pipe(url, compress(local_jsonl.read_bytes()))
+        try:
+            assert stage_for(url, 1000).list_inputs() == [url]
+            assert read_whole(url) == read_whole(local_jsonl)
         finally:
             memory.rm(url)
 
