@@ -159,3 +159,29 @@ def test_exact_dedup_and_decontamination_keep_their_work_on_s3(tmp_path: Path, s
     assert Dataset(f"s3://{bucket}/run/clean").manifest().rejected == {"contaminated": 1}
     assert any(name.startswith("exact/_work/") for name in on_store)
     assert any(name.startswith("clean/_work/") and name.endswith(".npy") for name in on_store)
+
+
+def test_tokens_and_their_export_on_s3_match_local_disk(tmp_path: Path, s3_server: S3Server) -> None:
+    from tests.test_tokenize_decompose import PARAGRAPHS, documents_of_varied_length, write_tokens_graph
+    from gristmill.stages.tokens.tokenization import DEFAULT_EOS, save_tokenizer, train_byte_level_bpe
+
+    bucket = new_bucket(s3_server)
+    save_tokenizer(train_byte_level_bpe(PARAGRAPHS, vocab_size=600), tmp_path / "tokenizer", DEFAULT_EOS, {})
+    (tmp_path / "corpus").mkdir()
+    with open(tmp_path / "corpus" / "part0.jsonl", "w") as handle:
+        for index, text in enumerate(documents_of_varied_length(60, seed=3)):
+            handle.write(json.dumps({"id": f"d{index}", "text": text}) + "\n")
+    graph = write_tokens_graph(tmp_path / "g.yaml", tmp_path / "corpus", tmp_path / "tokenizer",
+                               "{min_bucket: 5, max_bucket: 9}")
+    run_cli("run", str(graph), "--output", str(tmp_path / "local"), "--executor", "inprocess")
+    run_cli("export", "--input", str(tmp_path / "local" / "pieces"), "--output", str(tmp_path / "local-export"))
+    run_cli("run", str(graph), "--output", f"s3://{bucket}/run", "--executor", "inprocess")
+    run_cli("export", "--input", f"s3://{bucket}/run/pieces", "--output", f"s3://{bucket}/export")
+
+    assert parquet_of(store_files(s3_server, f"{bucket}/run")) == data_files(tmp_path / "local")
+    exported = store_files(s3_server, f"{bucket}/export")
+    local = {str(path.relative_to(tmp_path / "local-export")): path.read_bytes()
+             for path in sorted((tmp_path / "local-export").rglob("*")) if path.is_file()}
+    binaries = [name for name in local if name.endswith((".bin", ".idx"))]
+    assert binaries and {name: exported[name] for name in binaries} == {name: local[name] for name in binaries}
+    assert json.loads(exported["stats.json"])["tokens"] == json.loads(local["stats.json"])["tokens"]

@@ -64,6 +64,14 @@ def upload(local: Path, path: Location) -> None:
     path.fs.put_file(str(local), path.path)
 
 
+def upload_tree(local: Path, path: Location, last: str) -> None:
+    """Put every file under `local` at the same place under `path`; the file named `last` goes last, so that its
+    presence says the rest is there."""
+    files = sorted((file for file in local.rglob("*") if file.is_file()), key=lambda file: (file.name == last, str(file)))
+    for file in files:
+        upload(file, path / file.relative_to(local).as_posix())
+
+
 def remove_tree(path: Location) -> None:
     """Delete a folder of intermediate files and everything in it (on an object store: every key under it)."""
     if is_remote(path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -19,8 +20,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
-
-from gristmill.pipeline.engine.dataset import Dataset, DatasetError, file_checksum, iter_parquet_batches, write_json_atomic
+from gristmill.pipeline.engine.dataset import (
+    Dataset,
+    DatasetError,
+    file_checksum,
+    iter_parquet_batches,
+    write_json_atomic,
+)
+from gristmill.pipeline.engine.files import as_location, is_remote, upload_tree
 from gristmill.pipeline.engine.ownership import OWNER_MARKER, claim
 from gristmill.pipeline.tokens.indexed_dataset import (
     IndexedDataset,
@@ -28,7 +35,11 @@ from gristmill.pipeline.tokens.indexed_dataset import (
     IndexedDatasetWriter,
     token_dtype,
 )
-from gristmill.stages.tokens.tokenization import TokenizerError, load_tokenizer, tokenizer_record
+from gristmill.stages.tokens.tokenization import (
+    TokenizerError,
+    load_tokenizer,
+    tokenizer_record,
+)
 
 SIDECAR_FORMAT = "gristmill.tokens"
 STATS_FORMAT = "gristmill.tokens.stats"
@@ -143,6 +154,14 @@ def export_buckets(source: str | Path, output: str | Path, seed: int = 0, memory
     per bucket (b from the memory budget), pass three sorts each partition by key and appends it.
     The order is the global key order whatever the partition count, so memory never changes bytes.
     """
+    destination = as_location(output)
+    if is_remote(destination):  # built on local disk (it is read by memory map anyway), uploaded with stats.json last
+        if destination.exists() and any(path.name != OWNER_MARKER for path in destination.iterdir()):
+            raise ExportError(f"{output}: not empty; export into a new directory")
+        with tempfile.TemporaryDirectory(prefix="gristmill-export-") as staging:
+            stats = export_buckets(source, staging, seed, memory_bytes)
+            upload_tree(Path(staging), destination, last=STATS_FILE)
+        return stats
     dataset, tokenizer, extra_columns = open_decomposed(source)
     manifest = dataset.manifest()
     output = Path(output)
