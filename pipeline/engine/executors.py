@@ -322,8 +322,9 @@ def wait_for_job_workers(client: Any, cluster: Any, kind: ClusterKind, timeout: 
         if joined == 0 and time.monotonic() > next_queue_poll:
             next_queue_poll += QUEUE_POLL_SECONDS
             if ended := ended_jobs(kind, cluster):
-                raise ClusterError(f"{kind} jobs {', '.join(ended)} ended before a Dask worker joined; their logs "
-                                   "say why (log_directory, else the scheduler's output file of each job)")
+                jobs = f"{kind} job{'s' if len(ended) > 1 else ''} {', '.join(ended)}"
+                raise ClusterError(f"{jobs} ended before a Dask worker joined; the job logs say why (log_directory, "
+                                   "else the scheduler's output file of each job)")
         if time.monotonic() > deadline:
             if joined:
                 return
