@@ -54,7 +54,7 @@ def test_a_graph_on_s3_writes_the_bytes_it_writes_on_local_disk(tmp_path: Path, 
     run_cli("run", str(graph_with(tmp_path, str(tmp_path / "corpus"), dedup)), "--output", str(tmp_path / "local"),
             "--executor", "inprocess")
 
-    remote_graph = write_graph(tmp_path / "remote.yaml", str(tmp_path / "corpus"), dedup)
+    remote_graph = write_graph(tmp_path / "remote.yaml", f"s3://{bucket}/corpus", dedup)
     run_cli("run", str(remote_graph), "--output", f"s3://{bucket}/run", "--executor", "local", "--workers", "2")
 
     on_store = store_files(s3_server, f"{bucket}/run")

@@ -17,7 +17,7 @@ import click
 import pyarrow as pa
 
 from gristmill.pipeline.cli.classifier import commands as classifier_commands
-from gristmill.pipeline.cli.options import PathsOption, fail, fields_as_flags, input_option, open_executor, option_flag, option_location, owned_output
+from gristmill.pipeline.cli.options import PathsOption, cluster_options, fail, fields_as_flags, input_option, open_executor, option_flag, option_location, owned_output
 from gristmill.pipeline.cli.tokens import commands as token_commands
 from gristmill.pipeline.engine.dataset import Dataset, DatasetError
 from gristmill.pipeline.engine.files import Location, as_location
@@ -44,6 +44,7 @@ def executor_options(command):
         click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
                      help="Extra attempts for a shard task that raises before it is reported as failed."),
     ]
+    command = cluster_options(command)
     for option in reversed(options):
         command = option(command)
     return command

@@ -151,7 +151,9 @@ def open_remote_bytes(url: str) -> BinaryIO:
     import fsspec
 
     compression = next((name for suffix, name in REMOTE_COMPRESSION.items() if url.endswith(suffix)), None)
-    return fsspec.open(url, "rb", compression=compression).open()
+    stream = fsspec.open(url, "rb", compression=compression).open()
+    # An object store's file object (s3fs, gcsfs) has no read1, which a text wrapper needs; a buffer gives it.
+    return stream if compression else io.BufferedReader(stream, CHUNK_BYTES)
 
 
 def open_text(path: str) -> io.TextIOBase:
