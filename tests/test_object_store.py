@@ -185,3 +185,20 @@ def test_tokens_and_their_export_on_s3_match_local_disk(tmp_path: Path, s3_serve
     binaries = [name for name in local if name.endswith((".bin", ".idx"))]
     assert binaries and {name: exported[name] for name in binaries} == {name: local[name] for name in binaries}
     assert json.loads(exported["stats.json"])["tokens"] == json.loads(local["stats.json"])["tokens"]
+
+
+def test_the_generation_cache_appends_on_s3_by_adding_objects(s3_server: S3Server) -> None:
+    from gristmill.pipeline.engine.files import as_location
+    from gristmill.stages.rewrite.generation import GenerationCache
+
+    bucket = new_bucket(s3_server)
+    path = as_location(f"s3://{bucket}/run/rewrite/_work/generations/part-00000.jsonl")
+    cache = GenerationCache(path)
+    cache.add([{"key": "a", "text": "first"}])
+    cache.add([{"key": "b", "text": "second"}, {"key": "a", "text": "again"}])
+    s3_server.filesystem().pipe_file(f"{bucket}/run/rewrite/_work/generations/part-00000-000003.jsonl",
+                                     b'{"key": "c", "text": "cut sh')  # what a kill mid-line would leave on disk
+    reloaded = GenerationCache(path)
+    assert {key: entry["text"] for key, entry in reloaded.entries.items()} == {"a": "again", "b": "second"}
+    assert sorted(store_files(s3_server, f"{bucket}/run/rewrite/_work/generations")) == [
+        "part-00000-000001.jsonl", "part-00000-000002.jsonl", "part-00000-000003.jsonl"]

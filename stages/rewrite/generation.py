@@ -9,13 +9,17 @@ from __future__ import annotations
 import functools
 import json
 import os
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import xxhash
-from pydantic import Field, model_validator
-
-from gristmill.pipeline.engine.stage import MapStage, Resources, StageConfig, tagged_options
+from gristmill.pipeline.engine.files import Location, is_remote, write_json_atomic
+from gristmill.pipeline.engine.stage import (
+    MapStage,
+    Resources,
+    StageConfig,
+    tagged_options,
+)
 from gristmill.stages.rewrite.backends import (
     Backend,
     BackendOptions,
@@ -26,6 +30,7 @@ from gristmill.stages.rewrite.backends import (
     require,
     timed_generate,
 )
+from pydantic import Field, model_validator
 
 
 class GenerationConfig(StageConfig):
@@ -52,21 +57,32 @@ class GenerationConfig(StageConfig):
 
 
 class GenerationCache:
-    """Append-only JSONL of finished generations, one file per shard; a line torn by a kill is ignored."""
+    """Append-only JSONL of finished generations, one file per shard; a line torn by a kill is ignored.
 
-    def __init__(self, path: Path):
+    An object store cannot append: there each call's generations go into a new object beside the others
+    (`<shard>-000001.jsonl`, ...), uploaded whole, and all of them are read back."""
+
+    def __init__(self, path: Location):
         self.path = path
         self.entries: dict[str, dict[str, Any]] = {}
         self.torn = False  # the file ends in a line a kill cut short: the next append starts a new line first
-        if path.exists():
+        self.parts: list[Location] = []
+        if is_remote(path):
+            self.parts = sorted(path.parent.glob(f"{path.stem}-*.jsonl"), key=str) if path.parent.exists() else []
+            for part in self.parts:
+                self._read(part.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True))
+        elif path.exists():
             with open(path, encoding="utf-8", errors="replace") as handle:  # a kill may cut a character in two
-                for line in handle:
-                    self.torn = not line.endswith("\n")
-                    try:
-                        entry = json.loads(line)
-                        self.entries[entry["key"]] = entry
-                    except (json.JSONDecodeError, KeyError, TypeError):
-                        continue
+                self._read(handle)
+
+    def _read(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.torn = not line.endswith("\n")
+            try:
+                entry = json.loads(line)
+                self.entries[entry["key"]] = entry
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
 
     def get(self, key: str) -> dict[str, Any] | None:
         return self.entries.get(key)
@@ -74,11 +90,17 @@ class GenerationCache:
     def add(self, entries: list[dict[str, Any]]) -> None:
         if not entries:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write("\n" * self.torn + "".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in entries))
-            handle.flush()
-            os.fsync(handle.fileno())
+        lines = "".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in entries)
+        if is_remote(self.path):
+            part = self.path.with_name(f"{self.path.stem}-{len(self.parts) + 1:06d}.jsonl")
+            write_json_atomic(part, lines)
+            self.parts.append(part)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write("\n" * self.torn + lines)
+                handle.flush()
+                os.fsync(handle.fileno())
         self.torn = False
         for entry in entries:
             self.entries[entry["key"]] = entry
@@ -183,7 +205,7 @@ class GeneratingStage(MapStage):
             self._backend = self.config.backend.build(self.config.model, self.config.max_model_len, self.config.seed)
         return self._backend
 
-    def open_shard(self, shard_name: str, work_dir: Path) -> None:
+    def open_shard(self, shard_name: str, work_dir: Location) -> None:
         """A shard starts: its generations are kept in `_work/<cache_dir>/<shard>.jsonl`."""
         super().open_shard(shard_name, work_dir)
         self.cache = GenerationCache(work_dir / self.cache_dir / f"{shard_name}.jsonl")
