@@ -23,7 +23,7 @@ from bench_io import generate_batches, split_into_shards
 from rich.console import Console
 from source_dataset import write_source_dataset
 
-import gristmill.pipeline.engine.tasks
+import gristmill.pipeline.engine.dataset
 from gristmill.pipeline.engine.dataset import Dataset, file_checksum
 from gristmill.pipeline.engine.executors import make_executor
 from gristmill.pipeline.engine.graph import load_graph
@@ -40,7 +40,7 @@ def run_filter(source: Path, work: Path, verified: bool) -> tuple[float, float]:
     output = work / "out"
     shutil.rmtree(output, ignore_errors=True)
     graph = load_graph(graph_path, output)
-    skipping = mock.patch.object(gristmill.pipeline.engine.tasks, "verified_input", Path) if not verified else mock.MagicMock()
+    skipping = mock.patch.object(gristmill.pipeline.engine.dataset, "verified_input", Path) if not verified else mock.MagicMock()
     with skipping, make_executor("inprocess") as executor:
         wall, cpu = time.perf_counter(), time.process_time()
         run_graph(graph, executor, console=Console(file=io.StringIO()))

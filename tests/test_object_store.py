@@ -202,3 +202,28 @@ def test_the_generation_cache_appends_on_s3_by_adding_objects(s3_server: S3Serve
     assert {key: entry["text"] for key, entry in reloaded.entries.items()} == {"a": "again", "b": "second"}
     assert sorted(store_files(s3_server, f"{bucket}/run/rewrite/_work/generations")) == [
         "part-00000-000001.jsonl", "part-00000-000002.jsonl", "part-00000-000003.jsonl"]
+
+
+def test_a_damaged_input_shard_on_s3_is_refused_by_name_and_its_local_copy_removed(
+        tmp_path: Path, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    bucket = new_bucket(s3_server)
+    write_corpus(tmp_path / "corpus", files=2, docs_per_file=40)
+    output = f"s3://{bucket}/run"
+    run_cli("run", str(graph_with(tmp_path, str(tmp_path / "corpus"))), "--output", output, "--executor", "inprocess")
+    filesystem = s3_server.filesystem()
+    shard = f"{bucket}/run/read/part-00001.parquet"
+    damaged = bytearray(filesystem.cat_file(shard))
+    damaged[len(damaged) // 2] ^= 0xFF
+    filesystem.pipe_file(shard, bytes(damaged))
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    monkeypatch.setenv("TMPDIR", str(spool))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again in this process too
+    result = run_cli("length-filter", "--input", f"{output}/read", "--output", f"{output}/again", "--min-words", "5",
+                     "--executor", "inprocess", "--retries", "0", check=False)
+    assert result.returncode == 1
+    assert f"s3://{shard}: checksum differs from its shard record (damaged)" in result.stderr
+    assert list(spool.iterdir()) == []  # the downloaded copies, good and damaged, are gone

@@ -145,19 +145,21 @@ def manifest_checksum(manifest: Manifest) -> str:
     return "xxh3_128:" + xxhash.xxh3_128_hexdigest(manifest.model_dump_json(indent=2, exclude={"checksum"}).encode())
 
 
-def check_file(path: Location, size: int, checksum: str | None = None) -> None:
-    """Raise a one-line DatasetError unless `path` has the recorded size and (when given) checksum.
+def check_file(path: Location, size: int, checksum: str | None = None, named: Location | None = None) -> None:
+    """Raise a one-line DatasetError unless `path` has the recorded size and (when given) checksum. The error names
+    `named` where `path` is a local copy of it.
 
     The size is checked first: a truncated or replaced file costs a stat, a flipped bit one xxh3 pass.
     """
+    shown = named or path
     try:
         actual = path.stat().st_size
     except FileNotFoundError:
-        raise DatasetError(f"{path}: missing (its shard record lists it)") from None
+        raise DatasetError(f"{shown}: missing (its shard record lists it)") from None
     if actual != size:
-        raise DatasetError(f"{path}: {actual:,} bytes, its shard record says {size:,} (truncated or replaced)")
+        raise DatasetError(f"{shown}: {actual:,} bytes, its shard record says {size:,} (truncated or replaced)")
     if checksum is not None and file_checksum(path) != checksum:
-        raise DatasetError(f"{path}: checksum differs from its shard record (damaged)")
+        raise DatasetError(f"{shown}: checksum differs from its shard record (damaged)")
 
 
 def read_model(path: Location, model: type[BaseModelType]) -> BaseModelType:
@@ -321,6 +323,30 @@ def verified_input(path: str | Location) -> Location:
     return dataset.verify_shard(dataset.record(path.name.removesuffix(".parquet")))
 
 
+@contextlib.contextmanager
+def readable_input(path: str | Location) -> Iterator[Location]:
+    """A task's input shard, checked before any byte of it is used, as a file to read. On disk it is read in place;
+    from an object store it is downloaded once into a private local file, checked there and read there, instead of
+    being read once for its checksum and again for its rows."""
+    location = as_location(path)
+    if not is_remote(location):
+        yield verified_input(location)
+        return
+    dataset = Dataset(location.parent)
+    record = dataset.record(location.name.removesuffix(".parquet"))
+    local = spool_path(location)
+    try:
+        try:
+            location.fs.get_file(location.path, str(local))
+        except FileNotFoundError:
+            raise DatasetError(f"{location}: missing (its shard record lists it)") from None
+        check_file(local, record.bytes, record.checksum, named=location)
+        dataset.verify_shard(record, data_checked=True)
+        yield local
+    finally:
+        local.unlink(missing_ok=True)
+
+
 class Dataset:
     """A dataset directory, complete (with a manifest) or in progress (shard records only)."""
 
@@ -389,16 +415,18 @@ class Dataset:
         if read_model(path, ShardRecord).model_dump() != record.model_dump():
             raise DatasetError(f"{path}: differs from the manifest's record of {record.name} (damaged)")
 
-    def verify_shard(self, record: ShardRecord) -> Location:
+    def verify_shard(self, record: ShardRecord, data_checked: bool = False) -> Location:
         """Check a shard's data and ledger files (and, when complete, its record file) against `record` before
         they are read; a one-line DatasetError names the first damaged file. Returns the data file's path.
+        `data_checked`: the caller checked a copy of the data file, so only the rest is checked here.
 
         Each shard is hashed once per `Dataset` object, however many passes a reader makes over it.
         """
         path = self.shard_path(record.name)
         if record.name in self._verified:
             return path
-        check_file(path, record.bytes, record.checksum)
+        if not data_checked:
+            check_file(path, record.bytes, record.checksum)
         if record.ledger_checksum is not None:
             check_file(self.reject_path(record.name), record.ledger_bytes, record.ledger_checksum)
         if self.is_complete:

@@ -7,6 +7,7 @@ done. A task whose record exists is skipped, which is all that resuming needs.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import threading
@@ -19,7 +20,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-
 from gristmill.pipeline.engine.dataset import (
     REJECT_SCHEMA,
     WORK_DIR,
@@ -28,13 +28,20 @@ from gristmill.pipeline.engine.dataset import (
     ShardRecord,
     iter_parquet_batches,
     read_parquet_schema,
-    verified_input,
+    readable_input,
     write_json_atomic,
 )
-from gristmill.pipeline.engine.files import as_location
+from gristmill.pipeline.engine.files import Location, as_location
 from gristmill.pipeline.engine.native_threads import single_threaded_blas
 from gristmill.pipeline.engine.plugins import import_plugins
-from gristmill.pipeline.engine.stage import INPUT_DOCUMENTS_STAT, BatchResult, MapStage, SourceStage, Stage, stage_class
+from gristmill.pipeline.engine.stage import (
+    INPUT_DOCUMENTS_STAT,
+    BatchResult,
+    MapStage,
+    SourceStage,
+    Stage,
+    stage_class,
+)
 
 
 @dataclass(frozen=True)
@@ -109,12 +116,13 @@ def run_summary(task: SummaryTask) -> str | None:
     assert isinstance(stage, MapStage)
     writer = None
     try:
-        for batch in iter_parquet_batches(verified_input(task.source)):
-            summary = stage.summarize(batch)
-            if writer is None:
-                output.parent.mkdir(parents=True, exist_ok=True)
-                writer = ParquetShardWriter(output, summary.schema)
-            writer.write(summary)
+        with readable_input(task.source) as source:
+            for batch in iter_parquet_batches(source):
+                summary = stage.summarize(batch)
+                if writer is None:
+                    output.parent.mkdir(parents=True, exist_ok=True)
+                    writer = ParquetShardWriter(output, summary.schema)
+                writer.write(summary)
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -138,6 +146,12 @@ def run_task(task: ShardTask) -> TaskOutcome:
 
 
 def _execute(task: ShardTask) -> ShardRecord:
+    with contextlib.ExitStack() as inputs:
+        return _execute_with(task, inputs)
+
+
+def _execute_with(task: ShardTask, inputs: contextlib.ExitStack) -> ShardRecord:
+    """`inputs` holds a map stage's input open (a local copy of a shard on an object store) until the task ends."""
     started = time.perf_counter()
     stage = stage_for(task.stage, task.config, task.plugins)
     dataset = Dataset(task.output)
@@ -151,8 +165,9 @@ def _execute(task: ShardTask) -> ShardRecord:
         stage.open_shard(task.name, dataset.path / WORK_DIR)
         if stage.needs_global_view_for(stage.config):
             stage.bind(task.global_view, task.name)
-        schema = stage.output_schema(read_parquet_schema(verified_input(task.source)))  # before any byte is used
-        results = _map_batches(stage, task.source, counted_input)
+        source = inputs.enter_context(readable_input(task.source))  # checked before any byte is used
+        schema = stage.output_schema(read_parquet_schema(source))
+        results = _map_batches(stage, source, counted_input)
 
     data_writer = ParquetShardWriter(dataset.shard_path(task.name), schema)
     reject_writer = ParquetShardWriter(dataset.reject_path(task.name), REJECT_SCHEMA)
@@ -210,7 +225,7 @@ def _execute(task: ShardTask) -> ShardRecord:
     return record
 
 
-def _map_batches(stage: MapStage, source: str, counted: list[int]) -> Iterator[BatchResult]:
+def _map_batches(stage: MapStage, source: Location, counted: list[int]) -> Iterator[BatchResult]:
     for batch in iter_parquet_batches(source):
         counted[0] += batch.num_rows
         counted[1] += text_bytes(batch)
