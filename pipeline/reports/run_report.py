@@ -902,6 +902,38 @@ def render_extras(report: Report, data: dict[str, Any]) -> None:
                        "tokens": component.get("tokens"), "sequences": component.get("sequences"),
                        "available tokens": component.get("available_tokens"), "epochs": component.get("epochs"),
                        "max epochs": component.get("max_epochs")} for component in plan.get("components", [])])
+        for component in plan.get("components", []):
+            if component.get("balance"):
+                render_balanced_component(report, component, data["top"])
+
+
+def render_balanced_component(report: Report, component: dict[str, Any], top: int) -> None:
+    """Tokens per group of a balanced mixture component, before (available) and after (planned): the largest
+    `top` groups by available tokens, the rest summed as one row."""
+    balance, name = component["balance"], component.get("name")
+    table = balance.get("table", {})
+    available = np.array(table.get("available_tokens", []), dtype=np.int64)
+    planned = np.array(table.get("planned_tokens", []), dtype=np.int64)
+    order = np.argsort(-available, kind="stable")
+    shown, rest = order[:top], order[top:]
+    labels = [NO_VALUE if table["group"][index] is None else str(table["group"][index]) for index in shown.tolist()]
+    before, after = available[shown].tolist(), planned[shown].tolist()
+    if len(rest):
+        labels.append(f"other ({len(rest):,})")
+        before.append(int(available[rest].sum()))
+        after.append(int(planned[rest].sum()))
+    column = balance.get("column")
+    report.text(f"Component {name}: balanced by {column}, power {balance.get('power')}, at most "
+                f"{balance.get('max_repeats')} repeats per sequence; {balance.get('groups', 0):,} groups, "
+                f"{balance.get('clipped_groups', 0):,} held at that cap ({balance.get('clipped_tokens', 0):,} tokens "
+                f"of their flattened share went to the others)."
+                + (f" {NO_VALUE} is the group of null ids." if None in table.get("group", []) else ""))
+    report.table([{column: label, "tokens before": first, "share before": ratio(first, int(available.sum())),
+                   "tokens after": second, "share after": ratio(second, int(planned.sum()))}
+                  for label, first, second in zip(labels, before, after)])
+    report.figure(bar_chart(labels, {"before (available)": [ratio(value, int(available.sum())) or 0 for value in before],
+                                     "after (planned)": [ratio(value, int(planned.sum())) or 0 for value in after]},
+                            "share of the component's tokens"), f"Tokens per {column} of {name}, before and after")
 
 
 def build_run_report(path: str | Path, top: int = 20) -> Report:

@@ -2,6 +2,7 @@
 
 The plan is the trainer's whole view of the data: which sequence of which exported bucket comes
 next, decided once, seeded, with exact token counts and every repetition cap checked beforehand.
+A component may also be balanced over the groups of an integer column (k-means clusters, ClusterClip).
 
 Plan format (written by `write_plan`): `plan.json`, a header with the seed, the exported files
 (path relative to the plan, checksum, tokenizer) and per component its selection, budget,
@@ -77,6 +78,20 @@ class QualityLevels(BaseModel):
         return self
 
 
+class ClusterBalance(BaseModel):
+    """Flatten a component's tokens over the groups of an integer column, with a per-sequence repetition clip.
+
+    ClusterClip (Shao et al. 2024): common clusters are under-sampled and rare ones repeated, but never past the clip.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    column: str = Field("semantic_cluster", description="Per-sequence integer group id (a decompose keep_column); "
+                                                         "null ids form one group of their own.")
+    power: float = Field(0.0, ge=0, le=1, description="A group of n tokens gets mass ∝ n ** power: 1 keeps the "
+                                                       "natural proportions, 0 is uniform over groups.")
+    max_repeats: int = Field(1, ge=1, description="No training sequence is planned more than this many times.")
+
+
 class Component(BaseModel):
     """One slice of the data and how many of its tokens to train on."""
 
@@ -89,6 +104,8 @@ class Component(BaseModel):
     tokens: int | None = Field(None, gt=0, description="Token budget.")
     weight: float | None = Field(None, gt=0, description="Share of total_tokens left after explicit budgets.")
     max_epochs: float = Field(1.0, gt=0, description="Repetition cap: budget ≤ available tokens × max_epochs.")
+    balance: ClusterBalance | None = Field(
+        None, description="Sample per group of a column (ClusterClip): {column, power, max_repeats}.")
 
     @model_validator(mode="before")
     @classmethod
@@ -101,7 +118,14 @@ class Component(BaseModel):
     def one_amount(self) -> Component:
         if (self.tokens is None) == (self.weight is None):
             raise ValueError("give exactly one of tokens or weight")
+        if self.balance is not None and "max_epochs" in self.model_fields_set:
+            raise ValueError("max_epochs does not apply with balance: balance.max_repeats is the repetition cap")
         return self
+
+    @property
+    def repetition_cap(self) -> float:
+        """Most epochs this component may plan: balance.max_repeats when balanced, else max_epochs."""
+        return self.balance.max_repeats if self.balance is not None else self.max_epochs
 
 
 class Mixture(BaseModel):
@@ -137,8 +161,29 @@ class Pool:
     columns: dict[str, np.ndarray]
 
 
-def load_pool(mixture: Mixture, base: Path, needed_columns: set[str]) -> Pool:
-    """Read the per-sequence tables of every exported bucket named by the mixture."""
+def needed_columns(mixture: Mixture) -> dict[str, str]:
+    """Each per-sequence column the mixture selects or balances by, with the first field naming it (for errors)."""
+    needed: dict[str, str] = {}
+    for name, component in mixture.components.items():
+        field = f"components.{name}"
+        if component.source:
+            needed.setdefault("source", f"{field}.source")
+        if component.quality:
+            needed.setdefault(component.quality.column, f"{field}.quality.column")
+        if component.quality_bucket:
+            needed.setdefault(component.quality_bucket.column, f"{field}.quality_bucket.column")
+        if component.balance:
+            needed.setdefault(component.balance.column, f"{field}.balance.column")
+    return needed
+
+
+def load_pool(mixture: Mixture, base: Path, needed_columns: set[str] | dict[str, str]) -> Pool:
+    """Read the per-sequence tables of every exported bucket named by the mixture.
+
+    `needed_columns` may map each column to the mixture field that names it, so a missing one is reported by field.
+    """
+    fields = needed_columns if isinstance(needed_columns, dict) else {}
+    needed_columns = set(needed_columns)
     files, parts = [], []
     fingerprints = set()
     for directory in mixture.data:
@@ -153,7 +198,9 @@ def load_pool(mixture: Mixture, base: Path, needed_columns: set[str]) -> Pool:
             schema = pq.read_schema(table_path)
             missing = needed_columns - set(schema.names)
             if missing:
-                raise MixtureError(f"{table_path}: no column {', '.join(sorted(missing))} to select by")
+                named = [f"{column} ({fields[column]})" if column in fields else column for column in sorted(missing)]
+                raise MixtureError(f"{table_path}: no column {', '.join(named)} to select by "
+                                   "(keep it through decompose with keep_columns)")
             table = pq.read_table(table_path, columns=["num_tokens", *sorted(needed_columns)])
             index = len(files)
             files.append(sidecar | {"path": str(root / sidecar["prefix"])})
@@ -224,13 +271,84 @@ def sample_component(rng: np.random.Generator, tokens: np.ndarray, budget: int) 
     return np.concatenate(chosen)
 
 
+NULL_GROUP = np.inf  # sorts after every integer id, so the null group is the table's last row
+
+
+def group_ids(values: np.ndarray, field: str) -> np.ndarray:
+    """Float group keys of a balance column (nulls, read as NaN, become NULL_GROUP); refuses non-integer columns."""
+    if values.dtype.kind not in "iuf":
+        raise MixtureError(f"{field}: the column holds {values.dtype} values, not integer group ids")
+    keys = values.astype(float)
+    known = ~np.isnan(keys)
+    if not np.array_equal(keys[known], np.floor(keys[known])):
+        raise MixtureError(f"{field}: the column holds fractional values, not integer group ids")
+    keys[~known] = NULL_GROUP
+    return keys
+
+
+def balance_targets(available: np.ndarray, budget: int, power: float, max_repeats: int) -> np.ndarray:
+    """Tokens to plan per group: mass ∝ available ** power, water-filled under each cap max_repeats × available.
+
+    A group whose share passes its cap is held at the cap and the excess goes to the others in proportion to their
+    weights; that repeats until no share passes its cap (each round caps at least one more group, so ≤ groups rounds).
+    """
+    weights = available.astype(float) ** power
+    caps = (available * max_repeats).astype(float)
+    capped = np.zeros(len(available), dtype=bool)
+    while not capped.all():
+        share = (budget - caps[capped].sum()) / weights[~capped].sum()
+        targets = np.where(capped, caps, share * weights)
+        over = ~capped & (targets > caps)
+        if not over.any():
+            return targets
+        capped |= over
+    return caps
+
+
+def sample_balanced(rng: np.random.Generator, tokens: np.ndarray, groups: np.ndarray, budget: int,
+                    balance: ClusterBalance) -> tuple[np.ndarray, dict[str, Any]]:
+    """Positions into `tokens` adding up to at most `budget`, spread over `groups` as `balance` asks; and its record.
+
+    Each group is sampled as a small component (whole epochs, then a prefix) of its water-filled target, rounded
+    down to whole sequences; the rounding carries to the next group, groups in order of headroom under their cap,
+    so the total is within one sequence of the budget and no sequence is taken more than max_repeats times.
+    """
+    keys, group_of = np.unique(groups, return_inverse=True)
+    available = np.bincount(group_of, weights=tokens, minlength=len(keys)).astype(np.int64)
+    caps = available * balance.max_repeats
+    weights = available.astype(float) ** balance.power
+    wanted = budget * weights / weights.sum()  # the flattened shares before the clip
+    targets = balance_targets(available, budget, balance.power, balance.max_repeats)
+    order = np.lexsort((np.arange(len(keys)), caps - targets))
+    cumulative = np.minimum(np.floor(np.cumsum(targets[order])).astype(np.int64), budget)
+    cumulative[-1] = budget
+    members = np.argsort(group_of, kind="stable")
+    ends = np.cumsum(np.bincount(group_of, minlength=len(keys)))
+    starts = ends - np.bincount(group_of, minlength=len(keys))
+    planned, picked, done = np.zeros(len(keys), dtype=np.int64), [], 0
+    for group, total in zip(order.tolist(), cumulative.tolist()):
+        rows = members[starts[group]:ends[group]]
+        chosen = rows[sample_component(rng, tokens[rows], min(total - done, int(caps[group])))]
+        planned[group] = int(tokens[chosen].sum())
+        done += int(planned[group])
+        picked.append(chosen)
+    record = {
+        "column": balance.column, "power": balance.power, "max_repeats": balance.max_repeats,
+        "groups": len(keys), "clipped_groups": int(np.sum(targets >= caps)),  # held at the cap
+        "clipped_tokens": int(np.round(np.maximum(wanted - caps, 0).sum())),  # flattened shares moved past the caps
+        "table": {
+            "group": [None if key == NULL_GROUP else int(key) for key in keys.tolist()],
+            "available_tokens": available.tolist(),
+            "wanted_tokens": np.round(wanted).astype(np.int64).tolist(),
+            "planned_tokens": planned.tolist(),
+        },
+    }
+    return np.concatenate(picked), record
+
+
 def compile_plan(mixture: Mixture, base: Path, source_name: str = "mixture") -> tuple[dict[str, Any], np.ndarray]:
     """The plan header and its (component, file, sequence) array; raises MixtureError on any unmeetable budget."""
-    needed = {"source"} if any(component.source for component in mixture.components.values()) else set()
-    needed |= {component.quality.column for component in mixture.components.values() if component.quality}
-    needed |= {component.quality_bucket.column for component in mixture.components.values()
-               if component.quality_bucket}
-    pool = load_pool(mixture, base, needed)
+    pool = load_pool(mixture, base, needed_columns(mixture))
     amounts = budgets(mixture)
     masks = {name: selection_mask(component, pool) for name, component in mixture.components.items()}
     names = list(mixture.components)
@@ -246,21 +364,28 @@ def compile_plan(mixture: Mixture, base: Path, source_name: str = "mixture") -> 
         selected = np.flatnonzero(masks[name])
         available = int(pool.tokens[selected].sum())
         budget = amounts[name]
-        allowed = int(available * component.max_epochs)
+        allowed = int(available * component.repetition_cap)
         if budget > allowed:
-            raise MixtureError(
-                f"component {name!r}: budget {budget:,} tokens exceeds {available:,} available × "
-                f"{component.max_epochs:g} epochs = {allowed:,} (short by {budget - allowed:,})"
-            )
+            cap = (f"{component.balance.max_repeats} repeats (balance.max_repeats)" if component.balance
+                   else f"{component.max_epochs:g} epochs")
+            raise MixtureError(f"component {name!r}: budget {budget:,} tokens exceeds {available:,} available × "
+                               f"{cap} = {allowed:,} (short by {budget - allowed:,})")
         rng = np.random.default_rng([mixture.seed, xxhash.xxh3_64_intdigest(name.encode())])
-        picked = selected[sample_component(rng, pool.tokens[selected], budget)]
+        balanced = {}
+        if component.balance is None:
+            picked = selected[sample_component(rng, pool.tokens[selected], budget)]
+        else:
+            groups = group_ids(pool.columns[component.balance.column][selected], f"components.{name}.balance.column")
+            positions, balanced["balance"] = sample_balanced(rng, pool.tokens[selected], groups, budget,
+                                                             component.balance)
+            picked = selected[positions]
         planned = int(pool.tokens[picked].sum())
         header_components.append({
-            "name": name, "index": index, "selection": component.model_dump(exclude={"tokens", "weight", "max_epochs"},
-                                                                          exclude_none=True),
+            "name": name, "index": index,
+            "selection": component.model_dump(exclude={"tokens", "weight", "max_epochs", "balance"}, exclude_none=True),
             "budget": budget, "tokens": planned, "sequences": len(picked), "available_tokens": available,
-            "epochs": round(planned / available, 6), "max_epochs": component.max_epochs,
-        })
+            "epochs": round(planned / available, 6), "max_epochs": component.repetition_cap,
+        } | balanced)
         rows.append(np.stack([np.full(len(picked), index), pool.file[picked], pool.sequence[picked]], axis=1))
     plan = np.concatenate(rows).astype(np.int64)
     plan = plan[np.random.default_rng([mixture.seed, len(names)]).permutation(len(plan))]
