@@ -38,9 +38,13 @@ from gristmill.trainer.sweep import (
     draw_mixtures,
     load_sweep,
     run_sweep,
+    available_tokens,
     sample_mixtures,
+    weight_caps,
 )
 from gristmill.trainer.sweep_report import CMR_SECTION, SECTIONS
+from gristmill.pipeline.tokens.mixture import Component
+from tests.test_cluster_balance import exported  # noqa: F401 - an export with source, quality and semantic_cluster
 
 WORDS = ("mill river grain flour bread wheat sack stone wind boat net tide fish salt sail harbour ledger letter permit "
          "clerk court street tower market bell lamp road bridge field barn horse cart rain cloud winter summer morning "
@@ -332,3 +336,18 @@ def test_critical_mixture_ratio_matches_the_law_it_was_drawn_from():
     assert result["critical_ratio"] == pytest.approx(1 - 0.3 / 0.346, abs=2e-3)
     assert result["domain_loss_at_critical_ratio"] == pytest.approx(
         float(share_law(np.array(result["critical_ratio"]), 1.5, 0.2, 0.5)), rel=1e-3)
+
+
+
+def test_available_tokens_select_by_level_and_a_balanced_component_is_capped_by_max_repeats(exported):
+    """Components may select by an integer column (quality levels) and balance by clusters, as mixtures do."""
+    plain = {key: value for key, value in SWEEP.items() if key != "cmr"}
+    config = SweepConfig.model_validate(plain | {"tokens": 1024, "data": [str(exported / "export")], "components": {
+        "first": {"source": "cc", "quality_bucket": {"column": "semantic_cluster", "max": 0}},
+        "others": {"source": "cc", "quality_bucket": {"column": "semantic_cluster", "min": 1},
+                   "balance": {"column": "semantic_cluster", "max_repeats": 3}}}})
+    available = available_tokens(config)
+    assert (available > 0).all()
+    default_epochs = Component.model_validate({"weight": 1.0}).max_epochs
+    caps = weight_caps(config, available)
+    assert caps[1] / caps[0] == pytest.approx(available[1] * 3 / (available[0] * default_epochs))

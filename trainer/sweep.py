@@ -24,6 +24,7 @@ from gristmill.pipeline.tokens.mixture import (
     Mixture,
     compile_plan,
     load_pool,
+    needed_columns,
     selection_mask,
     write_plan,
 )
@@ -133,9 +134,7 @@ def mixture_of(config: SweepConfig, budgets: dict[str, int]) -> Mixture:
 def available_tokens(config: SweepConfig) -> np.ndarray:
     """Tokens each component selects from the exports."""
     selections = mixture_of(config, {name: 1 for name in config.names})
-    needed = {"source"} if any(item.source for item in selections.components.values()) else set()
-    needed |= {item.quality.column for item in selections.components.values() if item.quality}
-    pool = load_pool(selections, Path("."), needed)
+    pool = load_pool(selections, Path("."), needed_columns(selections))
     return np.array([int(pool.tokens[selection_mask(selections.components[name], pool)].sum())
                      for name in config.names], np.int64)
 
@@ -151,7 +150,7 @@ def natural_prior(config: SweepConfig, available: np.ndarray) -> np.ndarray:
 
 def weight_caps(config: SweepConfig, available: np.ndarray) -> np.ndarray:
     """The largest weight of each component that its repetition cap allows at `config.tokens` per run."""
-    epochs = np.array([Component.model_validate(config.components[name] | {"weight": 1.0}).max_epochs
+    epochs = np.array([Component.model_validate(config.components[name] | {"weight": 1.0}).repetition_cap
                        for name in config.names])
     caps = available * epochs / config.tokens
     if caps.sum() < 1:
