@@ -17,7 +17,8 @@ from gristmill.pipeline.cli.tokenizer import evaluate as evaluate_tokenizers
 from gristmill.pipeline.engine.dataset import DatasetError, is_dataset_directory
 from gristmill.pipeline.engine.files import as_location
 from gristmill.pipeline.engine.verify import verify_dataset
-from gristmill.pipeline.tokens.export import ExportError, export_buckets, verify_export
+from gristmill.pipeline.tokens.export import PORTRAIT_FILE, ExportError, export_buckets, verify_export
+from gristmill.stages.dedup.portrait import DEFAULT_FPR
 from gristmill.stages.tokens.tokenization import TokenizerError, train_from_dataset
 
 
@@ -56,10 +57,17 @@ def train(dataset: str, vocab_size: int, output: str, sample_bytes: int, seed: i
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the shuffle.")
 @click.option("--memory-mb", type=click.IntRange(min=16), default=1024, show_default=True,
               help="Memory for sorting one shuffle partition; more partitions (same bytes out) when smaller.")
-def export(dataset: str, output: str, seed: int, memory_mb: int) -> None:
+@click.option("--portrait", "with_portrait", is_flag=True,
+              help=f"Also write {PORTRAIT_FILE}, a sketch of the exported text (see `gristmill portrait`), "
+                   f"recorded in stats.json.")
+@click.option("--portrait-fpr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None, metavar="RATE",
+              help=f"The sketch's false-positive rate per 50-character window (implies --portrait; default {DEFAULT_FPR}).")
+def export(dataset: str, output: str, seed: int, memory_mb: int, with_portrait: bool, portrait_fpr: float | None) -> None:
     """Write a decomposed DATASET as shuffled Megatron .bin/.idx files, one per bucket, with sidecars and stats.json."""
+    if with_portrait and portrait_fpr is None:
+        portrait_fpr = DEFAULT_FPR
     try:
-        stats = export_buckets(dataset, output, seed, memory_mb << 20)
+        stats = export_buckets(dataset, output, seed, memory_mb << 20, portrait_fpr)
     except (ExportError, DatasetError) as error:
         fail(str(error))
     except OSError as error:
@@ -74,6 +82,10 @@ def export(dataset: str, output: str, seed: int, memory_mb: int) -> None:
                f"{stats['tokens']:>14,} {'':>6} {stats['average_context_length']:>8.1f}")
     click.echo(f"dropped {dropped['total']:,} of {stats['document_tokens']:,} document tokens "
                f"({dropped['remainders']:,} in remainders, {dropped['short_documents']:,} in short documents)")
+    if "portrait" in stats:
+        sketch = stats["portrait"]
+        click.echo(f"portrait {sketch['path']}: {sketch['bytes']:,} bytes, {sketch['ngrams']:,} windows of "
+                   f"{sketch['text_from']}, design FPR {sketch['design_fpr']:.3g}")
     click.echo(f"written to {output} in {stats['seconds']:.1f} s")
 
 

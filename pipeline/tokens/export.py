@@ -25,6 +25,7 @@ from gristmill.pipeline.engine.dataset import (
     DatasetError,
     file_checksum,
     iter_parquet_batches,
+    read_parquet_table,
     write_json_atomic,
 )
 from gristmill.pipeline.engine.files import as_location, is_remote, upload_tree
@@ -35,7 +36,9 @@ from gristmill.pipeline.tokens.indexed_dataset import (
     IndexedDatasetWriter,
     token_dtype,
 )
+from gristmill.stages.dedup.portrait import PortraitError, TextSource, build_portrait, read_portrait
 from gristmill.stages.tokens.tokenization import (
+    LoadedTokenizer,
     TokenizerError,
     load_tokenizer,
     tokenizer_record,
@@ -45,6 +48,8 @@ SIDECAR_FORMAT = "gristmill.tokens"
 STATS_FORMAT = "gristmill.tokens.stats"
 STATS_FILE = "stats.json"
 SPILL_DIR = "_spill"
+PORTRAIT_FILE = "portrait.bloom"
+DECODE_BATCH = 1024  # token runs decoded per call
 MAX_PARTITIONS = 128  # per bucket: each is an open spill file during pass two
 # Arrow bytes a spilled token costs while a partition is sorted (values, the sorted copy, the written view).
 BYTES_PER_SPILLED_TOKEN = 12
@@ -146,8 +151,10 @@ def partition_bits(tokens: int, memory_bytes: int) -> int:
     return min(int(np.ceil(np.log2(partitions))), int(np.log2(MAX_PARTITIONS)))
 
 
-def export_buckets(source: str | Path, output: str | Path, seed: int = 0, memory_bytes: int = 1 << 30) -> dict[str, Any]:
+def export_buckets(source: str | Path, output: str | Path, seed: int = 0, memory_bytes: int = 1 << 30,
+                   portrait_fpr: float | None = None) -> dict[str, Any]:
     """Write one shuffled Megatron dataset per bucket, a sidecar each and stats.json; returns the stats.
+    With `portrait_fpr`, also a sketch of the exported text (portrait.bloom), recorded in stats.json.
 
     Out-of-core shuffle: every sequence gets key = xxh3_64(seed, first document id, piece index);
     pass one counts each bucket's tokens, pass two spills sequences into 2^b key-range partitions
@@ -159,7 +166,7 @@ def export_buckets(source: str | Path, output: str | Path, seed: int = 0, memory
         if destination.exists() and any(path.name != OWNER_MARKER for path in destination.iterdir()):
             raise ExportError(f"{output}: not empty; export into a new directory")
         with tempfile.TemporaryDirectory(prefix="gristmill-export-") as staging:
-            stats = export_buckets(source, staging, seed, memory_bytes)
+            stats = export_buckets(source, staging, seed, memory_bytes, portrait_fpr)
             upload_tree(Path(staging), destination, last=STATS_FILE)
         return stats
     dataset, tokenizer, extra_columns = open_decomposed(source)
@@ -249,6 +256,7 @@ def export_buckets(source: str | Path, output: str | Path, seed: int = 0, memory
         for name, tokens in tally.sources.items():
             by_source[name] += tokens
     context_pairs = sum(tally.context_pairs for tally in tallies.values())
+    portrait = {"portrait": write_portrait(dataset, tokenizer, output, portrait_fpr)} if portrait_fpr else {}
     stats = {
         "format": STATS_FORMAT, "version": 1, "seed": seed, "tokenizer": tokenizer,
         "input": {"dataset": str(dataset.path), "config_hash": manifest.config_hash},
@@ -260,10 +268,72 @@ def export_buckets(source: str | Path, output: str | Path, seed: int = 0, memory
         "average_context_length": round(context_pairs / kept_tokens, 3) if kept_tokens else 0.0,
         "buckets": {str(bucket): tallies[bucket].as_dict() for bucket in sorted(tallies)},
         "sources": dict(sorted(by_source.items())),
+        **portrait,
         "seconds": round(time.perf_counter() - started, 3),
     }
     write_json_atomic(output / STATS_FILE, json.dumps(stats, indent=2, sort_keys=True))
     return stats
+
+
+def write_portrait(dataset: Dataset, tokenizer: dict[str, Any], output: Path, target_fpr: float) -> dict[str, Any]:
+    """Sketch the exported text beside the buckets (a first pass counts its windows, a second inserts them) and
+    return what stats.json records of it."""
+    started = time.perf_counter()
+    source, text_from = exported_text(dataset, tokenizer)
+    try:
+        portrait = build_portrait([source], target_fpr)
+    except PortraitError as error:
+        raise ExportError(str(error)) from None
+    path = output / PORTRAIT_FILE
+    portrait.write(path)
+    summary = portrait.summary()
+    return {"path": PORTRAIT_FILE, "bytes": path.stat().st_size, "checksum": file_checksum(path), "text_from": text_from,
+            **{key: summary[key] for key in ("target_fpr", "design_fpr", "fill_fpr", "ngrams", "bits", "hashes", "texts",
+                                             "characters")},
+            "seconds": round(time.perf_counter() - started, 3)}
+
+
+def exported_text(dataset: Dataset, tokenizer: dict[str, Any]) -> tuple[TextSource, str]:
+    """The documents' text: their `text` column when decompose kept it (once per document, on its first piece),
+    else their kept pieces decoded with the recorded tokenizer, so the sketch holds what the buckets hold."""
+    manifest = dataset.manifest()
+    name = dataset.path.name
+    if "text" in manifest.schema.names:
+        def first_pieces() -> Any:
+            for batch in dataset.iter_batches(columns=["token_start", "text"]):
+                yield pc.filter(batch.column("text"), pc.equal(batch.column("token_start"), 0))
+        return TextSource(name, first_pieces, manifest.config_hash), "text column"
+    try:
+        loaded = load_tokenizer(tokenizer["path"], tokenizer["eos_token"])
+    except TokenizerError as error:
+        raise ExportError(f"portrait: the exported text is decoded with the recorded tokenizer: {error}") from None
+    if loaded.fingerprint != tokenizer["fingerprint"]:
+        raise ExportError(f"portrait: tokenizer at {tokenizer['path']} has changed since tokenize (fingerprint differs)")
+    return TextSource(name, lambda: decoded_pieces(dataset, loaded), manifest.config_hash), "decoded tokens"
+
+
+def decoded_pieces(dataset: Dataset, tokenizer: LoadedTokenizer) -> Any:
+    """Each document's kept pieces, shard by shard (decompose keeps a document's pieces in one shard), joined
+    where one piece continues the last and decoded; a gap (a dropped remainder) starts a new text."""
+    for path in dataset.verified_shards():
+        table = read_parquet_table(path, columns=["document_id", "token_start", "num_tokens", "tokens"])
+        table = table.sort_by([("document_id", "ascending"), ("token_start", "ascending")])
+        if not table.num_rows:
+            continue
+        documents = table.column("document_id").combine_chunks()
+        starts = table.column("token_start").to_numpy().astype(np.int64)
+        lengths = table.column("num_tokens").to_numpy().astype(np.int64)
+        same_document = pc.equal(documents[1:], documents[:-1]).to_numpy(zero_copy_only=False)
+        continues = np.zeros(len(starts), bool)
+        continues[1:] = same_document & (starts[1:] == starts[:-1] + lengths[:-1])
+        token_offsets = np.concatenate([[0], np.cumsum(lengths)])
+        run_starts = token_offsets[np.flatnonzero(~continues)]
+        run_ends = np.append(run_starts[1:], token_offsets[-1])
+        tokens = pc.list_flatten(table.column("tokens")).to_numpy().astype(np.int64)
+        for first in range(0, len(run_starts), DECODE_BATCH):
+            runs = [tokens[start:end].tolist() for start, end in
+                    zip(run_starts[first:first + DECODE_BATCH], run_ends[first:first + DECODE_BATCH])]
+            yield pa.array(tokenizer.tokenizer.decode_batch(runs, skip_special_tokens=True), pa.large_string())
 
 
 def _tokens_by_source(sources: np.ndarray, lengths: np.ndarray) -> list[tuple[str, int]]:
@@ -386,7 +456,23 @@ def verify_export(directory: str | Path, samples: int = 3, seed: int = 0) -> lis
         stats = json.loads(stats_path.read_text())
         if stats.get("tokens") != bucket_tokens:
             checks[0].problems.append(f"{STATS_FILE} counts {stats.get('tokens')} tokens, the buckets {bucket_tokens}")
+        if "portrait" in stats:
+            checks[0].problems.extend(portrait_problems(directory, stats["portrait"]))
     return checks
+
+
+def portrait_problems(directory: Path, record: dict[str, Any]) -> list[str]:
+    """The sketch stats.json records: present, the recorded bytes, and whole by its own checksum."""
+    path = directory / record["path"]
+    if not path.exists():
+        return [f"{record['path']} is missing ({STATS_FILE} records a portrait)"]
+    if file_checksum(path) != record["checksum"]:
+        return [f"{record['path']}: checksum differs from {STATS_FILE}"]
+    try:
+        read_portrait(path)
+    except PortraitError as error:
+        return [str(error)]
+    return []
 
 
 def check_bucket(directory: Path, sidecar: dict[str, Any], check: BucketCheck) -> None:

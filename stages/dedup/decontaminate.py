@@ -1,12 +1,14 @@
 """`decontaminate`: find benchmark items inside documents by word n-gram overlap, then drop or flag them.
 
-Training on a benchmark's items inflates its scores; this is the 13-gram check of GPT-3 and OLMo.
+Training on a benchmark's items inflates its scores; this is the 13-gram check of GPT-3 and OLMo. A shipped
+sketch (`gristmill portrait`) of a benchmark, or of training data, can stand in for the benchmark's files.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,8 @@ from gristmill.pipeline.engine.stage import (
     StageConfig,
     register,
 )
+from gristmill.stages.dedup.portrait import SUFFIX as SKETCH_SUFFIX
+from gristmill.stages.dedup.portrait import WIDTH, Portrait, PortraitError, read_portrait
 from gristmill.stages.ingest.read_text import open_text
 from gristmill.stages.words import whitespace_words
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -67,11 +71,43 @@ class BenchmarkSource(BaseModel):
         return json.loads(value) if isinstance(value, str) else value
 
 
+class SketchSource(BaseModel):
+    """A portrait (`gristmill portrait build`) to check documents against, e.g. one shipped with a benchmark."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Name used in rejection details, flags and the report.")
+    path: str = Field(description="The sketch file (a path or an fsspec URL).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def parse_path_or_json(cls, value: Any) -> Any:
+        """A bare path is named after its file; on the command line a JSON object {name, path} works too."""
+        if isinstance(value, str) and value.lstrip().startswith("{"):
+            return json.loads(value)
+        if isinstance(value, str):
+            return {"name": re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(value).name.removesuffix(SKETCH_SUFFIX)) or "sketch",
+                    "path": value}
+        return value
+
+
 class DecontaminateConfig(StageConfig):
     benchmarks: list[BenchmarkSource] = Field(
-        min_length=1,
+        default_factory=list,
         description='Benchmarks to check against, each {name, paths, fields}; on the command line one JSON object '
         'per --benchmarks, e.g. \'{"name": "gsm8k", "paths": ["gsm8k.jsonl"], "fields": ["question", "answer"]}\'.',
+    )
+    sketches: list[SketchSource] = Field(
+        default_factory=list,
+        description="Portraits to check against (a benchmark's, or a training set's to check a benchmark), each a "
+        'path or {name, path}; a document is contaminated by one when sketch_min_span or sketch_min_share is met.',
+    )
+    sketch_min_span: int = Field(
+        2 * WIDTH, ge=WIDTH, description="Characters of a document, found whole in a sketch, that make it contaminated "
+        "(the longest run of 50-character windows found back to back; 100 = two windows, so chance needs two false "
+        "positives in a row).",
+    )
+    sketch_min_share: float | None = Field(
+        None, gt=0, le=1, description="Also contaminated when this share of a document's windows is found in a sketch.",
     )
     ngram_words: int = Field(13, ge=1, description="Words per n-gram (13 as in GPT-3 and OLMo).")
     min_item_words: int = Field(
@@ -94,6 +130,15 @@ class DecontaminateConfig(StageConfig):
     def short_items_fit(self) -> DecontaminateConfig:
         if self.min_item_words > self.ngram_words:
             raise ValueError("min_item_words must be at most ngram_words")
+        return self
+
+    @model_validator(mode="after")
+    def something_to_check(self) -> DecontaminateConfig:
+        if not self.benchmarks and not self.sketches:
+            raise ValueError("give benchmarks or sketches to check against")
+        names = [source.name for source in [*self.benchmarks, *self.sketches]]
+        if len(set(names)) != len(names):
+            raise ValueError(f"benchmark and sketch names must be unique together, got {names}")
         return self
 
 
@@ -273,9 +318,31 @@ def build_index(config: DecontaminateConfig, index_dir: Location) -> dict[str, A
             "items_matched_whole": len(short),
             "ngrams": len(ngrams),
         })
-    manifest = {"ngram_words": config.ngram_words, "lengths": sorted(lengths), "benchmarks": entries}
+    manifest: dict[str, Any] = {"ngram_words": config.ngram_words, "lengths": sorted(lengths), "benchmarks": entries}
+    if config.sketches:
+        manifest["sketches"] = [sketch_entry(sketch) for sketch in config.sketches]
     write_json_atomic(index_dir / INDEX_MANIFEST, json.dumps(manifest, indent=2))
     return manifest
+
+
+def sketch_entry(sketch: SketchSource) -> dict[str, Any]:
+    """A sketch checked whole once, before any task; tasks load exactly this content (its checksum) or fail."""
+    try:
+        portrait = read_portrait(sketch.path)
+    except PortraitError as error:
+        raise ValueError(f"sketch {sketch.name!r}: {error}") from None
+    summary = portrait.summary()
+    return {"name": sketch.name, "path": sketch.path, "checksum": json.loads(portrait.header_bytes())["checksum"],
+            **{key: summary[key] for key in ("bytes", "hashes", "ngrams", "texts", "design_fpr", "fill_fpr")}}
+
+
+@functools.lru_cache(maxsize=4)
+def load_sketch(path: str, checksum: str) -> Portrait:
+    """Once per worker and sketch content."""
+    portrait = read_portrait(path)
+    if json.loads(portrait.header_bytes())["checksum"] != checksum:
+        raise PortraitError(f"{path}: changed since the run checked it (checksum differs); run again")
+    return portrait
 
 
 @dataclass
@@ -346,7 +413,12 @@ class Decontaminate(MapStage):
 
     def bind(self, global_view: str, shard_name: str) -> None:
         super().bind(global_view, shard_name)
-        self.index = load_index(global_view, (as_location(global_view) / INDEX_MANIFEST).read_text())
+        manifest_text = (as_location(global_view) / INDEX_MANIFEST).read_text()
+        manifest = json.loads(manifest_text)
+        self.index = load_index(global_view, manifest_text) if manifest["benchmarks"] else None
+        self.sketches = [(entry["name"], load_sketch(entry["path"], entry["checksum"]))
+                         for entry in manifest.get("sketches", [])]
+        self.source_names = [*(self.index.names if self.index else []), *(name for name, _ in self.sketches)]
 
     def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
         if self.config.mode == "drop":
@@ -357,11 +429,8 @@ class Decontaminate(MapStage):
         return input_schema.append(pa.field(BENCHMARK_COLUMN, pa.string())).append(pa.field(NGRAMS_COLUMN, pa.int32()))
 
     def process(self, batch: pa.RecordBatch) -> BatchResult:
-        hits = self.index.count_hits(batch.column("text"))
-        best = np.argmax(hits, axis=0)  # ties go to the benchmark listed first
-        best_hits = hits[best, np.arange(batch.num_rows)]
-        contaminated = best_hits >= self.config.min_hits
-        names = pc.if_else(pa.array(contaminated), pc.take(pa.array(self.index.names, pa.string()), pa.array(best)),
+        best, best_hits, contaminated, sketch_details = self.find_contamination(batch.column("text"))
+        names = pc.if_else(pa.array(contaminated), pc.take(pa.array(self.source_names, pa.string()), pa.array(best)),
                            pa.nulls(batch.num_rows, pa.string()))
         if self.config.mode == "flag":
             table = pa.Table.from_batches([batch])
@@ -372,25 +441,60 @@ class Decontaminate(MapStage):
         else:
             reasons = pc.if_else(pa.array(contaminated), REASON, pa.nulls(batch.num_rows, pa.string()))
             details = pc.binary_join_element_wise("benchmark=", names, " ngrams=", pc.cast(pa.array(best_hits), pa.string()), "")
+            if sketch_details is not None:
+                details = pc.binary_join_element_wise(details, pc.fill_null(sketch_details, ""), "")
             result = BatchResult.split(batch, reasons, details)
         result.stats = self.hits_per_benchmark(best[contaminated], best_hits[contaminated])
         return result
 
+    def find_contamination(self, texts: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray, pa.Array | None]:
+        """Per document: the source that contaminates it (an index into `source_names`), its hits, whether it is
+        contaminated, and for sketch matches the span and share for the ledger detail.
+
+        Benchmarks decide first, as before sketches existed (most hits, ties to the first listed); a document
+        clean of them may still be contaminated by a sketch, the one with most windows found."""
+        rows = len(texts)
+        best, best_hits, contaminated = np.zeros(rows, np.int64), np.zeros(rows, np.int64), np.zeros(rows, bool)
+        if self.index is not None:
+            hits = self.index.count_hits(texts)
+            best = np.argmax(hits, axis=0)  # ties go to the benchmark listed first
+            best_hits = hits[best, np.arange(rows)]
+            contaminated = best_hits >= self.config.min_hits
+        if not self.sketches:
+            return best, best_hits, contaminated, None
+        found, span, share = (np.zeros((len(self.sketches), rows), dtype) for dtype in (np.int64, np.int64, float))
+        for row, (_, sketch) in enumerate(self.sketches):
+            matches = sketch.match(texts)
+            found[row], span[row], share[row] = matches.found, matches.longest_characters, matches.share
+        over = span >= self.config.sketch_min_span
+        if self.config.sketch_min_share is not None:
+            over |= share >= self.config.sketch_min_share
+        by_sketch = (~contaminated) & over.any(axis=0)
+        chosen = np.argmax(np.where(over, found, -1), axis=0)
+        columns = np.arange(rows)
+        best = np.where(by_sketch, len(self.source_names) - len(self.sketches) + chosen, best)
+        best_hits = np.where(by_sketch, found[chosen, columns], best_hits)
+        details = pc.if_else(pa.array(by_sketch), pc.binary_join_element_wise(
+            " span=", pc.cast(pa.array(span[chosen, columns]), pa.string()),
+            " share=", pc.cast(pa.array(np.round(share[chosen, columns], 3)), pa.string()), ""), pa.scalar(None, pa.string()))
+        return best, best_hits, contaminated | by_sketch, details
+
     def hits_per_benchmark(self, benchmarks: np.ndarray, hits: np.ndarray) -> dict[str, int]:
         """Contaminated documents and their n-gram hits per benchmark; summed into the manifest's `stats`."""
-        documents = np.bincount(benchmarks, minlength=len(self.index.names))
-        ngram_hits = np.bincount(benchmarks, weights=hits, minlength=len(self.index.names))
+        documents = np.bincount(benchmarks, minlength=len(self.source_names))
+        ngram_hits = np.bincount(benchmarks, weights=hits, minlength=len(self.source_names))
         return {
-            **{f"contaminated.{name}": int(count) for name, count in zip(self.index.names, documents)},
-            **{f"ngram_hits.{name}": int(count) for name, count in zip(self.index.names, ngram_hits)},
+            **{f"contaminated.{name}": int(count) for name, count in zip(self.source_names, documents)},
+            **{f"ngram_hits.{name}": int(count) for name, count in zip(self.source_names, ngram_hits)},
         }
 
 
 def decontamination_report(dataset_dir: str | Path) -> dict[str, Any]:
-    """Contaminated documents and their n-gram hits per benchmark, from a decontaminate dataset's manifest.
+    """Contaminated documents and their n-gram hits per benchmark (and per sketch: windows found), from a
+    decontaminate dataset's manifest.
 
     A document counts once, for the benchmark with most hits. Index facts (items, n-grams,
-    items too short to check) are added when the run's `_work/` folder is still there.
+    items too short to check; a sketch's size and rates) are added when the run's `_work/` folder is still there.
     """
     dataset = Dataset(dataset_dir)
     manifest = dataset.manifest()
@@ -402,18 +506,25 @@ def decontamination_report(dataset_dir: str | Path) -> dict[str, Any]:
             "documents": int(manifest.stats.get(f"contaminated.{benchmark.name}", 0)),
             "ngram_hits": int(manifest.stats.get(f"ngram_hits.{benchmark.name}", 0)),
         }
-        for benchmark in config.benchmarks
+        for benchmark in [*config.benchmarks, *config.sketches]
     }
     index_manifest = dataset.path / WORK_DIR / INDEX_DIR / INDEX_MANIFEST
     if index_manifest.exists():
-        for entry in json.loads(index_manifest.read_text())["benchmarks"]:
+        index = json.loads(index_manifest.read_text())
+        for entry in index["benchmarks"]:
             if entry["name"] in benchmarks:
                 benchmarks[entry["name"]]["index"] = {key: entry[key] for key in (
                     "items", "items_unusable", "items_too_short", "items_matched_whole", "ngrams")}
+        for entry in index.get("sketches", []):
+            if entry["name"] in benchmarks:
+                benchmarks[entry["name"]]["sketch"] = {key: value for key, value in entry.items() if key != "name"}
+    sketch_thresholds = ({"sketch_min_span": config.sketch_min_span, "sketch_min_share": config.sketch_min_share}
+                         if config.sketches else {})
     return {
         "mode": config.mode,
         "ngram_words": config.ngram_words,
         "min_hits": config.min_hits,
+        **sketch_thresholds,
         "documents": manifest.rows_in,
         "contaminated": sum(entry["documents"] for entry in benchmarks.values()),
         "benchmarks": benchmarks,
