@@ -2,8 +2,8 @@
 
 A piece is written `FILE#KIND=START-END` (row groups of a Parquet file, or a byte range of a JSONL or WARC
 file cut at record boundaries), so a task still carries one picklable string and shard names stay in order.
-Ranges are half-open: `#row_groups=4-8` reads row groups 4 to 7, and `#bytes=0-1000` owns every line that
-starts at bytes 0 to 999, so pieces are cut by arithmetic alone and need no coordination.
+Ranges are half-open: `#row_groups=4-8` reads row groups 4 to 7, and `#bytes=0-1000` owns every line (or
+WARC record) that starts at bytes 0 to 999, so pieces are cut by arithmetic alone and need no coordination.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import itertools
 import os
 import re
 from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal
 
@@ -29,6 +31,8 @@ NEWLINE = 10
 # Files whose line-number checkpoints a process keeps (one per piece end it has seen), so a worker handed
 # several pieces of one file counts the newlines before each piece once, not once per piece.
 CHECKPOINT_FILES = 64
+# Files planned at once: sizing a remote file is a round trip, and a crawl lists tens of thousands.
+PLANNING_THREADS = 16
 
 
 @dataclass(frozen=True)
@@ -94,24 +98,54 @@ def open_file(path: str) -> BinaryIO:
     return fsspec.open(path, "rb").open()
 
 
-def file_size(path: str) -> int | None:
+def file_size(path: str, storage_options: dict | None = None) -> int | None:
     """The file's size in bytes, or None where it cannot be had (missing, or a server that does not say)."""
     try:
         if not is_url(path):
             return os.path.getsize(path)
-        filesystem, inner = fsspec.core.url_to_fs(path)
+        filesystem, inner = fsspec.core.url_to_fs(path, **(storage_options or {}))
         size = filesystem.size(inner)
         return None if size is None else int(size)
     except Exception:  # noqa: BLE001 - a file that cannot be sized is read whole; its reader reports the problem
         return None
 
 
-def split_by_bytes(path: str, target_bytes: int) -> list[str]:
+def split_by_bytes(path: str, target_bytes: int, storage_options: dict | None = None) -> list[str]:
     """A line-based file larger than `target_bytes` as byte-range pieces; otherwise the file itself."""
-    size = file_size(path)
+    size = file_size(path, storage_options)
     if size is None or size <= target_bytes:
         return [path]
     return [piece_source(path, Piece(BYTES, start, end)) for start, end in byte_ranges(size, target_bytes)]
+
+
+def plan_each(paths: list[str], plan: Callable[[str], list[str]]) -> list[str]:
+    """Every file's pieces, in file order; files are planned a few at a time, as each may wait on a server."""
+    if len(paths) < 2:
+        return [piece for path in paths for piece in plan(path)]
+    with ThreadPoolExecutor(min(PLANNING_THREADS, len(paths))) as pool:
+        return [piece for pieces in pool.map(plan, paths) for piece in pieces]
+
+
+def find_in_range(stream: BinaryIO, start: int, end: int, marker: bytes, accept: Callable[[int], bool],
+                  skip: int = 0) -> int | None:
+    """The first offset in [start, end) where `marker` occurs (the offset `skip` bytes into it) and `accept`
+    holds, or None. Bytes are read in bounded chunks; `accept` may move the stream."""
+    offset = max(0, start - skip)
+    while offset < end:
+        stream.seek(offset)
+        chunk = stream.read(READ_CHUNK_BYTES + len(marker) - 1)
+        found = chunk.find(marker)
+        while found >= 0:
+            candidate = offset + found + skip
+            if candidate >= end:
+                return None
+            if candidate >= start and accept(candidate):
+                return candidate
+            found = chunk.find(marker, found + 1)
+        if len(chunk) < READ_CHUNK_BYTES + len(marker) - 1:
+            return None
+        offset += READ_CHUNK_BYTES
+    return None
 
 
 def compressed_size(row_group: Any) -> int:

@@ -1,7 +1,8 @@
 """`ingest`: Common Crawl WARC/WET files (local, s3://, https://, or a whole crawl's listing) to documents.
 
 Streams records with fastwarc (or warcio), extracts the text of HTML responses, takes WET conversions as they are,
-and rejects every other page with a named reason.
+and rejects every other page with a named reason. A file larger than `split_bytes` is read as several tasks, cut
+at record boundaries (gzip members, or record headers of a plain WARC) that each task finds for itself.
 """
 
 from __future__ import annotations
@@ -25,10 +26,22 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from gristmill.pipeline.engine.documents import DOCUMENT_SCHEMA, document_id
+from gristmill.pipeline.engine.input_splits import BYTES, Piece, find_in_range, parse_source, plan_each, split_by_bytes
 from gristmill.pipeline.engine.stage import INPUT_DOCUMENTS_STAT, BatchResult, Resources, SourceConfig, SourceStage, register
 from gristmill.stages.ingest.html_extract import Extractor, HtmlExtractor, charset_from_content_type, decode_html
 from gristmill.stages.ingest.read_text import domain_of
-from gristmill.stages.ingest.warc_framing import DOCUMENT_TYPES, Frame, ReadProblem, WarcFrames
+from gristmill.stages.ingest.warc_framing import (
+    DOCUMENT_TYPES,
+    GZIP_MEMBER_START,
+    LINE_RECORD_START,
+    Frame,
+    ReadProblem,
+    WarcFrames,
+    is_gzip,
+    is_record_start,
+    may_start_member_record,
+    read_at,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +57,13 @@ CRAWL_ID = re.compile(r"CC-MAIN-\d{4}-\d{2}(?!\d)")
 RETRY_BACKOFF_S = 1.0
 # Errors no retry can fix; anything else a remote filesystem raises is retried.
 PERMANENT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+DEFAULT_SPLIT_BYTES = 1 << 30
+# Compressed bytes after a gzip WARC's first cut searched for a record's member: none there means the file is
+# one gzip member (or has records too large to tell), and it is read whole.
+MEMBER_PROBE_BYTES = 8 << 20
+# Remote block size for the small reads that decide a split (the magic, the probe); fsspec's default block is
+# 5 MiB over HTTP and s3fs's 50 MiB, which a two-byte read would fetch whole.
+SMALL_READ_BLOCK_BYTES = 64 << 10
 
 SCHEMA = DOCUMENT_SCHEMA.append(pa.field("warc_record_id", pa.string())).append(
     pa.field("http_status", pa.int16())
@@ -76,6 +96,9 @@ class IngestConfig(SourceConfig):
     network_retries: int = Field(
         5, ge=0, description="Retries of a failed remote open or read, backing off exponentially from 1 s."
     )
+    split_bytes: int | None = Field(
+        DEFAULT_SPLIT_BYTES, ge=0, description="Read a WARC/WET file larger than this many bytes as several tasks, "
+        "cut at records (a file gzipped as one member stays whole); 0 or null: one task per file.")
 
     @model_validator(mode="after")
     def one_input_kind(self) -> IngestConfig:
@@ -105,8 +128,9 @@ def storage_options(url: str, timeout_s: float) -> dict:
 class RetryingFile:
     """A remote file read through fsspec; a failed open or read is retried with backoff, resuming at the same offset."""
 
-    def __init__(self, url: str, timeout_s: float, retries: int):
+    def __init__(self, url: str, timeout_s: float, retries: int, block_size: int | None = None):
         self.url, self.timeout_s, self.retries = url, timeout_s, retries
+        self.open_options = storage_options(url, timeout_s) | ({"block_size": block_size} if block_size else {})
         self.position = 0
         self._file = None
         self._with_retries(lambda: None)
@@ -115,7 +139,7 @@ class RetryingFile:
         for attempt in range(self.retries + 1):
             try:
                 if self._file is None:
-                    self._file = fsspec.open(self.url, "rb", **storage_options(self.url, self.timeout_s)).open()
+                    self._file = fsspec.open(self.url, "rb", **self.open_options).open()
                     self._file.seek(self.position)
                 return action()
             except PERMANENT_ERRORS:
@@ -170,9 +194,10 @@ def is_url(path: str) -> bool:
     return "://" in path
 
 
-def open_input(path: str, timeout_s: float, retries: int) -> BinaryIO:
-    """A local file as it is; a URL through fsspec with timeouts and retries."""
-    return RetryingFile(path, timeout_s, retries) if is_url(path) else open(path, "rb")
+def open_input(path: str, timeout_s: float, retries: int, block_size: int | None = None) -> BinaryIO:
+    """A local file as it is; a URL through fsspec with timeouts and retries, read `block_size` bytes at a time
+    (the filesystem's default if None)."""
+    return RetryingFile(path, timeout_s, retries, block_size) if is_url(path) else open(path, "rb")
 
 
 @dataclass(slots=True)
@@ -366,6 +391,36 @@ class Ingest(SourceStage):
         return SCHEMA
 
     def list_inputs(self) -> list[str]:
+        """Each file, or its byte-range pieces where it is larger than `split_bytes`, in file order."""
+        files = self._list_files()
+        if not self.config.split_bytes:
+            return files
+        return plan_each(files, self._pieces)
+
+    def _pieces(self, path: str) -> list[str]:
+        """A file's pieces: byte ranges cut by its size alone, or the file itself where it is no larger than
+        `split_bytes`, or gzipped as one member (no record's member found within a probe after the first cut)."""
+        config = self.config
+        pieces = split_by_bytes(path, config.split_bytes, storage_options(path, config.network_timeout_s))
+        if len(pieces) < 2:
+            return pieces
+        first_cut = parse_source(pieces[0])[1].end
+        try:
+            with self._open_small(path) as stream:
+                if not is_gzip(stream):
+                    return pieces
+                # The cheap test of a member start is enough here: taking a false one only costs empty tasks.
+                found = find_in_range(stream, first_cut, first_cut + MEMBER_PROBE_BYTES, GZIP_MEMBER_START,
+                                      lambda offset: may_start_member_record(read_at(stream, offset)))
+        except (OSError, ValueError):
+            return [path]  # its reader reports what is wrong with it
+        return pieces if found is not None else [path]
+
+    def _open_small(self, path: str) -> BinaryIO:
+        """The file for a few small reads (a remote one fetched in small blocks)."""
+        return open_input(path, self.config.network_timeout_s, self.config.network_retries, SMALL_READ_BLOCK_BYTES)
+
+    def _list_files(self) -> list[str]:
         if self.config.crawl is None:
             return super().list_inputs()
         base = self.base_url()
@@ -384,45 +439,51 @@ class Ingest(SourceStage):
     def base_url(self) -> str:
         return self.config.base_url if self.config.base_url.endswith("/") else self.config.base_url + "/"
 
-    def read(self, path: str) -> Iterator[BatchResult]:
+    def read(self, source: str) -> Iterator[BatchResult]:
+        """One file's documents, or a piece's: the records whose start (gzip member, or header of a plain WARC)
+        lies in its byte range, each read whole."""
         config = self.config
+        path, piece = parse_source(source)
+        if piece is not None and piece.kind != BYTES:
+            raise ValueError(f"{source}: a WARC file cannot be read by {piece.kind}")
         warc_file = path.removeprefix(self.base_url()) if config.crawl else path
         crawl = config.crawl or (match.group(0) if (match := CRAWL_ID.search(path)) else None)
-        source = crawl or PurePosixPath(path.split("://", 1)[-1]).name.split(".")[0]
+        source_name = crawl or PurePosixPath(path.split("://", 1)[-1]).name.split(".")[0]
         counts: Counter[str] = Counter()
         batch = DocumentBatch()
         started = time.perf_counter()
         try:
             stream = open_input(path, config.network_timeout_s, config.network_retries)
         except (OSError, ValueError) as error:
-            batch.add({"id": document_id(warc_file), "warc_file": warc_file, "source": source}, "read_failed",
+            failed_id = document_id(warc_file) if piece is None else document_id(warc_file, source.removeprefix(path))
+            batch.add({"id": failed_id, "warc_file": warc_file, "source": source_name}, "read_failed",
                       f"cannot open: {error}"[:300])
             result = batch.result()
             result.stats = {INPUT_DOCUMENTS_STAT: 1}
             yield result
             return
         with stream:
-            frames = WarcFrames(stream, config.max_page_bytes)
+            frames = WarcFrames(stream, config.max_page_bytes, piece.end if piece is not None else None)
             read_failures = 0
-            items = iter(frames)
+            items = self._owned_records(path, stream, frames, piece)
             while True:
                 try:
                     item = next(items, None)
                 except RemoteReadError as error:
-                    item, read_failures = ReadProblem("read_failed", stream.tell(), str(error)[:300]), 1
+                    item, read_failures = ReadProblem("read_failed", str(stream.tell()), str(error)[:300]), 1
                 if item is None:
                     break
                 if isinstance(item, ReadProblem):
                     counts[item.reason] += 1
-                    row_id = document_id(item.record_id) if item.record_id else document_id(warc_file, str(item.offset))
+                    row_id = document_id(item.record_id) if item.record_id else document_id(warc_file, item.location)
                     batch.add({"id": row_id, "warc_record_id": item.record_id, "warc_file": warc_file,
-                               "source": source}, item.reason, item.detail)
+                               "source": source_name}, item.reason, item.detail)
                 else:
                     counts[item.record_type] += 1
                     if item.damage is not None:
                         counts["bad_content_length"] += 1
                     if item.record_type in DOCUMENT_TYPES:
-                        self._add_record(batch, item, warc_file, source)
+                        self._add_record(batch, item, warc_file, source_name)
                 if len(batch) >= BATCH_ROWS:
                     yield batch.result()
                     batch = DocumentBatch()
@@ -434,19 +495,43 @@ class Ingest(SourceStage):
         final.stats = {f"records:{kind}": count for kind, count in sorted(counts.items())}
         final.stats[INPUT_DOCUMENTS_STAT] = frames.documents + read_failures
         yield final
-        logger.info("ingest %s", json.dumps({"file": warc_file, "records": dict(sorted(counts.items())),
-                                              "seconds": round(time.perf_counter() - started, 3)}))
+        logged = {"file": warc_file, "records": dict(sorted(counts.items())),
+                  "seconds": round(time.perf_counter() - started, 3)}
+        if piece is not None:
+            logged["bytes"] = [piece.start, piece.end]
+        logger.info("ingest %s", json.dumps(logged))
+
+    def _owned_records(self, path: str, stream: BinaryIO, frames: WarcFrames,
+                       piece: Piece | None) -> Iterator[Frame | ReadProblem]:
+        """The whole file's records, or those a piece owns: from its first record to the next piece's."""
+        start = 0 if piece is None else self._first_record(path, stream, piece)
+        if start is None:
+            return
+        stream.seek(start)
+        yield from frames.records_from(start)
+
+    def _first_record(self, path: str, stream: BinaryIO, piece: Piece) -> int | None:
+        """The offset of the piece's first record: the file's start for the first piece, else the first clean
+        record start in its range (None if it holds none), by the test that ends the piece before it."""
+        if piece.start == 0:
+            return 0
+        with self._open_small(path) as head:
+            compressed = is_gzip(head)
+        marker, skip = (GZIP_MEMBER_START, 0) if compressed else (LINE_RECORD_START, 1)
+        max_bytes = self.config.max_page_bytes
+        return find_in_range(stream, piece.start, piece.end, marker,
+                             lambda offset: is_record_start(stream, offset, max_bytes), skip)
 
     def _add_record(self, batch: DocumentBatch, frame: Frame, warc_file: str, source: str) -> None:
         """One row for a framed response or conversion record: the document, or why it is rejected."""
-        row = {"id": document_id(frame.record_id) if frame.record_id else document_id(warc_file, str(frame.offset)),
+        row = {"id": document_id(frame.record_id) if frame.record_id else document_id(warc_file, frame.location),
                "warc_record_id": frame.record_id, "source": source, "warc_file": warc_file}
         max_bytes = self.config.max_page_bytes
         if frame.damage is not None:
             batch.add(row, "bad_content_length", frame.damage)
             return
         if not frame.record_id:
-            batch.add(row, "malformed_record", f"at byte {frame.offset}: no WARC-Record-ID")
+            batch.add(row, "malformed_record", f"at byte {frame.location}: no WARC-Record-ID")
             return
         if frame.declared_length >= max_bytes:
             batch.add(row, "too_large", f"{frame.declared_length} bytes >= {max_bytes}")
@@ -454,7 +539,7 @@ class Ingest(SourceStage):
         try:
             record = READERS[self.config.reader](frame.data)
         except Exception as error:  # noqa: BLE001 - whatever the parser raises, this record is unreadable
-            batch.add(row, "malformed_record", f"at byte {frame.offset}: {type(error).__name__}: {error}"[:300])
+            batch.add(row, "malformed_record", f"at byte {frame.location}: {type(error).__name__}: {error}"[:300])
             return
         url = clean_url(record.target_uri)
         row.update({

@@ -3,10 +3,12 @@
 A wrong Content-Length makes a streaming parser merge the next record into this one, or land mid-payload;
 here each record's declared end must meet the next `WARC/` header, or the record is set aside and reading
 resumes at that header. The records found also give ingest a document count independent of the parser.
+A piece of a large file starts at the first clean record start in its byte range and reads until the next one.
 """
 
 from __future__ import annotations
 
+import bisect
 import io
 import re
 import zlib
@@ -27,6 +29,11 @@ RECORD_START = re.compile(rb"WARC/\d+\.\d+\r?\n")
 HEADER_END = re.compile(rb"\r?\n\r?\n")
 FIELD_SPELLINGS = ((b"content-length", b"\nContent-Length:"), (b"warc-type", b"\nWARC-Type:"),
                    (b"warc-record-id", b"\nWARC-Record-ID:"))
+GZIP_MEMBER_START = b"\x1f\x8b\x08"  # magic and deflate method: every gzip member a WARC writer makes starts so
+LINE_RECORD_START = b"\nWARC/"  # a record header at a line start of a plain WARC
+MEMBER_PROBE_BYTES = 4 << 10  # compressed bytes decoded to rule out a false gzip header cheaply
+# Member starts kept for locating records; older ones are dropped once the reader has passed them.
+KEPT_MEMBER_STARTS = 1024
 HEADER_FIELD = re.compile(rb"^(content-length|warc-type|warc-record-id)[ \t]*:[ \t]*(.*?)[ \t]*\r?$", re.I | re.M)
 
 
@@ -39,13 +46,18 @@ class GzipMembers(io.RawIOBase):
 
     A cut-off or corrupt member raises only after every byte decoded before it was returned, so no
     record before the damage is lost (Python's gzip module drops its read-ahead buffer when it raises).
+    `raw` is positioned at file offset `start` (a member start), and every compressed offset is the file's.
     """
 
-    def __init__(self, raw: BinaryIO):
+    def __init__(self, raw: BinaryIO, start: int = 0):
         self.raw = raw
         self.decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        self.member_start = 0  # compressed offset of the member being decoded
-        self.fed = 0  # compressed bytes given to decompressors so far
+        self.member_start = start  # compressed offset of the member being decoded
+        self.fed = start  # file offset of the next compressed byte to give a decompressor
+        self.produced = 0  # decompressed bytes so far
+        # Where each member starts: in the decompressed stream, and in the file (recent members only).
+        self.member_outputs: list[int] = [0]
+        self.member_offsets: list[int] = [start]
         self.pending = memoryview(b"")
         self.error: Exception | None = None
         self.finished = False
@@ -79,15 +91,29 @@ class GzipMembers(io.RawIOBase):
             except zlib.error as error:
                 self.error = DamagedGzip(f"gzip member at byte {self.member_start}: {error}")
                 break
+            self.produced += len(decoded[-1])
             if not self.decompressor.eof:
                 self.fed += len(chunk)
                 break
             rest = self.decompressor.unused_data
             self.fed += len(chunk) - len(rest)
             self.member_start = self.fed
+            self.member_outputs.append(self.produced)
+            self.member_offsets.append(self.fed)
             self.decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
             chunk = rest
         self.pending = memoryview(b"".join(decoded))
+
+    def locate(self, position: int) -> tuple[int, int]:
+        """A decompressed offset as (file offset of the member holding it, bytes into that member's output)."""
+        index = bisect.bisect_right(self.member_outputs, position) - 1
+        return self.member_offsets[index], position - self.member_outputs[index]
+
+    def forget_before(self, position: int) -> None:
+        """Drop the starts of members wholly before `position`, which is never asked about again."""
+        index = bisect.bisect_right(self.member_outputs, position) - 1
+        if index > KEPT_MEMBER_STARTS:
+            del self.member_outputs[:index], self.member_offsets[:index]
 
 
 @dataclass(slots=True)
@@ -95,16 +121,16 @@ class ReadProblem:
     """A stretch of the file that is not a readable record; it becomes one ledger row."""
 
     reason: str
-    offset: int
+    location: str  # where in the file, as `WarcFrames.location` writes it
     detail: str
     record_id: str | None = None
 
 
 @dataclass(slots=True)
 class Frame:
-    """One record as its header block declares it. Offsets count bytes of the decompressed stream."""
+    """One record as its header block declares it, and where it starts in the file (see `WarcFrames.location`)."""
 
-    offset: int
+    location: str
     record_type: str
     record_id: str | None
     declared_length: int
@@ -112,13 +138,19 @@ class Frame:
     damage: str | None = None  # why the declared length is wrong (the record is then not read)
 
 
-def open_warc(stream: BinaryIO) -> tuple[BinaryIO, GzipMembers | None]:
-    """The decompressed stream of a plain or gzip WARC, and its decompressor (None for a plain file)."""
+def is_gzip(stream: BinaryIO, start: int = 0) -> bool:
+    """Whether the bytes at `start` begin a gzip member; the stream is left at `start`."""
     magic = stream.read(2)
-    stream.seek(0)
-    if magic != b"\x1f\x8b":
+    stream.seek(start)
+    return magic == b"\x1f\x8b"
+
+
+def open_warc(stream: BinaryIO, start: int = 0) -> tuple[BinaryIO, GzipMembers | None]:
+    """The decompressed stream of a plain or gzip WARC read from file offset `start`, and its decompressor (None
+    for a plain file)."""
+    if not is_gzip(stream, start):
         return stream, None
-    members = GzipMembers(stream)
+    members = GzipMembers(stream, start)
     return members, members
 
 
@@ -127,35 +159,70 @@ class WarcFrames:
 
     `documents` counts what ingest must account for: each response or conversion record found, and each
     problem, so rows in = rows out + rejected can be checked against a count the parser had no part in.
+
+    A piece of a file is read by `records_from` its first record, with `piece_end`: iteration stops before the
+    first record at or after `piece_end` that `is_record_start` would accept there, which is where the next
+    piece starts. Records before it are read whole, past `piece_end` if they run on.
     """
 
-    def __init__(self, stream: BinaryIO, max_bytes: int):
+    def __init__(self, stream: BinaryIO, max_bytes: int, piece_end: int | None = None):
         self.stream = stream
         self.source: BinaryIO = stream
         self.gzip: GzipMembers | None = None
         self.max_bytes = max_bytes
+        self.start = 0
+        self.piece_end = piece_end
         self.buffer = bytearray()
-        self.base = 0  # stream offset of buffer[0]
+        self.base = 0  # stream offset of buffer[0]: the file offset for a plain file, else the decompressed one
         self.at_eof = False
         self.damage: Exception | None = None  # why the stream ended early (a damaged gzip member)
         self.documents = 0
 
     def __iter__(self) -> Iterator[Frame | ReadProblem]:
+        return self.records_from(0)
+
+    def records_from(self, start: int) -> Iterator[Frame | ReadProblem]:
+        """The records from file offset `start`, where the stream must be, with offsets and locations the file's."""
+        self.start = start
         for item in self._frames():
             if isinstance(item, ReadProblem) or item.record_type in DOCUMENT_TYPES:
                 self.documents += 1
             yield item
 
+    def location(self, position: int) -> str:
+        """Where a stream offset is in the file, the same whichever piece reads it: the file offset of a plain
+        WARC; in a gzip WARC, the file offset of the member holding it (as Common Crawl's index gives a
+        record's offset), with `+N` for N bytes into the member's decompressed output."""
+        offset, within = self._file_position(position)
+        return f"{offset}+{within}" if within else str(offset)
+
+    def _file_position(self, position: int) -> tuple[int, int]:
+        return (position, 0) if self.gzip is None else self.gzip.locate(position)
+
+    def _starts_next_piece(self, position: int) -> bool:
+        """Whether the clean record at `position` belongs to the next piece: it starts a member (or a line of a
+        plain file) at or after `piece_end`, exactly where `is_record_start` would accept it."""
+        if self.piece_end is None:
+            return False
+        offset, within = self._file_position(position)
+        return within == 0 and offset >= self.piece_end
+
     def _frames(self) -> Iterator[Frame | ReadProblem]:
-        self.source, self.gzip = open_warc(self.stream)
+        self.source, self.gzip = open_warc(self.stream, self.start)
+        if self.gzip is None:
+            self.base = self.start
         self._fill(READ_BYTES)
-        start = len(self.buffer) - len(self.buffer.lstrip(b"\r\n"))
-        position = start if RECORD_START.match(self.buffer, start) else self._next_record(0)
+        start = self.base + len(self.buffer) - len(self.buffer.lstrip(b"\r\n"))
+        position = start if RECORD_START.match(self.buffer, start - self.base) else self._next_record(self.base)
         if position != start and self.buffer.strip():
-            detail = "no WARC record found" if position is None else f"{position} bytes before the first WARC record"
-            yield ReadProblem("malformed_record", 0, f"at byte 0: {detail}")
+            skipped = ("no WARC record found" if position is None
+                       else f"{position - self.base} bytes before the first WARC record")
+            where = self.location(self.base)
+            yield ReadProblem("malformed_record", where, f"at byte {where}: {skipped}")
         while position is not None:
             self._discard_before(position)
+            if self.gzip is not None:
+                self.gzip.forget_before(position)
             header_end = self._header_end(position)
             if header_end is None:
                 yield self._truncated(position, None, "record header cut off")
@@ -166,22 +233,30 @@ class WarcFrames:
             record_id = fields.get(b"warc-record-id", b"").decode("latin-1") or None
             if declared is None or record_type is None:
                 missing = "Content-Length" if declared is None else "WARC-Type"
-                yield ReadProblem("malformed_record", position, f"at byte {position}: record without {missing}", record_id)
+                where = self.location(position)
+                yield ReadProblem("malformed_record", where, f"at byte {where}: record without {missing}", record_id)
                 position = self._next_record(header_end)
                 continue
             if declared >= self.max_bytes:
-                frame, position = self._skip_unread(position, header_end, declared, record_type, record_id)
+                frame, following = self._skip_unread(position, header_end, declared, record_type, record_id)
+                if frame.damage is None and self._starts_next_piece(position):
+                    return
                 yield frame
+                position = following
                 continue
             block_end = header_end + declared
             probe_end = block_end + SEPARATOR_BYTES + SLACK_BYTES + 16
             self._fill(probe_end - self.base)
             following = self._record_start_in(max(block_end - 1, header_end), probe_end)
             if following is not None and following - block_end <= SEPARATOR_BYTES + SLACK_BYTES:
+                if self._starts_next_piece(position):
+                    return
                 yield self._frame(position, record_type, record_id, declared, block_end)
                 position = following
                 continue
             if following is None and self.at_eof and self._only_padding_after(block_end):
+                if self._starts_next_piece(position):
+                    return
                 yield self._frame(position, record_type, record_id, declared, block_end)
                 break
             # The declared end meets no header: the record really ends where the first header after its own starts.
@@ -191,8 +266,9 @@ class WarcFrames:
                                       "file ends inside the record")
                 return
             real_end = self._block_end(header_end, next_start if next_start is not None else self._available_end())
-            where = f"next record at byte {next_start}" if next_start is not None else "then the end of the file"
-            yield Frame(position, record_type, record_id, declared, None,
+            where = ("then the end of the file" if next_start is None
+                     else f"next record at byte {self.location(next_start)}")
+            yield Frame(self.location(position), record_type, record_id, declared, None,
                         f"declared {declared} bytes, actual {real_end - header_end} ({where})")
             position = next_start
         if self.damage is not None:
@@ -200,7 +276,7 @@ class WarcFrames:
 
     def _frame(self, position: int, record_type: str, record_id: str | None, declared: int, block_end: int) -> Frame:
         data = bytes(self.buffer[position - self.base:block_end - self.base]) + b"\r\n\r\n"
-        return Frame(position, record_type, record_id, declared, data)
+        return Frame(self.location(position), record_type, record_id, declared, data)
 
     def _skip_unread(self, position: int, header_end: int, declared: int, record_type: str,
                      record_id: str | None) -> tuple[Frame, int | None]:
@@ -210,16 +286,18 @@ class WarcFrames:
             self._discard_before(min(block_end, self._available_end()))
             self._fill(len(self.buffer) + READ_BYTES)
         following = self._next_record(min(block_end, self._available_end()) - 1)
-        frame = Frame(position, record_type, record_id, declared, None)
+        frame = Frame(self.location(position), record_type, record_id, declared, None)
         if following is not None and following - block_end > SEPARATOR_BYTES + SLACK_BYTES:
-            frame.damage = f"declared {declared} bytes, no record header at its end (next one at byte {following})"
+            frame.damage = (f"declared {declared} bytes, no record header at its end "
+                            f"(next one at byte {self.location(following)})")
         return frame, following
 
     def _truncated(self, position: int, record_id: str | None, what: str) -> ReadProblem:
         if self.damage is not None:
-            offset = self.gzip.member_start if self.gzip is not None else position
-            return ReadProblem("truncated", offset, f"at byte {offset}: {self.damage}"[:300], record_id)
-        return ReadProblem("truncated", position, f"at byte {position}: {what}", record_id)
+            where = str(self.gzip.member_start) if self.gzip is not None else self.location(position)
+            return ReadProblem("truncated", where, f"at byte {where}: {self.damage}"[:300], record_id)
+        where = self.location(position)
+        return ReadProblem("truncated", where, f"at byte {where}: {what}", record_id)
 
     def _header_end(self, position: int) -> int | None:
         """The stream offset just past the blank line that ends the header block at `position`."""
@@ -310,6 +388,38 @@ class WarcFrames:
             if not chunk:
                 self.at_eof = True
             self.buffer += chunk
+
+
+def may_start_member_record(head: bytes) -> bool:
+    """False when the bytes at a gzip header candidate cannot begin a member that decompresses to a record
+    header (a false header inside compressed data almost always fails within a few bytes); True otherwise."""
+    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        output = decompressor.decompress(head, 64)
+    except zlib.error:
+        return False
+    if len(output) < 16 and not decompressor.eof:
+        return True  # too little decoded to tell: the full check decides
+    return RECORD_START.match(output) is not None
+
+
+def read_at(stream: BinaryIO, offset: int, size: int = MEMBER_PROBE_BYTES) -> bytes:
+    stream.seek(offset)
+    return stream.read(size)
+
+
+def is_record_start(stream: BinaryIO, offset: int, max_bytes: int) -> bool:
+    """Whether a record starts cleanly at file offset `offset`: a record header (at the start of a gzip member,
+    for a gzip WARC) whose declared length ends where the next record or the file does.
+
+    This is the test by which a piece finds its first record and the piece before it stops, so neighbouring
+    pieces agree on their boundary without coordination. It reads the record, and a little after it."""
+    stream.seek(offset)
+    if is_gzip(stream, offset) and not may_start_member_record(read_at(stream, offset)):
+        return False
+    stream.seek(offset)
+    first = next(WarcFrames(stream, max_bytes).records_from(offset), None)
+    return isinstance(first, Frame) and first.damage is None and first.location == str(offset)
 
 
 def _int_or_none(value: bytes | None) -> int | None:
