@@ -316,24 +316,26 @@ def is_dataset_directory(path: Location) -> bool:
     return (path / MANIFEST_NAME).exists() or (path / SHARDS_DIR).is_dir()
 
 
-def verified_input(path: str | Location) -> Location:
-    """A task's input shard, checked against its dataset's manifest before the task reads it (tasks carry a path)."""
+def verified_input(path: str | Location, record: ShardRecord | None = None) -> Location:
+    """A task's input shard, checked against its shard record before the task reads it. Tasks carry the record the
+    planner read from the manifest, so a task reads no manifest (at 90,000 shards one is tens of MB); without it,
+    the record is looked up in the manifest."""
     path = as_location(path)
     dataset = Dataset(path.parent)
-    return dataset.verify_shard(dataset.record(path.name.removesuffix(".parquet")))
+    return dataset.verify_shard(record or dataset.record(path.name.removesuffix(".parquet")))
 
 
 @contextlib.contextmanager
-def readable_input(path: str | Location) -> Iterator[Location]:
+def readable_input(path: str | Location, record: ShardRecord | None = None) -> Iterator[Location]:
     """A task's input shard, checked before any byte of it is used, as a file to read. On disk it is read in place;
     from an object store it is downloaded once into a private local file, checked there and read there, instead of
     being read once for its checksum and again for its rows."""
     location = as_location(path)
     if not is_remote(location):
-        yield verified_input(location)
+        yield verified_input(location, record)
         return
     dataset = Dataset(location.parent)
-    record = dataset.record(location.name.removesuffix(".parquet"))
+    record = record or dataset.record(location.name.removesuffix(".parquet"))
     local = spool_path(location)
     try:
         try:

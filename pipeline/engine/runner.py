@@ -140,8 +140,9 @@ def plan_node(graph: Graph, node: Node, paths: dict[str, Location], hashes: dict
         check_inputs_exist(node, sources)
         parents = list(sources)
         parent_hashes = list(sources)  # a glob that matches other files makes another dataset
+        records: list[ShardRecord | None] = [None] * len(sources)
     else:
-        sources, parents = [], []
+        sources, parents, records = [], [], []
         for upstream in node.inputs:
             upstream_dataset = Dataset(paths.get(upstream, upstream))
             parents.append(str(upstream_dataset.path))
@@ -154,11 +155,13 @@ def plan_node(graph: Graph, node: Node, paths: dict[str, Location], hashes: dict
             if upstream not in hashes:
                 parent_hashes.append(manifest.config_hash)
             sources.extend(str(upstream_dataset.shard_path(record.name)) for record in manifest.shards)
+            records.extend(manifest.shards)  # each task checks its input against its record, reading no manifest
     # A source's inputs are data already fingerprinted by path (its parent hashes).
     config_hash = config_digest(node.stage.name, config if node.is_source else with_file_stamps(config), parent_hashes)
     tasks = [] if waiting_for else [
-        ShardTask(node.name, node.stage.name, config, source, str(dataset.path), f"part-{index:05d}", graph.plugins)
-        for index, source in enumerate(sources)
+        ShardTask(node.name, node.stage.name, config, source, str(dataset.path), f"part-{index:05d}", graph.plugins,
+                  source_record=record)
+        for index, (source, record) in enumerate(zip(sources, records))
     ]
     committed = dataset.committed_names() if tasks else set()
     done = [task.name for task in tasks if task.name in committed]
@@ -348,7 +351,7 @@ def _with_global_view(plan: NodePlan, executor: Executor) -> list[ShardTask]:
     stage = plan.node.stage(plan.node.config)
     summary_tasks = [] if type(stage).summarize is MapStage.summarize else [
         SummaryTask(plan.node.stage.name, plan.config, task.source, str(work_dir / "summaries" / f"{task.name}.parquet"),
-                    task.plugins)
+                    task.plugins, task.source_record)
         for task in plan.tasks
     ]
     summary_files = [None if path is None else as_location(path) for path in run_all(executor, run_summary, summary_tasks)]
@@ -362,7 +365,8 @@ def _with_global_view(plan: NodePlan, executor: Executor) -> list[ShardTask]:
     stage.setup()
     view = stage.reduce(context)
     return [
-        ShardTask(task.node, task.stage, task.config, task.source, task.output, task.name, task.plugins, view)
+        ShardTask(task.node, task.stage, task.config, task.source, task.output, task.name, task.plugins, view,
+                  task.source_record)
         for task in plan.tasks
     ]
 

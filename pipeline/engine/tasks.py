@@ -54,6 +54,7 @@ class ShardTask:
     name: str
     plugins: tuple[str, ...] = ()
     global_view: Any = field(default=None, compare=False)
+    source_record: ShardRecord | None = None  # a map stage's input shard as its manifest lists it
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class SummaryTask:
     source: str
     output: str
     plugins: tuple[str, ...] = ()
+    source_record: ShardRecord | None = None
 
 
 @dataclass
@@ -116,7 +118,7 @@ def run_summary(task: SummaryTask) -> str | None:
     assert isinstance(stage, MapStage)
     writer = None
     try:
-        with readable_input(task.source) as source:
+        with readable_input(task.source, task.source_record) as source:
             for batch in iter_parquet_batches(source):
                 summary = stage.summarize(batch)
                 if writer is None:
@@ -165,7 +167,7 @@ def _execute_with(task: ShardTask, inputs: contextlib.ExitStack) -> ShardRecord:
         stage.open_shard(task.name, dataset.path / WORK_DIR)
         if stage.needs_global_view_for(stage.config):
             stage.bind(task.global_view, task.name)
-        source = inputs.enter_context(readable_input(task.source))  # checked before any byte is used
+        source = inputs.enter_context(readable_input(task.source, task.source_record))  # checked before any byte is used
         schema = stage.output_schema(read_parquet_schema(source))
         results = _map_batches(stage, source, counted_input)
 
