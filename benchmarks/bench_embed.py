@@ -12,29 +12,24 @@ import json
 import platform
 import random
 import statistics
-import time
 from pathlib import Path
 
 import pyarrow as pa
+from bench_grade_classifiers import time_rounds
 from bench_quality_score import real_windows
 from gristmill.stages.quality.embed import Embed, EmbedConfig
 
 
-def timed(work) -> tuple[dict[str, float], object]:
-    wall, cpu = time.perf_counter(), time.process_time()
-    result = work()
-    return {"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}, result
+def timed(work) -> dict[str, float]:
+    """Wall and CPU seconds of one call."""
+    return time_rounds(lambda _: work(), None, 1)[0]
 
 
 def measure(stage: Embed, batch: pa.RecordBatch, rounds: int) -> dict:
     """Rounds of `process` on one batch; rates per CPU second (one thread: per core) and per wall second."""
-    stage.process(batch.slice(0, min(8, batch.num_rows)))  # warm up
-    timings, tokens = [], 0
-    for _ in range(rounds):
-        timing, result = timed(lambda: stage.process(batch))
-        timings.append(timing)
-        tokens = result.stats["embedded_tokens"]
-    tokenising, _ = timed(lambda: stage.encoder.chunk_ids(batch.column("text").to_pylist(), stage.chunks_per_document + 1))
+    tokens = stage.process(batch).stats["embedded_tokens"]  # a round to warm up, and the tokens every round embeds
+    timings = time_rounds(stage.process, batch, rounds)
+    tokenising = timed(lambda: stage.encoder.chunk_ids(batch.column("text").to_pylist(), stage.chunks_per_document + 1))
     clock = "wall" if stage.config.device == "cuda" else "cpu"  # a GPU's work is not this process's CPU time
     documents = [batch.num_rows / timing[clock] for timing in timings]
     return {"documents": batch.num_rows, "tokens": tokens, "timings": timings, "clock": clock,
@@ -67,7 +62,7 @@ def main() -> None:
     results = {}
     for name, (config, count) in modes.items():
         stage = Embed(config)
-        load, _ = timed(stage.setup)
+        load = timed(stage.setup)
         batch = pa.record_batch({"id": [f"d{index}" for index in range(count)], "text": texts[:count]})
         results[name] = measure(stage, batch, args.rounds) | {"load_seconds": load["wall"]}
         print(f"{name}: {results[name]['documents_per_second']:,.2f} docs/s, "

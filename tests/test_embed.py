@@ -7,15 +7,12 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from pydoc_data.topics import topics
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from pydantic import ValidationError
-from pydoc_data.topics import topics
-from rich.console import Console
-
 from gristmill.pipeline.engine.dataset import Dataset
 from gristmill.pipeline.engine.executors import make_executor
 from gristmill.pipeline.engine.graph import load_graph
@@ -28,6 +25,9 @@ from gristmill.stages.quality.embed import (
     embedding_matrix,
     embedding_type,
 )
+from pydantic import ValidationError
+from rich.console import Console
+
 from tests.conftest import data_files, run_cli
 
 QUIET = Console(quiet=True)
@@ -165,9 +165,21 @@ stages:
 
 
 @pytest.mark.slow
-def test_same_bytes_in_process_and_on_two_local_workers_with_a_balanced_ledger_and_a_report(tmp_path: Path) -> None:
+def test_same_bytes_in_process_and_on_two_local_workers_with_a_balanced_ledger_and_a_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Other torch thread counts on each side (a many-core default in process, OMP_NUM_THREADS in the workers):
+    the stage pins its own."""
+    import torch
+
     graph = write_graph(tmp_path, write_corpus(tmp_path / "corpus"))
-    run_graph(load_graph(graph, tmp_path / "inprocess"), make_executor("inprocess"), console=QUIET)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        run_graph(load_graph(graph, tmp_path / "inprocess"), make_executor("inprocess"), console=QUIET)
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
     with make_executor("local", workers=2) as executor:
         run_graph(load_graph(graph, tmp_path / "local"), executor, console=QUIET)
     in_process, local = data_files(tmp_path / "inprocess"), data_files(tmp_path / "local")

@@ -10,11 +10,21 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import Field, field_validator, model_validator
-
-from gristmill.pipeline.engine.stage import BatchResult, MapStage, Resources, StageConfig, empty_rejects, register
+from gristmill.pipeline.engine.stage import (
+    BatchResult,
+    MapStage,
+    Resources,
+    StageConfig,
+    empty_rejects,
+    register,
+)
 from gristmill.pipeline.engine.stage_report import ReportedDataset, StageSection
-from gristmill.stages.quality.embedding_model import DEFAULT_ENCODER, Encoder, EncoderFiles
+from gristmill.stages.quality.embedding_model import (
+    DEFAULT_ENCODER,
+    Encoder,
+    EncoderFiles,
+)
+from pydantic import Field, field_validator, model_validator
 
 # Field metadata of the embedding column: the encoder that made it and how long documents were embedded.
 EMBEDDING_METADATA_KEY = b"gristmill.embedding"
@@ -89,6 +99,8 @@ class Embed(MapStage):
         return cls.resources.model_copy(update={"gpus": 1.0 if config.device == "cuda" else 0.0})
 
     def setup(self) -> None:
+        """Load the encoder once per worker; a GPU that is missing or a max_tokens past the encoder's limit end the
+        task here, in one line, before any batch."""
         config = self.config
         if config.device == "cuda":
             import torch
@@ -152,6 +164,7 @@ class Embed(MapStage):
         return vectors, present, stats
 
     def process(self, batch: pa.RecordBatch) -> BatchResult:
+        """Every row kept, with its vector or a null."""
         vectors, present, stats = self.embed(batch.column(self.config.text_column).to_pylist())
         values = pa.array(vectors.astype(np.float16).ravel(), pa.float16())
         column = pa.FixedSizeListArray.from_arrays(values, self.encoder.dimension, mask=pa.array(~present))
@@ -166,20 +179,25 @@ class Embed(MapStage):
         column = dataset.config.get("output_column") if dataset.config.get("output_column") in columns else columns[-1]
         description = embedding_description(dataset.schema, column)
         encoder = description["encoder"]
-        norms = [np.linalg.norm(matrix[present], axis=1)
-                 for matrix, present in (embedding_matrix(batch.column(0)) for batch in dataset.batches([column]))]
-        norms = np.concatenate(norms) if norms else np.empty(0)
+        embedded, norm_sum, norm_min, norm_max = 0, 0.0, np.inf, -np.inf  # streamed: a dataset of any size
+        for batch in dataset.batches([column]):
+            matrix, present = embedding_matrix(batch.column(0))
+            norms = np.linalg.norm(matrix[present], axis=1)
+            if norms.size:
+                embedded += norms.size
+                norm_sum += float(norms.sum())
+                norm_min, norm_max = min(norm_min, float(norms.min())), max(norm_max, float(norms.max()))
         stats = dataset.stats
         statistics = {
             "column": column, "dimension": encoder["dimension"], "encoder": encoder,
             "long_documents": description["long_documents"], "max_chunks": description["max_chunks"],
-            "embedded_documents": int(norms.size), "empty_texts": int(stats.get("empty_texts", 0)),
+            "embedded_documents": embedded, "empty_texts": int(stats.get("empty_texts", 0)),
             "truncated_documents": int(stats.get("truncated_documents", 0)),
             "embedded_tokens": int(stats.get("embedded_tokens", 0)),
-            "norm": {"min": float(norms.min()), "mean": float(norms.mean()), "max": float(norms.max())} if norms.size else None,
+            "norm": {"min": norm_min, "mean": norm_sum / embedded, "max": norm_max} if embedded else None,
         }
         section = StageSection(f"Embeddings: {dataset.name}", statistics)
-        section.text(f"`{column}`: {norms.size} documents embedded by {encoder['name']} ({encoder['source']}, weights "
+        section.text(f"`{column}`: {embedded} documents embedded by {encoder['name']} ({encoder['source']}, weights "
                      f"{encoder['weights_checksum']}) into {encoder['dimension']} float16 dimensions; "
                      f"{statistics['empty_texts']} without text left null.")
         section.table([
@@ -187,6 +205,6 @@ class Embed(MapStage):
                                                    f"(max_tokens {encoder['max_tokens']}, chunks {description['max_chunks']})"},
             {"measure": "documents longer than embedded", "value": statistics["truncated_documents"]},
             {"measure": "tokens embedded", "value": statistics["embedded_tokens"]},
-            *({"measure": f"vector norm, {name}", "value": round(value, 4)} for name, value in (statistics["norm"] or {}).items()),
+            *([{"measure": "vector norm, min to max", "value": f"{norm_min:.5f} to {norm_max:.5f}"}] if embedded else []),
         ])
         return [section]
