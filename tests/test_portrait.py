@@ -135,6 +135,15 @@ def test_the_false_positive_rate_on_unseen_random_text_is_the_design_rate() -> N
     assert unseen.longest.max() <= 2  # chance rarely puts two hits exactly 50 characters apart
 
 
+def test_bulk_lookups_probe_bit_by_bit_and_answer_as_single_queries_do() -> None:
+    rng = np.random.default_rng(5)
+    sketch = sketch_of([random_text(random.Random(5), 20_000)], target_fpr=0.2)  # dense: many windows probe far
+    values = rng.integers(0, 2**63, 150_000, dtype=np.uint64)
+    in_bulk = sketch.contains(values)  # blocks of 65,536, one probe at a time
+    one_by_one = np.concatenate([sketch.contains(values[start:start + 1000]) for start in range(0, len(values), 1000)])
+    assert np.array_equal(in_bulk, one_by_one) and 0.1 < in_bulk.mean() < 0.3
+
+
 def test_a_trained_text_is_found_whole_and_its_longest_span_is_its_own_text() -> None:
     sketch = sketch_of(PARAGRAPHS[:50])
     paragraph = PARAGRAPHS[10]

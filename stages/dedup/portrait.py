@@ -41,6 +41,8 @@ FMIX_1, FMIX_2 = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53)
 SLICE_CHARACTERS = 1 << 20  # hashed at once: bounds the temporaries (~40 bytes a character)
 GROUP_CHARACTERS = 1 << 22  # texts converted to code points at once
 DEFAULT_FPR = 1e-3
+PROBE_BLOCK = 1 << 16  # windows looked up together: their temporaries stay in cache
+ALL_PROBES_AT_ONCE = 4096  # windows up to which `contains` reads all k bits in one gather (fewer numpy calls)
 # Fields two sketches must share to merge (bitwise OR) into what one build over both would give.
 MERGE_FIELDS = ("format", "version", "scheme", "seed", "seeds", "capacity", "target_fpr", "bits", "hashes")
 DERIVED_FIELDS = ("bits_set", "design_fpr", "checksum")  # recomputed from the bits when written and when read
@@ -275,21 +277,30 @@ class Portrait:
         self._bits_set = None
 
     def contains(self, window_values: np.ndarray) -> np.ndarray:
-        """Membership of each window hash; a window leaves the loop at its first unset bit."""
-        present = np.ones(len(window_values), bool)
-        candidates = np.arange(len(window_values))
-        first, step = self.double_hashes(window_values)
+        """Membership of each window hash, a cache-sized block at a time. A small block (one query) reads all k bits
+        in one gather; a large one probes a bit at a time and a window leaves at its first unset bit (most do
+        within two probes), so the filter is read about twice per window instead of k times."""
+        present = np.zeros(len(window_values), bool)
         bits = np.uint64(self.header["bits"])
         with np.errstate(over="ignore"):
-            for index in range(self.hashes):
-                positions = (first + np.uint64(index) * step) % bits
-                byte = self.bits[(positions >> np.uint64(3)).astype(np.intp)]
-                missing = (byte >> (positions & np.uint64(7)).astype(np.uint8)) & np.uint8(1) == 0
-                present[candidates[missing]] = False
-                candidates, first, step = candidates[~missing], first[~missing], step[~missing]
-                if not len(candidates):
-                    break
+            for block_start in range(0, len(window_values), PROBE_BLOCK):
+                first, step = self.double_hashes(window_values[block_start: block_start + PROBE_BLOCK])
+                if len(first) <= ALL_PROBES_AT_ONCE:
+                    positions = (first[:, None] + step[:, None] * np.arange(self.hashes, dtype=np.uint64)) % bits
+                    found = (self.bit_at(positions) & np.uint8(1)).all(axis=1)
+                    present[block_start: block_start + len(found)] = found
+                    continue
+                alive = np.arange(len(first))
+                for index in range(self.hashes):
+                    hit = self.bit_at((first + np.uint64(index) * step) % bits).astype(bool)
+                    alive, first, step = alive[hit], first[hit], step[hit]
+                    if not len(alive):
+                        break
+                present[block_start + alive] = True
         return present
+
+    def bit_at(self, positions: np.ndarray) -> np.ndarray:
+        return (self.bits[(positions >> np.uint64(3)).astype(np.intp)] >> (positions & np.uint64(7)).astype(np.uint8)) & np.uint8(1)
 
     def add(self, texts: pa.Array | pa.ChunkedArray) -> None:
         """Insert every text's non-overlapping WIDTH-character windows (normalised)."""
