@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from unittest import mock
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,6 +20,7 @@ from gristmill.pipeline.engine.graph import load_graph
 from gristmill.pipeline.engine.runner import run_graph
 from gristmill.pipeline.engine.stage import ReduceContext
 from gristmill.pipeline.reports.run_report import collect
+from gristmill.stages.quality import score_ranks
 from gristmill.stages.quality.quality_bucket import QualityBucket, QualityBucketConfig
 
 SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("quality", pa.float32()), ("num_tokens", pa.int32())])
@@ -84,8 +87,10 @@ class InlineContext(ReduceContext):
                                        st.sampled_from([0.0, -0.0, 0.25, 0.5, 0.75])), max_size=30),
                     min_size=1, max_size=4),
     levels=st.integers(2, 25),
+    files_per_task=st.integers(1, 3),
 )
-def test_levels_are_the_exact_global_rank_share_of_every_score(tmp_path_factory, shards, levels) -> None:
+def test_levels_are_the_exact_global_rank_share_of_every_score(tmp_path_factory, shards, levels, files_per_task) -> None:
+    """Whatever the scores, and however the summary files are grouped into reduce tasks."""
     stage = QualityBucket(QualityBucketConfig(column="quality", levels=levels))
     directory = tmp_path_factory.mktemp("summaries")
     files = []
@@ -93,7 +98,8 @@ def test_levels_are_the_exact_global_rank_share_of_every_score(tmp_path_factory,
         batch = pa.RecordBatch.from_pydict({"quality": pa.array(scores, pa.float32())})
         files.append(directory / f"part-{index:05d}.parquet")
         pq.write_table(stage.summarize(batch), files[-1])
-    stage.bind(stage.reduce(InlineContext(files)), "part-00000")
+    with mock.patch.object(score_ranks, "FILES_PER_TASK", files_per_task):
+        stage.bind(stage.reduce(InlineContext(files)), "part-00000")
     everything = [score for scores in shards for score in scores]
     written = []
     for scores in shards:

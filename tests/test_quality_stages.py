@@ -28,7 +28,8 @@ from gristmill.pipeline.engine.runner import run_graph
 from gristmill.pipeline.demo.sample import write_sample
 from gristmill.pipeline.engine.stage import ReduceContext
 from gristmill.stages.quality.domain_label import DomainLabel, DomainLabelConfig
-from gristmill.stages.quality.quality_filter import QualityFilter, QualityFilterConfig, sortable_keys, score_of_key
+from gristmill.stages.quality.quality_filter import QualityFilter, QualityFilterConfig
+from gristmill.stages.quality.score_ranks import score_of_key, sortable_keys
 from gristmill.stages.quality import quality_score as quality_score_module
 from gristmill.stages.quality.quality_score import EMBEDDING_MODULE, MANIFEST_FILE, QualityScore, QualityScoreConfig
 

@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from gristmill.pipeline.engine.dataset import read_parquet_table, write_json_atomic
-from gristmill.pipeline.engine.files import Location
+from gristmill.pipeline.engine.dataset import write_json_atomic
 from gristmill.pipeline.engine.stage import (
     BatchResult,
     MapStage,
@@ -28,10 +27,12 @@ from gristmill.pipeline.engine.stage_report import (
     StageSection,
     bar_chart,
 )
-from gristmill.stages.quality.quality_filter import (
-    HALF_BITS,
+from gristmill.stages.quality.score_ranks import (
+    high_half_counts,
+    order_statistics,
+    score_keys,
     score_of_key,
-    sortable_keys,
+    scored_values,
 )
 from pydantic import Field
 
@@ -41,67 +42,7 @@ UNSCORED_STAT = "unscored"
 EDGES_FILE = "edges.json"
 
 
-# --- exact quantiles over every shard's summary file (also used by quality_score's rank calibration) -----------------
-
-
-def scored_values(scores: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
-    """Scores as float32 with NaN made null: the one meaning of "unscored" in the summaries and in every shard."""
-    scores = pc.cast(scores, pa.float32())
-    return pc.if_else(pc.is_nan(scores), pa.scalar(None, pa.float32()), scores)
-
-
-def score_keys(scores: np.ndarray) -> np.ndarray:
-    """Sortable uint32 keys of float32 scores, -0.0 made 0.0 first, so that equal floats get equal keys."""
-    return sortable_keys(scores.astype(np.float32) + np.float32(0.0))
-
-
-def summary_column_keys(path: Location, column: str) -> np.ndarray:
-    """The sortable uint32 keys of one summary file's non-null scores in `column`."""
-    scores = pc.drop_null(scored_values(read_parquet_table(path, columns=[column]).column(column)))
-    return score_keys(scores.to_numpy())
-
-
-def count_high_halves(item: tuple[Location, str]) -> np.ndarray:
-    """Reduce task: how many keys of one summary column fall under each value of a key's high 16 bits."""
-    path, column = item
-    return np.bincount(summary_column_keys(path, column) >> HALF_BITS, minlength=1 << HALF_BITS)
-
-
-def low_halves_under(item: tuple[Location, str, tuple[int, ...]]) -> list[np.ndarray]:
-    """Reduce task: per high half asked for, the low 16 bits of that summary column's keys under it."""
-    path, column, highs = item
-    keys = summary_column_keys(path, column)
-    chosen = np.sort(keys[np.isin(keys >> HALF_BITS, np.array(highs, np.uint32))])
-    high_of_chosen = chosen >> HALF_BITS
-    starts = np.searchsorted(high_of_chosen, highs, side="left")
-    ends = np.searchsorted(high_of_chosen, highs, side="right")
-    return [(chosen[start:end] & 0xFFFF).astype(np.uint16) for start, end in zip(starts, ends)]
-
-
-def high_half_counts(context: ReduceContext, column: str) -> np.ndarray:
-    """Reduce, first pass: scores of `column` per high half of their keys, summed over every summary file."""
-    files = [path for path in context.summary_files if path is not None]
-    counts = context.run(count_high_halves, [(path, column) for path in files])
-    return np.sum(counts, axis=0) if counts else np.zeros(1 << HALF_BITS, np.int64)
-
-
-def order_statistics(context: ReduceContext, column: str, counts: np.ndarray, ranks: np.ndarray) -> np.ndarray:
-    """The keys of the scores at the given 0-based ranks (ascending order) over every summary file, exactly.
-
-    Radix selection on float bits, as quality_filter's cutoff: given the counts per high half, gather the low
-    halves only inside the high halves that hold a rank asked for (2 bytes per gathered score)."""
-    files = [path for path in context.summary_files if path is not None]
-    cumulative = np.cumsum(counts)
-    high_of_rank = np.searchsorted(cumulative, ranks, side="right")
-    below = np.where(high_of_rank > 0, cumulative[np.maximum(high_of_rank - 1, 0)], 0)
-    highs = tuple(int(high) for high in np.unique(high_of_rank))
-    per_file = context.run(low_halves_under, [(path, column, highs) for path in files])
-    keys = np.empty(len(ranks), np.uint32)
-    for position, high in enumerate(highs):
-        lows = np.sort(np.concatenate([lows_of_file[position] for lows_of_file in per_file]))
-        for index in np.flatnonzero(high_of_rank == high):
-            keys[index] = (high << HALF_BITS) | int(lows[ranks[index] - below[index]])
-    return keys
+# --- quality levels -----------------------------------------------------------------------------------------------
 
 
 def level_edges(context: ReduceContext, column: str, levels: int) -> tuple[int, list[int]] | None:

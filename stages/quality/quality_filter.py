@@ -6,20 +6,28 @@ same documents survive whatever the executor, worker count or shard order.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import xxhash
+from gristmill.pipeline.engine.stage import (
+    BatchResult,
+    MapStage,
+    ReduceContext,
+    StageConfig,
+    register,
+    tagged_options,
+)
+from gristmill.stages.quality.score_ranks import (
+    high_half_counts,
+    order_statistics,
+    score_of_key,
+)
 from pydantic import Field, model_validator
 
-from gristmill.pipeline.engine.stage import BatchResult, MapStage, ReduceContext, StageConfig, register, tagged_options
-
 SUMMARY_SCHEMA = pa.schema([pa.field("score", pa.float32())])
-HALF_BITS = 16
 
 
 class Threshold(StageConfig):
@@ -57,33 +65,6 @@ class QualityFilterConfig(StageConfig):
         return tagged_options(cls, "keep", data)
 
 
-def sortable_keys(scores: np.ndarray) -> np.ndarray:
-    """float32 scores as uint32 keys that sort like the floats (sign bit flipped, negatives inverted)."""
-    bits = scores.astype(np.float32).view(np.uint32)
-    return np.where(bits >> 31, ~bits, bits | np.uint32(0x80000000))
-
-
-def score_of_key(key: int) -> float:
-    bits = np.uint32(key & 0x7FFFFFFF) if key >> 31 else ~np.uint32(key)
-    return float(np.array([bits], np.uint32).view(np.float32)[0])
-
-
-def summary_keys(path: Path) -> np.ndarray:
-    return sortable_keys(pq.read_table(path, columns=["score"]).column("score").to_numpy())
-
-
-def count_high_halves(path: Path) -> np.ndarray:
-    """Reduce task: how many scores of one summary file fall under each value of a key's high 16 bits."""
-    return np.bincount(summary_keys(path) >> HALF_BITS, minlength=1 << HALF_BITS)
-
-
-def low_halves_under(item: tuple[Path, int]) -> np.ndarray:
-    """Reduce task: the low 16 bits of the keys in one summary file whose high 16 bits equal `high`."""
-    path, high = item
-    keys = summary_keys(path)
-    return (keys[(keys >> HALF_BITS) == high] & 0xFFFF).astype(np.uint32)
-
-
 def uniform_draws(ids: pa.Array, seed: int) -> np.ndarray:
     """One uniform number in [0, 1) per document id, the same on every machine and in every shard order."""
     prefix = f"{seed}\x1f".encode()
@@ -114,21 +95,16 @@ class QualityFilter(MapStage):
     def reduce(self, context: ReduceContext) -> float | None:
         """The exact score of the k-th best document over all shards, by radix selection on float bits.
 
-        Two passes of tasks over the summary files: count keys per high half, then collect the low halves
-        inside the one high half that holds rank k. Memory stays at 65,536 counters plus that one bucket.
+        Two passes of tasks over groups of summary files (score_ranks): count keys per high half, then collect the
+        low halves inside the one high half that holds rank k. Memory stays at 65,536 counters plus that one bucket.
         """
-        files = [path for path in context.summary_files if path is not None]
-        counts = np.sum(context.run(count_high_halves, files), axis=0) if files else np.zeros(1, np.int64)
+        counts = high_half_counts(context, "score")
         total = int(counts.sum())
         if total == 0:
             return None
-        rank = max(1, round(self.config.keep.fraction * total))
-        from_top = np.cumsum(counts[::-1])
-        bucket = int(np.searchsorted(from_top, rank))
-        high = len(counts) - 1 - bucket
-        above = int(from_top[bucket - 1]) if bucket else 0
-        lows = np.sort(np.concatenate(context.run(low_halves_under, [(path, high) for path in files])))[::-1]
-        return score_of_key((high << HALF_BITS) | int(lows[rank - above - 1]))
+        rank_from_top = max(1, round(self.config.keep.fraction * total))
+        key = order_statistics(context, "score", counts, np.array([total - rank_from_top], np.int64))[0]
+        return score_of_key(int(key))
 
     def process(self, batch: pa.RecordBatch) -> BatchResult:
         column, keep = self.config.column, self.config.keep
