@@ -388,6 +388,7 @@ def stage_command(stage: type[Stage]) -> click.Command:
 
 for _command in [*token_commands, *trainer_commands, *ablate_commands, *classifier_commands, run_report_command]:
     cli.add_command(_command)
+from gristmill.pipeline.cli.portrait import portrait as portrait_group; cli.add_command(portrait_group)
 
 
 def main() -> None:
