@@ -191,7 +191,8 @@ class ReduceContext:
     `run(fn, items)` runs a picklable top-level function over items as tasks on the run's
     executor (so a reduce can itself be spread over a Dask cluster) and returns the results
     in item order; it raises if any task fails. `work_dir` is the dataset's `_work/` folder
-    for intermediate files, kept after the run.
+    for intermediate files, kept after the run. The summary of shard NAME is
+    `work_dir/summaries/NAME.parquet`, so a view handed to every shard can name the folder, not each file.
     """
 
     shard_names: list[str]

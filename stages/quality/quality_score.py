@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from gristmill.pipeline.engine.dataset import read_parquet_table
+from gristmill.pipeline.engine.files import as_location
 from gristmill.pipeline.engine.stage import (
     BatchResult,
     MapStage,
@@ -236,19 +237,23 @@ class QualityScore(MapStage):
         return pa.table({"id": batch.column("id"), **self.score(batch)})
 
     def reduce(self, context: ReduceContext) -> dict[str, Any]:
-        """Per model, the rank calibration's edges; and per shard, its summary file (the scores, in row order)."""
+        """Per model, the rank calibration's edges; and where each shard's summary (its scores, in row order) is: the
+        summaries' folder and the shards that have none. The view travels with every task, so it must not grow with
+        the shard count: a path per shard would send 90,000 paths with each of 90,000 tasks."""
         edges = {}
         for scoring in self.config.models:
             found = level_edges(context, scoring.column, RANK_LEVELS)
             edges[scoring.column] = found[1] if found else None
-        summaries = {name: None if path is None else str(path)
-                     for name, path in zip(context.shard_names, context.summary_files)}
-        return {"edges": edges, "summaries": summaries}
+        written = [path for path in context.summary_files if path is not None]
+        return {"edges": edges, "summaries": str(written[0].parent) if written else None,
+                "without_summary": [name for name, path in zip(context.shard_names, context.summary_files)
+                                    if path is None]}
 
     def bind(self, global_view: Any, shard_name: str) -> None:
         super().bind(global_view, shard_name)
-        path = global_view["summaries"].get(shard_name)
-        self.shard_scores = None if path is None else read_parquet_table(path)
+        has_summary = global_view["summaries"] is not None and shard_name not in global_view["without_summary"]
+        self.shard_scores = (read_parquet_table(as_location(global_view["summaries"]) / f"{shard_name}.parquet")
+                             if has_summary else None)
         self.next_row = 0
 
     def summarized_scores(self, batch: pa.RecordBatch) -> dict[str, pa.Array]:
