@@ -389,6 +389,7 @@ def stage_command(stage: type[Stage]) -> click.Command:
 for _command in [*token_commands, *trainer_commands, *ablate_commands, *classifier_commands, run_report_command]:
     cli.add_command(_command)
 from gristmill.pipeline.cli.portrait import portrait as portrait_group; cli.add_command(portrait_group)
+from gristmill.pipeline.cli.semantic_dedup import semantic_dedup_plan; cli.add_command(semantic_dedup_plan)
 
 
 def main() -> None:

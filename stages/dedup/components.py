@@ -379,9 +379,15 @@ class RemovesClusterMembers(MapStage):
         return BatchResult.split(batch, pa.array(reasons, pa.string()), pa.array(details, pa.string()))
 
     @classmethod
+    def survivor_in_detail(cls, detail: str) -> str:
+        """The survivor's id in the ledger detail of a removed row: the whole detail, unless a stage writes more."""
+        return detail
+
+    @classmethod
     def report_sections(cls, dataset: ReportedDataset) -> list[StageSection]:
         """Cluster sizes from the reduce's `cluster_sizes.json`, else (a partial dataset) rebuilt from the ledger."""
-        statistics = recorded_cluster_sizes(cls.name, dataset) or ledger_cluster_sizes(cls.removal_reason, dataset)
+        statistics = (recorded_cluster_sizes(cls.name, dataset)
+                      or ledger_cluster_sizes(cls.removal_reason, dataset, cls.survivor_in_detail))
         if not statistics["clusters"]:
             return []
         section = StageSection(f"Duplicate clusters: {dataset.name}", statistics)
@@ -414,13 +420,14 @@ def recorded_cluster_sizes(stage_name: str, dataset: ReportedDataset) -> dict[st
     return {**dataset.read_json(path), "from": str(path.relative_to(dataset.dataset.path))}
 
 
-def ledger_cluster_sizes(removal_reason: str, dataset: ReportedDataset) -> dict[str, Any]:
+def ledger_cluster_sizes(removal_reason: str, dataset: ReportedDataset,
+                         survivor_in_detail: Callable[[str], str] = str) -> dict[str, Any]:
     """Cluster sizes rebuilt from the reject ledger, whose detail names each removed document's survivor."""
     removed_per_survivor: Counter[str] = Counter()
     if any(removal_reason in record.rejected for record in dataset.records):
         for batch in dataset.ledger_batches(["reason", "detail"]):
             removed = pc.fill_null(pc.equal(batch.column("reason"), removal_reason), False)
-            removed_per_survivor.update(pc.filter(batch.column("detail"), removed).to_pylist())
+            removed_per_survivor.update(map(survivor_in_detail, pc.filter(batch.column("detail"), removed).to_pylist()))
     return {**cluster_statistics(Counter(count + 1 for count in removed_per_survivor.values())), "from": "reject ledger"}
 
 
