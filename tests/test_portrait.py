@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gristmill.pipeline.cli.main import cli
 from gristmill.pipeline.cli.portrait import portrait as portrait_command
 from gristmill.pipeline.cli.tokens import export as export_command
 from gristmill.pipeline.engine.dataset import Dataset, file_checksum
@@ -261,6 +262,7 @@ def test_build_query_and_merge_commands(shard_datasets, tmp_path: Path) -> None:
     refused = runner.invoke(portrait_command, ["merge", "--input", str(tmp_path / "a.bloom"),
                                                str(tmp_path / "other.bloom"), "--output", str(tmp_path / "x.bloom")])
     assert refused.exit_code == 2 and "capacity is" in refused.output and refused.output.count("\n") == 1
+    assert "build" in CliRunner().invoke(cli, ["portrait", "--help"]).output  # a `gristmill` subcommand
     (tmp_path / "notes.txt").write_text("mine")
     clobber = runner.invoke(portrait_command, ["build", "--input", alpha, "--output", str(tmp_path / "notes.txt")])
     assert clobber.exit_code == 2 and "is not a sketch" in clobber.output

@@ -27,6 +27,9 @@ from gristmill.stages.dedup.portrait import (
 )
 
 
+SHOWN_SPAN = 160  # characters of the longest span printed (--json gives all of it)
+
+
 def writable_sketch_path(path: str) -> str:
     """A sketch goes to a new file or replaces an older sketch, never another kind of file."""
     location = as_location(path)
@@ -123,7 +126,8 @@ def query(sketch_path: str, text_file: Any, as_json: bool) -> None:
     click.echo(f"found {answer['found']:,} of {answer['windows']:,} windows ({answer['share']:.1%}); "
                f"{answer['hits']:,} hits, {answer['expected_chance_hits']:.2g} expected by chance")
     if span["characters"]:
-        click.echo(f"longest matched span: {span['characters']:,} characters from {span['start']:,}: {span['text']!r}")
+        shown = span["text"] if len(span["text"]) <= SHOWN_SPAN else span["text"][:SHOWN_SPAN] + "…"
+        click.echo(f"longest matched span: {span['characters']:,} characters from {span['start']:,}: {shown!r}")
     else:
         click.echo("longest matched span: none")
 

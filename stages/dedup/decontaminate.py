@@ -332,7 +332,7 @@ def sketch_entry(sketch: SketchSource) -> dict[str, Any]:
     except PortraitError as error:
         raise ValueError(f"sketch {sketch.name!r}: {error}") from None
     summary = portrait.summary()
-    return {"name": sketch.name, "path": sketch.path, "checksum": json.loads(portrait.header_bytes())["checksum"],
+    return {"name": sketch.name, "path": sketch.path, "checksum": portrait.checksum,
             **{key: summary[key] for key in ("bytes", "hashes", "ngrams", "texts", "design_fpr", "fill_fpr")}}
 
 
@@ -340,7 +340,7 @@ def sketch_entry(sketch: SketchSource) -> dict[str, Any]:
 def load_sketch(path: str, checksum: str) -> Portrait:
     """Once per worker and sketch content."""
     portrait = read_portrait(path)
-    if json.loads(portrait.header_bytes())["checksum"] != checksum:
+    if portrait.checksum != checksum:
         raise PortraitError(f"{path}: changed since the run checked it (checksum differs); run again")
     return portrait
 

@@ -384,6 +384,11 @@ class Portrait:
         header["checksum"] = "xxh3_128:" + digest.hexdigest()
         return json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
 
+    @property
+    def checksum(self) -> str:
+        """What the file's header records: xxh3-128 of the header without it and of the bits."""
+        return json.loads(self.header_bytes())["checksum"]
+
     def write(self, path: str | Path | Location) -> dict[str, Any]:
         """Magic, header length (uint64 LE), JSON header, bit array; written whole or not at all. Returns the header."""
         header = self.header_bytes()
@@ -419,7 +424,7 @@ def read_portrait(path: str | Path | Location) -> Portrait:
     except IsADirectoryError:
         raise PortraitError(f"{path}: a directory, not a sketch file") from None
     portrait = Portrait({key: value for key, value in header.items() if key not in DERIVED_FIELDS}, bits)
-    if json.loads(portrait.header_bytes())["checksum"] != header.get("checksum"):
+    if portrait.checksum != header.get("checksum"):
         raise PortraitError(f"{path}: checksum differs from its header (damaged)")
     return portrait
 
