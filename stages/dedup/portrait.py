@@ -39,7 +39,7 @@ MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # odd, so invertible mod 2^64
 MULTIPLIER_INVERSE = np.uint64(pow(int(MULTIPLIER), -1, 1 << 64))
 FMIX_1, FMIX_2 = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53)
 SLICE_CHARACTERS = 1 << 20  # hashed at once: bounds the temporaries (~40 bytes a character)
-GROUP_CHARACTERS = 1 << 22  # texts converted to code points at once
+GROUP_CHARACTERS = 1 << 22  # texts converted to code points at once (a longer text alone, 4 bytes a character)
 DEFAULT_FPR = 1e-3
 PROBE_BLOCK = 1 << 16  # windows looked up together: their temporaries stay in cache
 ALL_PROBES_AT_ONCE = 4096  # windows up to which `contains` reads all k bits in one gather (fewer numpy calls)
@@ -69,13 +69,13 @@ def character_counts(normalised: pa.Array) -> np.ndarray:
 
 
 def code_points(normalised: pa.Array) -> np.ndarray:
-    """Every text's code points end to end (one UTF-32 encode of the whole group), widened for hashing."""
+    """Every text's code points end to end, as uint32 (one UTF-32 encode of the whole group)."""
     offsets = np.frombuffer(normalised.buffers()[1], np.int64)[normalised.offset: normalised.offset + len(normalised) + 1]
     data = normalised.buffers()[2]
     if data is None or offsets[-1] == offsets[0]:
-        return np.zeros(0, np.uint64)
+        return np.zeros(0, np.uint32)
     utf8 = data[int(offsets[0]): int(offsets[-1])].to_pybytes()
-    return np.frombuffer(utf8.decode("utf-8").encode("utf-32-le"), np.uint32).astype(np.uint64)
+    return np.frombuffer(utf8.decode("utf-8").encode("utf-32-le"), np.uint32)
 
 
 def text_groups(normalised: pa.Array, counts: np.ndarray) -> Iterator[tuple[pa.Array, np.ndarray]]:
@@ -114,7 +114,7 @@ def window_hashes(points: np.ndarray, starts: np.ndarray) -> np.ndarray:
             piece = points[first: first + SLICE_CHARACTERS + WIDTH - 1]
             forward, backward = powers(len(piece))
             prefix = np.zeros(len(piece) + 1, np.uint64)
-            np.cumsum(piece * forward, out=prefix[1:])
+            np.cumsum(piece * forward, out=prefix[1:])  # uint32 code points times uint64 powers: uint64
             local = starts[low:high] - first
             hashes[low:high] = (prefix[local + WIDTH] - prefix[local]) * backward[local]
     return hashes
@@ -287,7 +287,7 @@ class Portrait:
                 first, step = self.double_hashes(window_values[block_start: block_start + PROBE_BLOCK])
                 if len(first) <= ALL_PROBES_AT_ONCE:
                     positions = (first[:, None] + step[:, None] * np.arange(self.hashes, dtype=np.uint64)) % bits
-                    found = (self.bit_at(positions) & np.uint8(1)).all(axis=1)
+                    found = self.bit_at(positions).all(axis=1)
                     present[block_start: block_start + len(found)] = found
                     continue
                 alive = np.arange(len(first))
@@ -300,6 +300,7 @@ class Portrait:
         return present
 
     def bit_at(self, positions: np.ndarray) -> np.ndarray:
+        """1 where the filter's bit at each position is set, else 0 (uint8)."""
         return (self.bits[(positions >> np.uint64(3)).astype(np.intp)] >> (positions & np.uint64(7)).astype(np.uint8)) & np.uint8(1)
 
     def add(self, texts: pa.Array | pa.ChunkedArray) -> None:
@@ -409,6 +410,8 @@ def read_portrait(path: str | Path | Location) -> Portrait:
             try:
                 header = json.loads(handle.read(int.from_bytes(start[len(MAGIC):], "little")))
                 size = int(header["bits"]) // 8
+                if size <= 0 or header["bits"] % 64:
+                    raise ValueError("bits")
             except (ValueError, TypeError, KeyError):
                 raise PortraitError(f"{path}: damaged header (not the JSON a sketch starts with)") from None
             if header.get("format") != FORMAT or header.get("version") != VERSION:
