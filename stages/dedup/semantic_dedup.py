@@ -258,11 +258,12 @@ def find_duplicates(matrix: np.ndarray, threshold: float, block_bytes: int) -> C
     left_parts: list[np.ndarray] = []
     right_parts: list[np.ndarray] = []
     held = 0
+    upper = np.triu(np.ones((rows_per_block, rows_per_block), bool), 1)
     for start in range(0, size - 1, rows_per_block):
         stop = min(size, start + rows_per_block)
         similarity = unit[start:stop] @ unit[start:].T
         above = similarity >= floor
-        above &= np.arange(size - start)[None, :] > np.arange(stop - start)[:, None]  # each pair once
+        above[:, :stop - start] &= upper[:stop - start, :stop - start]  # each pair once, never a row with itself
         row, column = np.nonzero(above)
         del similarity, above
         left, right = row + start, column + start
@@ -446,8 +447,10 @@ class SemanticDedup(RemovesClusterMembers):
                 f"{record['pairs_checked_exactly']:,} checked exactly, {record['pairs_at_threshold']:,} at cosine "
                 f">= {record['threshold']}; {record['removed']:,} documents removed from {record['groups']:,} groups.")
         if examples:
-            section.table([{"cosine": example["cosine"], "removed": example["removed_text"],
-                            "survivor": example["survivor_text"]} for example in examples])
+            section.text("The first documents removed, with their highest cosine within their group:")
+            section.table([{"cosine": example["cosine"], "removed": f"{example['removed_id']}: {example['removed_text']}",
+                            "survivor": f"{example['survivor_id']}: {example['survivor_text']}"}
+                           for example in examples])
         return [*sections, section]
 
 
