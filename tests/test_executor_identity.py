@@ -190,7 +190,9 @@ stages:
   labelled: {{stage: domain_label, input: levels, params: {{model: '{domains}'}}}}
   unlisted: {{stage: exclude, input: labelled, params: {{list: '{listed}'}}}}
   kept: {{stage: quality_filter, input: unlisted, params: {{column: quality, keep: {{mode: top_fraction, fraction: 0.8}}}}}}
-  tokens: {{stage: tokenize, input: kept, params: {{tokenizer: '{tokenizer}'}}}}
+  embedded: {{stage: embed, input: kept, params: {{max_tokens: 32, long_documents: mean, max_chunks: 2}}}}
+  semantic: {{stage: semantic_dedup, input: embedded, params: {{threshold: 0.9, clusters: 4}}}}
+  tokens: {{stage: tokenize, input: semantic, params: {{tokenizer: '{tokenizer}'}}}}
   buckets: {{stage: decompose, input: tokens, params: {{min_bucket: 5, max_bucket: 9}}}}
 """)
     return graph
