@@ -64,3 +64,16 @@ def test_cli_runs_against_an_existing_scheduler(tmp_path: Path, loopback_cluster
     result = run_cli("run", str(graph_path), "--output", str(tmp_path / "cluster"), "--scheduler", loopback_cluster)
     assert "long" in result.stderr
     assert data_files(tmp_path / "cluster") == data_files(tmp_path / "local")
+
+
+def test_gpu_tasks_on_a_local_cluster_without_gpus_are_refused_in_one_line(tmp_path: Path) -> None:
+    """A LocalCluster offers no GPU resource, so embedding on cuda there would wait for ever; the run says why."""
+    write_corpus(tmp_path / "corpus", files=1, docs_per_file=10)
+    graph = write_graph(tmp_path / "g.yaml", tmp_path / "corpus",
+                        "  embedded:\n    stage: embed\n    input: long\n    params: {device: cuda}\n")
+    result = run_cli("run", str(graph), "--output", str(tmp_path / "run"), "--executor", "dask", "--workers", "1",
+                     check=False, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: tasks need GPU=1 per worker and no worker of this cluster offers it; start workers with "
+        "`dask worker --resources GPU=1` and pass --scheduler, or run with the default executor")

@@ -20,6 +20,7 @@ from gristmill.pipeline.cli.classifier import commands as classifier_commands
 from gristmill.pipeline.cli.options import PathsOption, cluster_options, fail, fields_as_flags, input_option, open_executor, option_flag, option_location, owned_output
 from gristmill.pipeline.cli.tokens import commands as token_commands
 from gristmill.pipeline.engine.dataset import Dataset, DatasetError
+from gristmill.pipeline.engine.executors import ClusterError
 from gristmill.pipeline.engine.files import Location, as_location
 from gristmill.pipeline.engine.graph import Graph, GraphError, GraphSpec, NodeSpec, build_graph, load_graph
 from gristmill.pipeline.engine.plugins import PLUGINS_VARIABLE, PluginError, import_plugins, plugins_from_environment
@@ -59,7 +60,7 @@ def execute(graph: Graph, executor: str, workers: int | None, scheduler: str | N
         pool = open_executor(executor, workers, scheduler)
         with pool:
             run_graph(graph, pool, retries, console, dataset_paths)
-    except (GraphError, DatasetError) as error:
+    except (GraphError, DatasetError, ClusterError) as error:
         fail(str(error))
     except RunFailed as error:
         click.echo(f"error: {error}", err=True)

@@ -260,6 +260,8 @@ class DaskExecutor(Executor):
         from distributed import as_completed as dask_as_completed
 
         items = list(items)
+        if resources and self._cluster is not None:
+            self._check_offered(resources)
         # pure=False: a retried task is a new key, so the scheduler never reuses a failed result.
         futures = self._client.map(fn, items, pure=False, resources=resources or None)
         by_key = {future.key: item for future, item in zip(futures, items)}
@@ -269,6 +271,17 @@ class DaskExecutor(Executor):
             except Exception as error:  # noqa: BLE001 - e.g. KilledWorker after repeated worker deaths
                 yield by_key[future.key], error
             future.release()
+
+    def _check_offered(self, resources: dict[str, float]) -> None:
+        """A cluster Gristmill started gets no more workers than it has: tasks needing a resource none of them
+        offers (a GPU on a LocalCluster) would wait for ever, so say so instead. An existing scheduler's cluster
+        may still grow, so it is not asked."""
+        offered = [worker.get("resources", {}) for worker in self._client.scheduler_info()["workers"].values()]
+        for name, amount in resources.items():
+            if not any(worker.get(name, 0) >= amount for worker in offered):
+                raise ClusterError(
+                    f"tasks need {name}={amount:g} per worker and no worker of this cluster offers it; start workers "
+                    f"with `dask worker --resources {name}=1` and pass --scheduler, or run with the default executor")
 
     def close(self) -> None:
         self._client.close()
