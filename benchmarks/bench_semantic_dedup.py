@@ -125,7 +125,7 @@ def measure_clusters(sizes: list[int], block_mb: int) -> None:
 
     from gristmill.stages.dedup.semantic_dedup import find_duplicates
 
-    print(f"| members | float16 rows MiB | peak beyond them MiB | seconds | pairs at 0.9 |\n|---:|---:|---:|---:|---:|")
+    print("| members | float16 rows MiB | peak beyond them MiB | seconds | pairs at 0.9 |\n|---:|---:|---:|---:|---:|")
     for size in sizes:
         matrix = synthetic_embeddings(size)[0]
         with threadpool_limits(1):

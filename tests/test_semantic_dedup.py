@@ -242,3 +242,18 @@ def test_faiss_gives_the_same_centroids_with_any_thread_count() -> None:
         faiss.omp_set_num_threads(threads)
         results.append(semantic.train_centroids(sample, 20, 10, seed=5)[0].tobytes())
     assert results[0] == results[1] == results[2]
+
+
+def test_clusters_read_a_few_row_groups_at_a_time_give_the_same_groups(tmp_path, monkeypatch) -> None:
+    rows = unit_float16(600, 16, 3)
+    rows[400:] = (rows[:200].astype(np.float32) + np.float32(0.02) * unit_float16(200, 16, 4)).astype(np.float16)
+    rows = (rows / np.linalg.norm(rows.astype(np.float32), axis=1, keepdims=True)).astype(np.float16)
+    table = pa.table({"id": [f"v-{index:04d}" for index in range(600)], "text": ["x"] * 600,
+                      "embedding": pa.FixedSizeListArray.from_arrays(pa.array(rows.ravel()), 16)})
+    data = write_dataset(tmp_path / "vectors", table, 3)
+    params = "{threshold: 0.99, clusters: 12}"
+    whole = Dataset(run(tmp_path, "whole", semantic_graph(data, params)) / "sem")
+    monkeypatch.setattr(semantic, "GROUP_DOCUMENTS", 40)  # several groups of clusters per partition...
+    monkeypatch.setattr(semantic, "MEMBER_ROW_GROUP", 8)  # ...each read from a few row groups
+    pieces = Dataset(run(tmp_path, "pieces", semantic_graph(data, params)) / "sem")
+    assert len(ledger(whole)) >= 150 and (ledger(pieces), output_rows(pieces)) == (ledger(whole), output_rows(whole))

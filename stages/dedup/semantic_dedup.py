@@ -623,18 +623,15 @@ class PairsTask:
 
 def cluster_groups(sizes: dict[int, int], limit: int) -> list[tuple[int, int]]:
     """Consecutive clusters (lowest, highest id) holding at most `limit` documents together; a larger cluster alone."""
-    groups: list[tuple[int, int]] = []
-    held, first = 0, None
+    groups: list[list[int]] = []
+    held = 0
     for cluster in sorted(sizes):
-        if first is not None and held + sizes[cluster] > limit:
-            groups.append((first, previous))
-            held, first = 0, None
-        first = cluster if first is None else first
+        if not groups or held + sizes[cluster] > limit:
+            groups.append([cluster, cluster])
+            held = 0
+        groups[-1][1] = cluster
         held += sizes[cluster]
-        previous = cluster
-    if first is not None:
-        groups.append((first, previous))
-    return groups
+    return [(lowest, highest) for lowest, highest in groups]
 
 
 def read_cluster_range(path: Location, lowest: int, highest: int) -> pa.Table:
