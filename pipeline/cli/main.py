@@ -17,6 +17,8 @@ import click
 import pyarrow as pa
 
 from gristmill.pipeline.cli.classifier import commands as classifier_commands
+from gristmill.pipeline.cli.portrait import portrait as portrait_group
+from gristmill.pipeline.cli.semantic_dedup import semantic_dedup_plan
 from gristmill.pipeline.cli.options import PathsOption, cluster_options, fail, fields_as_flags, input_option, open_executor, option_flag, option_location, owned_output
 from gristmill.pipeline.cli.tokens import commands as token_commands
 from gristmill.pipeline.engine.dataset import Dataset, DatasetError
@@ -387,10 +389,9 @@ def stage_command(stage: type[Stage]) -> click.Command:
     return executor_options(command)
 
 
-for _command in [*token_commands, *trainer_commands, *ablate_commands, *classifier_commands, run_report_command]:
+for _command in [*token_commands, *trainer_commands, *ablate_commands, *classifier_commands, run_report_command,
+                 portrait_group, semantic_dedup_plan]:
     cli.add_command(_command)
-from gristmill.pipeline.cli.portrait import portrait as portrait_group; cli.add_command(portrait_group)
-from gristmill.pipeline.cli.semantic_dedup import semantic_dedup_plan; cli.add_command(semantic_dedup_plan)
 
 
 def main() -> None:
