@@ -91,6 +91,9 @@ def write_parquet_atomic(frame: pl.DataFrame, path: Location) -> None:
 
 def write_partitioned(frame: pl.DataFrame, partition: pl.Expr, directory: Location, source: str, partitions: int) -> None:
     """Split rows into `directory/part-DDDDD/SOURCE.parquet` by partition, one file per partition even if empty."""
+    if partitions == 1:  # nothing to split; partition_by would cost as much as the write
+        write_parquet_atomic(frame, directory / "part-00000" / f"{source}.parquet")
+        return
     parts = frame.with_columns(partition.cast(pl.Int64).alias("_partition")).partition_by(
         "_partition", as_dict=True, include_key=False, maintain_order=True)
     for index in range(partitions):

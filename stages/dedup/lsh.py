@@ -1,4 +1,4 @@
-"""LSH banding for MinHash: bands x rows from a Jaccard threshold, the S-curve, and a plan with storage and memory.
+"""LSH banding for MinHash: bands x rows from a Jaccard threshold, the S-curve, the band join's hash parts, and a plan.
 
 Choosing bands and rows is the one decision that sets both recall and cost, so it is computed and printed, never guessed.
 """
@@ -11,12 +11,19 @@ from pathlib import Path
 import numpy as np
 
 from gristmill.pipeline.engine.dataset import Dataset
+from gristmill.stages.dedup.components import partition_count
 
 # Assumptions behind the estimates, stated in the plan itself.
 ID_BYTES = 32  # document ids are 128-bit hex digests
 MEAN_SHINGLES = 200  # a ~1 KB web page has about 200 word 5-grams
 SUMMARY_BATCH_ROWS = 16_384  # the runner hands stages batches of this many rows
-POLARS_OVERHEAD = 4  # group-by and join working memory, as a multiple of the input columns
+# The band join's process grows by about 83 B per (hash, node) row it holds (docs/SCALE.md: 1.09 GiB at 10M rows,
+# 8.04 GiB at 100M), above about 0.25 GiB for the process itself.
+BAND_JOIN_ROW_BYTES = 83
+BAND_JOIN_BASE_BYTES = 1 << 28
+# One band-join task holds at most about this many rows (~1.6 GiB by the line above, within the stage's declared
+# 2 GB): each band is split into ceil(documents / JOIN_ROWS_PER_TASK) hash parts.
+JOIN_ROWS_PER_TASK = 1 << 24
 # Near-dedup verifies candidates by exact Jaccard, so false positives cost little and recall comes first.
 FALSE_POSITIVE_WEIGHT = 0.05
 FALSE_NEGATIVE_WEIGHT = 0.95
@@ -54,6 +61,15 @@ def choose_banding(
     return best
 
 
+def band_join_parts(documents: int) -> int:
+    """Hash parts per band, so that one band-join task holds at most JOIN_ROWS_PER_TASK rows.
+
+    A function of the document count alone (never of the worker count), so a rerun splits the same way. Documents
+    sharing a band hash share its part, so the buckets, and the edges, are those of one join over the whole band.
+    """
+    return max(1, -(-documents // JOIN_ROWS_PER_TASK))
+
+
 @dataclass(frozen=True)
 class DedupPlan:
     rows: int
@@ -62,6 +78,8 @@ class DedupPlan:
     num_perm: int
     banding: Banding
     verify: bool
+    join_parts: int
+    band_join_bytes: int
     signature_bytes: int
     band_bytes: int
     summary_bytes: int
@@ -87,10 +105,11 @@ def plan_dedup(
     summary_row = ID_BYTES + 8 + banding.bands * 8 + shingle_bytes
     # Signing a batch: shingle hashes (4 B), token hashes and their n-gram combination (8 B each).
     signing = SUMMARY_BATCH_ROWS * (MEAN_SHINGLES * 24 + num_perm * 4 + summary_row)
-    # The band join holds one band of every document: hash and node, 8 B each.
-    band_join = rows * 16 * POLARS_OVERHEAD
+    # A band-join task holds one hash part of one band: at most JOIN_ROWS_PER_TASK (hash, node) rows.
+    join_parts = band_join_parts(rows)
+    band_join = BAND_JOIN_BASE_BYTES + -(-rows // join_parts) * BAND_JOIN_ROW_BYTES
     # Verification holds the shingle lists of one partition's candidate documents.
-    partitions = max(1, min(shards, 64))
+    partitions = partition_count(shards)
     verifying = (rows // partitions) * shingle_bytes * 2 if verify else 0
     return DedupPlan(
         rows=rows,
@@ -99,6 +118,8 @@ def plan_dedup(
         num_perm=num_perm,
         banding=banding,
         verify=verify,
+        join_parts=join_parts,
+        band_join_bytes=band_join,
         signature_bytes=rows * num_perm * 4,
         band_bytes=rows * banding.bands * 16,
         summary_bytes=rows * summary_row,
@@ -139,7 +160,10 @@ def format_dedup_plan(
         f"signatures (if kept, {num_perm} x uint32)  {human_bytes(plan.signature_bytes)}",
         f"band files ({banding.bands} x (hash, node))   {human_bytes(plan.band_bytes)}",
         f"shard summaries{' with shingle hashes' if verify else ''}  {human_bytes(plan.summary_bytes)}",
+        f"band join: {banding.bands} x {plan.join_parts} task(s), each one hash part of one band "
+        f"(<= {JOIN_ROWS_PER_TASK:,} documents), {human_bytes(plan.band_join_bytes)} each",
         f"expected peak memory per worker  {human_bytes(plan.peak_worker_bytes)}",
-        f"(assumes ~{MEAN_SHINGLES} shingles per document and {POLARS_OVERHEAD}x working memory in joins)",
+        f"(assumes ~{MEAN_SHINGLES} shingles per document, two shingle lists per document of a partition in "
+        f"verification, and the band join's measured {BAND_JOIN_ROW_BYTES} B per document)",
     ]
     return "\n".join(lines)

@@ -1,9 +1,11 @@
 """`near_dedup`: MinHash LSH near-duplicate removal, globally or within each source, keeping one document per cluster.
 
-Signatures are bulk-computed per shard, bands are joined per band, and clusters come from task-based connected components.
+Signatures are bulk-computed per shard, bands are joined per band and hash range, and clusters come from task-based
+connected components.
 
-Reduce layout under `_work/near_dedup/`: `bands/band-B/shard-S.parquet` (band hash, node) from each shard
-summary; `edges/part-P/band-B.parquet` (a, b) star edges of every band bucket to its smallest node;
+Reduce layout under `_work/near_dedup/`: `bands/band-B/part-H/shard-S.parquet` (band hash, node) from each shard
+summary, in hash part H = hash % parts; `edges/part-P/band-B-part-H.parquet` (a, b) star edges of every bucket of
+one band's hash part to the bucket's smallest node;
 with `verify`, `verify/` and then `candidates/part-P.parquet` (a, b, jaccard) keep only pairs whose exact
 Jaccard over shingle hashes reaches the threshold; then `components/`, `members/`, `chosen/`, and the
 per-shard `removals/<shard>.parquet` that each process task reads, plus `cluster_sizes.json`.
@@ -11,6 +13,7 @@ per-shard `removals/<shard>.parquet` that each process task reads, plus `cluster
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,7 +21,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-from gristmill.pipeline.engine.dataset import read_parquet_table
+from gristmill.pipeline.engine.dataset import open_parquet, read_parquet_table
 from gristmill.pipeline.engine.files import as_location
 from gristmill.pipeline.engine.stage import (
     ReduceContext,
@@ -47,6 +50,7 @@ from gristmill.stages.dedup.components import (
 from gristmill.stages.dedup.lsh import (
     FALSE_NEGATIVE_WEIGHT,
     FALSE_POSITIVE_WEIGHT,
+    band_join_parts,
     choose_banding,
 )
 from gristmill.stages.dedup.minhash import (
@@ -59,6 +63,7 @@ from gristmill.stages.dedup.minhash import (
 from pydantic import Field
 
 EDGES = {"a": pl.Int64, "b": pl.Int64}
+FOOTER_READERS = 16  # summary footers read at once when counting documents (each is a request on a store)
 
 
 class NearDedupConfig(StageConfig):
@@ -129,11 +134,11 @@ class NearDedup(RemovesClusterMembers):
         directory = context.work_dir / "near_dedup"
         summaries = tuple(None if path is None else str(path) for path in context.summary_files)
         partitions = partition_count(len(summaries))
-        bands = self.banding.bands
-        context.run(write_band_files, [BandFilesTask(path, shard, bands, str(directory / "bands"))
+        bands, parts = self.banding.bands, band_join_parts(summary_rows(summaries))
+        context.run(write_band_files, [BandFilesTask(path, shard, bands, str(directory / "bands"), parts)
                                        for shard, path in enumerate(summaries) if path is not None])
         context.run(join_band, [BandJoinTask(str(directory / "bands" / f"band-{band:03d}"), str(directory / "edges"),
-                                             band, partitions) for band in range(bands)])
+                                             band, partitions, part) for band in range(bands) for part in range(parts)])
         candidates = directory / "candidates"
         if config.verify:
             context.run(attach_first_shingles, [VerifyTask(str(directory / "edges"), summaries, str(directory / "verify"),
@@ -155,6 +160,15 @@ class NearDedup(RemovesClusterMembers):
         return str(directory)
 
 
+def summary_rows(summary_files: tuple[str | None, ...]) -> int:
+    """Documents over all summaries, from their Parquet footers."""
+    def rows_of(path: str) -> int:
+        with open_parquet(path) as parquet:
+            return parquet.metadata.num_rows
+
+    with ThreadPoolExecutor(FOOTER_READERS) as pool:
+        return sum(pool.map(rows_of, [path for path in summary_files if path is not None]))
+
 
 @dataclass(frozen=True)
 class BandFilesTask:
@@ -162,18 +176,20 @@ class BandFilesTask:
     shard: int
     bands: int
     output: str
+    parts: int = 1  # hash parts per band (`band_join_parts`)
 
 
 def write_band_files(task: BandFilesTask) -> None:
-    """Split one shard's band hashes into one (hash, node) file per band."""
-    paths = [as_location(task.output) / f"band-{band:03d}" / f"shard-{task.shard:05d}.parquet" for band in range(task.bands)]
-    if all(path.exists() for path in paths):
+    """Split one shard's band hashes into (hash, node) files, one per band and hash part (`hash % parts`)."""
+    band_dirs = [as_location(task.output) / f"band-{band:03d}" for band in range(task.bands)]
+    name = f"shard-{task.shard:05d}"
+    if all(outputs_exist(band_dir, name, task.parts) for band_dir in band_dirs):
         return
     table = read_parquet_table(task.summary, columns=[band_column(band) for band in range(task.bands)])
     nodes = pl.Series("node", node_keys(task.shard, table.num_rows))
-    for band, path in enumerate(paths):
+    for band, band_dir in enumerate(band_dirs):
         frame = pl.DataFrame({"hash": pl.from_arrow(table.column(band)), "node": nodes}).drop_nulls("hash")
-        write_parquet_atomic(frame, path)
+        write_partitioned(frame, pl.col("hash") % task.parts, band_dir, name, task.parts)
 
 
 @dataclass(frozen=True)
@@ -182,15 +198,17 @@ class BandJoinTask:
     output: str
     band: int
     partitions: int
+    part: int = 0  # the hash part of the band this task joins
 
 
 def join_band(task: BandJoinTask) -> None:
-    """Documents sharing this band's hash are candidates: link each bucket's members to its smallest node."""
-    name = f"band-{task.band:03d}"
+    """Documents sharing a band hash are candidates: link each bucket of this hash part to its smallest node.
+
+    Every document with a given hash is in that hash's part, so the buckets are those of the whole band."""
+    name = f"band-{task.band:03d}-part-{task.part:05d}"
     if outputs_exist(as_location(task.output), name, task.partitions):
         return
-    files = sorted(as_location(task.band_dir).glob("*.parquet"), key=str)
-    rows = read_frames(files, {"hash": pl.UInt64, "node": pl.Int64})
+    rows = read_frames(partition_files(as_location(task.band_dir), task.part), {"hash": pl.UInt64, "node": pl.Int64})
     edges = (rows.with_columns(a=pl.col("node").min().over("hash")).filter(pl.col("node") != pl.col("a"))
              .select("a", b="node").sort("a", "b"))
     write_partitioned(edges, partition_of(pl.col("a"), task.partitions), as_location(task.output), name, task.partitions)
