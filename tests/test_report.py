@@ -46,3 +46,10 @@ def test_check_html_rejects_missing_or_external_images(tmp_path):
                                               (float("nan"), "–"), (None, ""), (True, "True"), ("a", "a")])
 def test_format_cell(value, shown):
     assert format_cell(value) == shown
+
+
+def test_a_markdown_table_cell_with_pipes_and_line_breaks_stays_one_row(tmp_path):
+    report = Report("Snippets")
+    report.section("Pairs").table([{"duplicate": "SELECT a | b\nFROM t;\r\n-- end", "cosine": 0.97}])
+    markdown = report.write(tmp_path)["markdown"].read_text()
+    assert "| SELECT a \\| b FROM t; -- end | 0.97 |" in markdown.splitlines()

@@ -82,6 +82,11 @@ class Section:
     blocks: list[Table | Figure | str] = field(default_factory=list)
 
 
+def markdown_cell(cell: Any) -> str:
+    """A table cell on one line: a pipe would end the cell and a line break the row (text snippets hold both)."""
+    return " ".join(format_cell(cell).replace("|", "\\|").splitlines())
+
+
 class Report:
     """Collects sections of text, tables and matplotlib figures, then writes report.html, report.md and report.json."""
 
@@ -148,8 +153,7 @@ class Report:
                 if isinstance(block, Table):
                     lines.append("| " + " | ".join(block.columns) + " |")
                     lines.append("|" + "---|" * len(block.columns))
-                    lines += ["| " + " | ".join(format_cell(cell).replace("|", "\\|") for cell in row) + " |"
-                              for row in block.rows]
+                    lines += ["| " + " | ".join(markdown_cell(cell) for cell in row) + " |" for row in block.rows]
                 elif isinstance(block, Figure):
                     lines.append(f"![{block.caption}](figures/{block.name})")
                 else:
