@@ -14,10 +14,13 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import xxhash
 import yaml
 from click.testing import CliRunner
+from pydantic import Field
 from pydoc_data.topics import topics
 
 from gristmill.pipeline.cli.main import cli
@@ -25,6 +28,7 @@ from gristmill.pipeline.engine.dataset import Dataset
 from gristmill.pipeline.engine.executors import InProcessExecutor
 from gristmill.pipeline.engine.graph import GraphSpec, build_graph, load_graph
 from gristmill.pipeline.engine.runner import run_graph
+from gristmill.pipeline.engine.stage import BatchResult, MapStage, StageConfig, register
 from gristmill.stages.filters.exclude import text_hash
 from gristmill.trainer.ablation import plan_variants, run_ablation, slice_key
 from gristmill.trainer.ablation_config import load_ablation
@@ -148,6 +152,8 @@ CONFIG_ERRORS = {
                          "recipe: Value error, give the recipe as `graph: PATH` or inline `stages:`, not both"),
     "seq-len-not-a-power-of-two": ("proxy", {"seq_len": 96}, "proxy: Value error, seq_len must be a power of two"),
     "unknown-field": ("proxy", {"tokens_per_stepp": 4096}, "proxy.tokens_per_stepp: unknown field"),
+    "balance-power-out-of-range": ("variants", {"balance": [{"column": "semantic_cluster", "power": 2}]},
+                                   "variants.balance[0].power: Input should be less than or equal to 1, got 2"),
 }
 
 
@@ -362,3 +368,72 @@ def test_planted_junk_ranks_below_clean_text(tmp_path: Path, one_torch_thread: N
     assert full["target_bits_per_byte"]["mean"] < raw["target_bits_per_byte"]["mean"]
     against_raw = full["comparisons"]["raw"]
     assert against_raw["against"] == "raw" and against_raw["delta"] < 0 and against_raw["separated"], against_raw
+
+
+class GroupConfig(StageConfig):
+    column: str = Field("semantic_cluster", description="The int16 group column to add.")
+
+
+@register
+class GroupByIdHash(MapStage):
+    """Adds an uneven integer group, as semantic_dedup adds `semantic_cluster`: of 20 id-hash slots, 16 are group
+    0, 3 group 1 and 1 group 2."""
+
+    name = "test_group_by_id_hash"
+    Config = GroupConfig
+
+    def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
+        return input_schema.append(pa.field(self.config.column, pa.int16()))
+
+    def process(self, batch: pa.RecordBatch) -> BatchResult:
+        slots = [xxhash.xxh3_64_intdigest(document_id.encode()) % 20 for document_id in batch.column("id").to_pylist()]
+        groups = pa.array([0 if slot < 16 else 1 if slot < 19 else 2 for slot in slots], pa.int16())
+        return BatchResult.keep_all(batch.append_column(self.config.column, groups))
+
+
+def test_balance_variant_trains_from_a_cluster_balanced_plan(tmp_path: Path, one_torch_thread: None) -> None:
+    """A balance variant compiles one plan over the final export, with the run's budget, whose per-group tokens
+    follow n ** power; it trains from that plan and is compared with the full recipe; a bad column is one line."""
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", documentation_rows(120))
+    stages = {"read": {"stage": "read_text", "params": {"paths": [str(corpus)]}},
+              "clusters": {"stage": "test_group_by_id_hash", "input": "read"}}
+    balance = {"column": "semantic_cluster", "power": 0.5, "max_repeats": 8}
+    config = ablation_config(stages, {"tokens": 16384, "seeds": [0], **PROXY}, {"raw": False, "balance": [balance]})
+    config_path = write_yaml(tmp_path / "ablation.yaml", config)
+    output = tmp_path / "out"
+
+    summary = run_ablation(*load_ablation(config_path, output), output=output)
+    entries = {entry["name"]: entry for entry in summary["variants"]}
+    assert list(entries) == ["full", "balance-semantic_cluster-p0.5-r8"]
+    balanced = entries["balance-semantic_cluster-p0.5-r8"]
+    assert balanced["label"] == "balance semantic_cluster power 0.5" and balanced["family"] == "balance"
+    assert balanced["tokens_trained"] == entries["full"]["tokens_trained"] == summary["tokens_per_run"]
+    comparison = balanced["comparisons"]["full"]
+    assert comparison["against"] == "full" and comparison["token_share"] == 1.0
+    assert any(line.startswith("balance semantic_cluster power 0.5 against full recipe")
+               for line in summary["findings"])
+
+    plan_dir = output / "plans" / balanced["name"]
+    run = json.loads((output / "runs" / "recipe-clusters.dd.balance-semantic_cluster-p0.5-r8" / "seed-0"
+                      / "metrics.json").read_text())
+    assert run["config"]["plan"] == str(plan_dir) and not run["config"]["data"]
+    header = json.loads((plan_dir / "plan.json").read_text())
+    (component,) = header["components"]
+    assert component["budget"] == summary["tokens_per_run"] and header["seed"] == 0
+    table = component["balance"]["table"]
+    assert table["group"] == [0, 1, 2] and component["balance"]["clipped_groups"] == 0
+    available = [float(tokens) for tokens in table["available_tokens"]]
+    roots = [tokens ** 0.5 for tokens in available]
+    for planned, root in zip(table["planned_tokens"], roots):  # within a few sequences of n ** 0.5 / Σ n ** 0.5
+        assert abs(planned - summary["tokens_per_run"] * root / sum(roots)) <= 4 * (PROXY["seq_len"] + 1), table
+    assert max(available) / min(available) > 4  # uneven groups: the balanced shares differ from the natural ones
+
+    config["variants"]["balance"] = [balance | {"column": "nowhere"}]
+    result = CliRunner().invoke(cli, ["ablate", str(write_yaml(tmp_path / "bad.yaml", config)),
+                                      "--output", str(output)])
+    assert result.exit_code == 2, result.output
+    # the recipe (already complete) prints its run summary; the error is the one line after it
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [result.stderr.strip().splitlines()[-1]], result.stderr
+    assert errors[0].startswith("error: variants.balance[0].column: 'nowhere' is not a column of the output of "
+                                "clusters"), result.stderr

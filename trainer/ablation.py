@@ -3,7 +3,8 @@
 Runs the recipe, takes a held-out slice of its final output before anything trains, builds every variant's
 documents (recipe nodes as they are; leave-one-out and threshold variants as real graphs), keeps the slice out of
 all of them by id and exact text hash, tokenizes and exports each with one tokenizer, trains every variant at equal
-tokens with the same seeds through the proxy protocol, and compares them with bootstrap intervals over seeds.
+tokens with the same seeds through the proxy protocol (balance variants through a cluster-balanced mixture plan of
+the final export), and compares them with bootstrap intervals over seeds.
 Every step resumes: complete datasets, exports and runs are reused.
 """
 
@@ -30,6 +31,15 @@ from gristmill.pipeline.engine.graph import Graph, GraphError, GraphSpec, NodeSp
 from gristmill.pipeline.engine.ownership import claim
 from gristmill.pipeline.engine.runner import RunFailed, run_graph
 from gristmill.pipeline.tokens.export import STATS_FILE, export_buckets
+from gristmill.pipeline.tokens.mixture import (
+    PLAN_HEADER,
+    ClusterBalance,
+    Component,
+    Mixture,
+    MixtureError,
+    compile_plan,
+    write_plan,
+)
 from gristmill.stages.filters.exclude import text_hash
 from gristmill.trainer.ablation_config import AblationConfig, AblationError, Recipe
 from gristmill.trainer.protocol import (
@@ -69,10 +79,11 @@ class Variant:
     group: str | None = None
     parameter: float | None = None
     compare_to: dict[str, str | None] = field(default_factory=dict)  # comparison kind -> variant name
+    balance: ClusterBalance | None = None  # trains through a plan balanced so, not on the whole export
 
     @property
     def run_key(self) -> str:
-        return f"{self.documents.key}.{self.batching}"
+        return f"{self.documents.key}.{self.batching}" + (f".{self.name}" if self.balance else "")
 
 
 def node_path(recipe: Recipe, name: str) -> Path:
@@ -128,7 +139,7 @@ def threshold_spec(name: str, source: Path, column: str, value: float, top_perce
 
 def plan_variants(config: AblationConfig, recipe: Recipe, output: Path) -> list[Variant]:
     """Every variant in report order: raw, cumulative steps in graph order, the full recipe, leave-one-out,
-    threshold families, batching."""
+    threshold families, batching, balance."""
     default = config.proxy.batching
     recipe_documents = {name: Documents(f"recipe-{name}", node_path(recipe, name)) for name in recipe.order}
     variants: list[Variant] = []
@@ -173,7 +184,49 @@ def plan_variants(config: AblationConfig, recipe: Recipe, output: Path) -> list[
             variants.append(Variant(f"batching-{batching}", "batching", f"batching {batching}",
                                     recipe_documents[recipe.final], batching, node=recipe.final,
                                     compare_to={"full": reference}))
+    balances = config.variants.balance
+    for balance in balances:
+        label = f"balance {balance.column} power {balance.power:g}"
+        if sum((item.column, item.power) == (balance.column, balance.power) for item in balances) > 1:
+            label += f" repeats {balance.max_repeats}"
+        variants.append(Variant(f"balance-{balance.column}-p{balance.power:g}-r{balance.max_repeats}", "balance",
+                                label, recipe_documents[recipe.final], default, node=recipe.final, group="balance",
+                                parameter=balance.power, compare_to={"full": reference}, balance=balance))
     return variants
+
+
+def check_balance_columns(config: AblationConfig, recipe: Recipe) -> None:
+    """Every balance column must be an integer column of the final output (it is kept through decompose)."""
+    schema = Dataset(node_path(recipe, recipe.final)).schema()
+    for index, balance in enumerate(config.variants.balance):
+        where = f"variants.balance[{index}].column: {balance.column!r}"
+        if balance.column not in schema.names:
+            raise AblationError(f"{where} is not a column of the output of {recipe.final} ({', '.join(schema.names)})")
+        if not pa.types.is_integer(schema.field(balance.column).type):
+            raise AblationError(f"{where} is {schema.field(balance.column).type}, not an integer column")
+
+
+def plan_directory(output: Path, variant: Variant) -> Path:
+    return output / "plans" / variant.name
+
+
+def write_balance_plan(variant: Variant, export: Path, tokens: int, seed: int, directory: Path) -> Path:
+    """The variant's mixture plan: one component over the whole export, balanced as the variant asks, with the
+    run's token budget. Compiled once (written to a sibling, then renamed); a complete plan is reused."""
+    if (directory / PLAN_HEADER).exists():
+        return directory
+    mixture = Mixture(seed=seed, data=[str(export)],
+                      components={"documents": Component(tokens=tokens, balance=variant.balance)})
+    try:
+        header, plan = compile_plan(mixture, export.parent, source_name=variant.name)
+    except MixtureError as error:
+        raise AblationError(f"variant {variant.name}: {error}") from None
+    partial = directory.with_name(f"{directory.name}.partial")
+    if partial.exists():
+        shutil.rmtree(partial)  # an interrupted write of ours
+    write_plan(header, plan, partial)  # file paths are relative, the same from a sibling directory
+    partial.rename(directory)
+    return directory
 
 
 def fingerprint(config: AblationConfig, recipe: Recipe) -> dict[str, Any]:
@@ -294,8 +347,9 @@ def prepare_tokenizer(config: AblationConfig, training_documents: Path, director
 
 
 def preparation_graph(documents: Documents, batchings: list[str], exclusion: Path, tokenizer: str | None,
-                      config: AblationConfig, directory: Path) -> Graph:
-    """exclude (the held-out list) → tokenize → one decompose node per batching, for one set of documents."""
+                      config: AblationConfig, directory: Path, keep_columns: list[str] | None = None) -> Graph:
+    """exclude (the held-out list) → tokenize → one decompose node per batching, for one set of documents;
+    `keep_columns` (balance columns) travel with each piece beside `source`, into the export."""
     stages = {"documents": NodeSpec(stage="exclude", input=str(documents.path), params={"list": str(exclusion)})}
     if tokenizer is not None:
         stages["tokens"] = NodeSpec(stage="tokenize", input="documents", params={"tokenizer": tokenizer})
@@ -306,13 +360,17 @@ def preparation_graph(documents: Documents, batchings: list[str], exclusion: Pat
                 params |= {"min_bucket": proxy.min_bucket, "max_bucket": proxy.max_bucket}
             else:
                 params["sequence_length"] = proxy.seq_len
+            if keep_columns:
+                params["keep_columns"] = ["source", *keep_columns]
             stages[batching] = NodeSpec(stage="decompose", input="tokens", params=params)
     return build_graph(GraphSpec(name=f"prepare-{documents.key}", stages=stages), f"data {documents.key}", directory)
 
 
-def export_once(source: Path, output: Path) -> dict[str, Any]:
-    """Export a decomposed dataset, or read back a complete export (stats.json is written last)."""
-    if (output / STATS_FILE).exists():
+def export_once(source: Path, output: Path, columns: list[str] | None = None) -> dict[str, Any]:
+    """Export a decomposed dataset, or read back a complete export (stats.json is written last) that holds
+    `columns` (an export made before a balance variant asked for its column is made again)."""
+    if (output / STATS_FILE).exists() and all(set(columns or []) <= set(pq.read_schema(path).names)
+                                              for path in output.glob("*.sequences.parquet")):
         return json.loads((output / STATS_FILE).read_text())
     if output.exists():
         shutil.rmtree(output)  # an export of ours that was interrupted
@@ -336,9 +394,10 @@ def runs_of(config: AblationConfig, variants: list[Variant], prepared: dict[str,
             continue
         seen.add(variant.run_key)
         export = prepared[variant.documents.key].exports[variant.batching]
+        data = {"plan": str(plan_directory(output, variant))} if variant.balance else {"data": [str(export)]}
         for seed in protocol.seeds:
             training = protocol.train_config(output / "runs" / variant.run_key / f"seed-{seed}", seed, heldout,
-                                             vocab_size, data=[str(export)], batching=variant.batching)
+                                             vocab_size, batching=variant.batching, **data)
             runs.append(ProxyRun(variant.run_key, seed, training, threads))
     return runs
 
@@ -371,10 +430,10 @@ def findings_of(entries: dict[str, dict[str, Any]], reference: str,
             step = comparisons["full"]
             lines.append(f"without {entry['node']} the data keeps {step['token_share']:.2f}× the tokens and held-out "
                          f"bpb changes by {describe(step)}: {entry['node']} {verdict(step, False)}.")
-        if entry["family"] == "batching" and comparisons.get("full"):
+        if entry["family"] in ("batching", "balance") and comparisons.get("full"):
             step = comparisons["full"]
-            lines.append(f"{entry['label']} against {entries[step['against']]['batching']}: held-out bpb "
-                         f"{describe(step)}.")
+            against = entries[step["against"]]["batching" if entry["family"] == "batching" else "label"]
+            lines.append(f"{entry['label']} against {against}: held-out bpb {describe(step)}.")
         if entry["epochs"] > 1:
             lines.append(f"{entry['label']} repeated its data {entry['epochs']:.1f} times to reach the budget.")
     if step := entries[reference]["comparisons"].get("raw"):
@@ -395,11 +454,14 @@ def reference_variant(variants: list[Variant], recipe: Recipe) -> str:
 
 def recommend(config: AblationConfig, variants: list[Variant], entries: dict[str, dict[str, Any]]) -> list[dict]:
     recommendations = []
-    for group, family in config.variants.threshold.items():
+    columns = {group: family.column for group, family in config.variants.threshold.items()}
+    if config.variants.balance:
+        columns["balance"] = ", ".join(dict.fromkeys(item.column for item in config.variants.balance))
+    for group, column in columns.items():
         members = [variant.name for variant in variants if variant.group == group]
         ranked = sorted(members, key=lambda name: entries[name]["target_bits_per_byte"]["mean"])
         best = ranked[0]
-        item = {"group": group, "column": family.column, "best": best, "best_label": entries[best]["label"],
+        item = {"group": group, "column": column, "best": best, "best_label": entries[best]["label"],
                 "parameter": entries[best]["parameter"], "runner_up": None, "runner_up_label": None,
                 "margin": 0.0, "separated": False}
         if len(ranked) > 1:
@@ -428,6 +490,7 @@ def analyse(config: AblationConfig, recipe: Recipe, variants: list[Variant], pre
         entries[variant.name] = {
             "name": variant.name, "family": variant.family, "label": variant.label, "node": variant.node,
             "group": variant.group, "parameter": variant.parameter, "batching": variant.batching,
+            "balance": variant.balance.model_dump() if variant.balance else None,
             "documents": data.documents, "unique_tokens": unique, "heldout_excluded": data.heldout_excluded,
             "epochs": protocol.tokens_per_run / unique if unique else float("inf"),
             "tokens_trained": results[variant.run_key, protocol.seeds[0]]["tokens_trained"],
@@ -482,6 +545,7 @@ def run_ablation(config: AblationConfig, recipe: Recipe, output: str | Path, exe
 
     echo(f"recipe: {len(recipe.order)} nodes into {recipe.output}")
     run_quietly(build_graph(recipe.spec, recipe.where, recipe.output, recipe.config_dir), executor, console)
+    check_balance_columns(config, recipe)
     lap("recipe")
     # Variant graphs read the recipe's datasets, and a graph is only built once its input datasets are complete.
     variants = plan_variants(config, recipe, output)
@@ -515,11 +579,13 @@ def run_ablation(config: AblationConfig, recipe: Recipe, output: str | Path, exe
     prepared: dict[str, PreparedData] = {}
     for key, documents in sources.items():
         directory = output / "data" / key
-        run_quietly(preparation_graph(documents, batchings[key], exclusion, tokenizer_path, config, directory),
+        kept = sorted({variant.balance.column for variant in variants
+                       if variant.balance and variant.documents.key == key})
+        run_quietly(preparation_graph(documents, batchings[key], exclusion, tokenizer_path, config, directory, kept),
                     executor, console)
         manifest = Dataset(directory / "documents").manifest()
         exports = {batching: directory / f"export-{batching}" for batching in batchings[key]}
-        stats = {batching: export_once(directory / batching, path) for batching, path in exports.items()}
+        stats = {batching: export_once(directory / batching, path, kept) for batching, path in exports.items()}
         prepared[key] = PreparedData(manifest.rows, sum(manifest.rejected.values()), exports,
                                      {batching: int(item["tokens"]) for batching, item in stats.items()})
     heldout = {SLICE: str(heldout_dir / "tokens" / SLICE)}
@@ -529,6 +595,11 @@ def run_ablation(config: AblationConfig, recipe: Recipe, output: str | Path, exe
         if not (Path(path) / "documents.json").exists():
             write_heldout_documents(texts[SLICE] if name == SLICE else dataset_texts(user_sets[name]), tokenizer,
                                     Path(path) / "documents")
+    for variant in variants:
+        if variant.balance:
+            export = prepared[variant.documents.key].exports[variant.batching]
+            write_balance_plan(variant, export, config.proxy.protocol().tokens_per_run, config.proxy.seeds[0],
+                               plan_directory(output, variant))
     lap("tokens")
 
     vocab_size = 64 * -(-tokenizer.vocab_size // 64)  # one vocabulary, so one initial weight draw per seed

@@ -7,6 +7,7 @@ node names are checked against the recipe.
 from __future__ import annotations
 
 from pathlib import Path
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -14,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from gristmill.pipeline.engine.config_files import describe_validation_error, load_yaml
 from gristmill.pipeline.engine.graph import GraphError, GraphSpec, NodeSpec, expand_variables
 from gristmill.pipeline.engine.stage import SourceStage, registered_stages
+from gristmill.pipeline.tokens.mixture import ClusterBalance
 from gristmill.trainer.protocol import ProxyProtocol
 
 Batching = Literal["dd", "concat", "best_fit"]
@@ -146,6 +148,16 @@ class VariantsConfig(Strict):
     threshold: dict[str, ThresholdFamily] = Field(default_factory=dict, description="Families NAME: {node, column, "
                                                                                    "top_percent | thresholds}.")
     batching: list[Batching] = Field(default_factory=list, description="The final output under each batching.")
+    balance: list[ClusterBalance] = Field(default_factory=list, description="The final output through a mixture plan "
+                                                                           "balanced by {column, power, max_repeats}, "
+                                                                           "for each entry.")
+
+    @model_validator(mode="after")
+    def balance_entries_differ(self) -> VariantsConfig:
+        entries = [(item.column, item.power, item.max_repeats) for item in self.balance]
+        if len(set(entries)) != len(entries):
+            raise ValueError("balance: the entries repeat")
+        return self
 
 
 class AblationConfig(Strict):
@@ -187,6 +199,12 @@ def as_typed(base: Path, path: str) -> Path:
     return Path(path) if Path(path).is_absolute() else base / path
 
 
+def indexed_location(problem: str) -> str:
+    """'variants.balance.0.power: …' as 'variants.balance[0].power: …', as the node checks name list items."""
+    location, separator, message = problem.partition(": ")
+    return re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", location) + separator + message
+
+
 def load_ablation(path: str | Path, output: Path, recipe_output: str | Path | None = None) -> tuple[AblationConfig, Recipe]:
     """Read and validate an ablation YAML and its recipe; paths are made absolute (relative to the file).
     `recipe_output` overrides `recipe.output`."""
@@ -197,7 +215,7 @@ def load_ablation(path: str | Path, output: Path, recipe_output: str | Path | No
     try:
         config = AblationConfig.model_validate(raw)
     except ValidationError as problem:
-        raise AblationError(f"{path}: {describe_validation_error(problem)}") from None
+        raise AblationError(f"{path}: {indexed_location(describe_validation_error(problem))}") from None
     base = path.parent.resolve()
     recipe = config.recipe
     if recipe.graph is not None:
