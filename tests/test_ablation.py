@@ -420,6 +420,8 @@ def test_balance_variant_trains_from_a_cluster_balanced_plan(tmp_path: Path, one
     header = json.loads((plan_dir / "plan.json").read_text())
     (component,) = header["components"]
     assert component["budget"] == summary["tokens_per_run"] and header["seed"] == 0
+    # the plan reads an export of its own that keeps the column; the full recipe's export is left as it was
+    assert {Path(file["path"]).parent.name for file in header["files"]} == {"export-dd-keep-semantic_cluster"}
     table = component["balance"]["table"]
     assert table["group"] == [0, 1, 2] and component["balance"]["clipped_groups"] == 0
     available = [float(tokens) for tokens in table["available_tokens"]]

@@ -348,29 +348,35 @@ def prepare_tokenizer(config: AblationConfig, training_documents: Path, director
 
 def preparation_graph(documents: Documents, batchings: list[str], exclusion: Path, tokenizer: str | None,
                       config: AblationConfig, directory: Path, keep_columns: list[str] | None = None) -> Graph:
-    """exclude (the held-out list) → tokenize → one decompose node per batching, for one set of documents;
-    `keep_columns` (balance columns) travel with each piece beside `source`, into the export."""
+    """exclude (the held-out list) → tokenize → one decompose node per batching, for one set of documents; with
+    `keep_columns` (balance columns), one more at the default batching that keeps them beside `source`. A node of
+    its own, named by its columns: the plain one stays as it was, so balance variants extend an ablation."""
     stages = {"documents": NodeSpec(stage="exclude", input=str(documents.path), params={"list": str(exclusion)})}
     if tokenizer is not None:
         stages["tokens"] = NodeSpec(stage="tokenize", input="documents", params={"tokenizer": tokenizer})
         proxy = config.proxy
-        for batching in batchings:
-            params: dict[str, Any] = {"mode": DECOMPOSE_MODE[batching]}
+        nodes = {batching: (batching, {}) for batching in batchings}
+        if keep_columns:
+            nodes[kept_node(proxy.batching, keep_columns)] = (proxy.batching,
+                                                              {"keep_columns": ["source", *keep_columns]})
+        for name, (batching, kept) in nodes.items():
+            params: dict[str, Any] = {"mode": DECOMPOSE_MODE[batching], **kept}
             if batching == "dd":
                 params |= {"min_bucket": proxy.min_bucket, "max_bucket": proxy.max_bucket}
             else:
                 params["sequence_length"] = proxy.seq_len
-            if keep_columns:
-                params["keep_columns"] = ["source", *keep_columns]
-            stages[batching] = NodeSpec(stage="decompose", input="tokens", params=params)
+            stages[name] = NodeSpec(stage="decompose", input="tokens", params=params)
     return build_graph(GraphSpec(name=f"prepare-{documents.key}", stages=stages), f"data {documents.key}", directory)
 
 
-def export_once(source: Path, output: Path, columns: list[str] | None = None) -> dict[str, Any]:
-    """Export a decomposed dataset, or read back a complete export (stats.json is written last) that holds
-    `columns` (an export made before a balance variant asked for its column is made again)."""
-    if (output / STATS_FILE).exists() and all(set(columns or []) <= set(pq.read_schema(path).names)
-                                              for path in output.glob("*.sequences.parquet")):
+def kept_node(batching: str, columns: list[str]) -> str:
+    """The decompose node (and export) that keeps balance columns: `dd-keep-semantic_cluster`."""
+    return f"{batching}-keep-{'-'.join(columns)}"
+
+
+def export_once(source: Path, output: Path) -> dict[str, Any]:
+    """Export a decomposed dataset, or read back a complete export (stats.json is written last)."""
+    if (output / STATS_FILE).exists():
         return json.loads((output / STATS_FILE).read_text())
     if output.exists():
         shutil.rmtree(output)  # an export of ours that was interrupted
@@ -584,8 +590,9 @@ def run_ablation(config: AblationConfig, recipe: Recipe, output: str | Path, exe
         run_quietly(preparation_graph(documents, batchings[key], exclusion, tokenizer_path, config, directory, kept),
                     executor, console)
         manifest = Dataset(directory / "documents").manifest()
-        exports = {batching: directory / f"export-{batching}" for batching in batchings[key]}
-        stats = {batching: export_once(directory / batching, path, kept) for batching, path in exports.items()}
+        nodes = batchings[key] + [kept_node(config.proxy.batching, kept)] * bool(kept)
+        exports = {node: directory / f"export-{node}" for node in nodes}
+        stats = {node: export_once(directory / node, path) for node, path in exports.items()}
         prepared[key] = PreparedData(manifest.rows, sum(manifest.rejected.values()), exports,
                                      {batching: int(item["tokens"]) for batching, item in stats.items()})
     heldout = {SLICE: str(heldout_dir / "tokens" / SLICE)}
@@ -595,9 +602,10 @@ def run_ablation(config: AblationConfig, recipe: Recipe, output: str | Path, exe
         if not (Path(path) / "documents.json").exists():
             write_heldout_documents(texts[SLICE] if name == SLICE else dataset_texts(user_sets[name]), tokenizer,
                                     Path(path) / "documents")
+    balance_columns = sorted({variant.balance.column for variant in variants if variant.balance})
     for variant in variants:
         if variant.balance:
-            export = prepared[variant.documents.key].exports[variant.batching]
+            export = prepared[variant.documents.key].exports[kept_node(variant.batching, balance_columns)]
             write_balance_plan(variant, export, config.proxy.protocol().tokens_per_run, config.proxy.seeds[0],
                                plan_directory(output, variant))
     lap("tokens")
