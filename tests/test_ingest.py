@@ -407,7 +407,6 @@ def test_a_crawl_is_listed_from_its_mirror_by_segment(tmp_path: Path, as_url: bo
 
 
 def test_a_crawl_mirror_served_over_http(tmp_path: Path) -> None:
-    pytest.importorskip("aiohttp")
     keys = write_mirror(tmp_path / "mirror")
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "mirror"))
     handler.log_message = lambda *args: None

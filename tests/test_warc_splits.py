@@ -354,7 +354,6 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
 
 
 def test_a_file_served_over_http_is_split_and_read_by_range_requests(samples) -> None:
-    pytest.importorskip("aiohttp")
     local = samples["mixed.warc.gz"]
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(RangeHandler, directory=str(local.parent)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
